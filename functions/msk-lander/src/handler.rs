@@ -1,0 +1,197 @@
+//! The MSK handler: split the batch per topic-partition, land each slice, write its objects.
+//!
+//! Record-level problems go to quarantine and never fail the batch (an MSK trigger retries a failed batch until
+//! it succeeds or expires, so one bad record must not block its partition). Only environment failures — an S3
+//! write that still fails after the SDK's retries — return an error, and Lambda retries the whole batch.
+//! Retries are safe: object names derive from topic, partition and offsets, and objects are written create-only,
+//! so a retried batch finds the objects of the first try in place and leaves them byte for byte as they were.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use fleetlake::config::LakeConfig;
+use fleetlake::lake::landing_key;
+use fleetlake::landing::{land_slice, KafkaMessage, LandedSlice, STAGE};
+use fleetlake::ndjson::gzip_lines;
+use fleetlake::quarantine::QuarantineWriter;
+use fleetlake::s3::{PutOutcome, S3Store};
+use fleetlake::telemetry::Metrics;
+use futures::{StreamExt, TryStreamExt};
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use serde::Serialize;
+use tracing::{info, instrument};
+
+use crate::config::Config;
+use crate::event::{MskEvent, MskRecord};
+
+/// How many topic-partition slices are written at once.
+const WRITE_CONCURRENCY: usize = 8;
+
+/// Clients and configuration built once at init.
+#[derive(Debug)]
+pub(crate) struct Deps {
+    config: Config,
+    store: S3Store,
+    quarantine: QuarantineWriter,
+}
+
+impl Deps {
+    pub(crate) fn new(config: Config, s3: aws_sdk_s3::Client) -> Self {
+        let LakeConfig { bucket, quarantine_prefix, .. } = &config.lake;
+        let store = S3Store::new(s3, bucket.as_str());
+        let quarantine = QuarantineWriter::new(store.clone(), quarantine_prefix.clone(), STAGE);
+        Self { config, store, quarantine }
+    }
+}
+
+/// What an invocation did; returned to the caller and mirrored in the metrics line.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub(crate) struct Summary {
+    records: u64,
+    landed: u64,
+    quarantined: u64,
+    tombstones: u64,
+    /// Landing objects of this batch, whether written now or already there from an earlier try.
+    objects: Vec<String>,
+    quarantine_objects: Vec<String>,
+}
+
+/// The invocation failed in a way a retry can fix (S3 unavailable); the batch is retried whole.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub(crate) struct HandlerError(#[from] fleetlake::Error);
+
+impl From<HandlerError> for Diagnostic {
+    fn from(e: HandlerError) -> Self {
+        let kind = match e.0.fault() {
+            fleetlake::error::Fault::Retryable => "Retryable",
+            fleetlake::error::Fault::Permanent => "Permanent",
+        };
+        Diagnostic { error_type: format!("fleetlake.{kind}"), error_message: e.to_string() }
+    }
+}
+
+#[instrument(skip_all, fields(
+    event_source = event.payload.event_source.as_deref().unwrap_or_default(),
+    cluster = event.payload.event_source_arn.as_deref().unwrap_or_default(),
+))]
+pub(crate) async fn handle(event: LambdaEvent<MskEvent>, deps: &Deps) -> Result<Summary, HandlerError> {
+    let mut metrics = Metrics::new(STAGE);
+    metrics.property("requestId", event.context.request_id.clone());
+    let ingested_at = Utc::now();
+    let slices: Vec<LandedSlice> =
+        slice_messages(event.payload).into_iter().filter_map(|msgs| land_slice(msgs, &deps.config.topics, ingested_at)).collect();
+
+    let written: Vec<(LandedSlice, Option<(String, PutOutcome)>, Option<String>)> = futures::stream::iter(slices)
+        .map(|slice| write_slice(slice, deps))
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .try_collect()
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "batch not landed; Lambda will retry it"))?;
+
+    let mut summary = Summary::default();
+    for (slice, landed, quarantined) in written {
+        let n = (slice.lines.len() + slice.quarantined.len() + slice.tombstones) as u64;
+        summary.records += n;
+        summary.landed += slice.lines.len() as u64;
+        summary.quarantined += slice.quarantined.len() as u64;
+        summary.tombstones += slice.tombstones as u64;
+        if let Some((key, outcome)) = landed {
+            metrics.add(if outcome == PutOutcome::Created { "objects_written" } else { "objects_already_landed" }, 1);
+            summary.objects.push(key);
+        }
+        summary.quarantine_objects.extend(quarantined);
+    }
+    summary.objects.sort();
+    summary.quarantine_objects.sort();
+    metrics.add("records_in", summary.records);
+    metrics.add("records_landed", summary.landed);
+    metrics.add("records_quarantined", summary.quarantined);
+    metrics.add("tombstones_skipped", summary.tombstones);
+    metrics.emit();
+    info!(records = summary.records, landed = summary.landed, quarantined = summary.quarantined, tombstones = summary.tombstones, "batch landed");
+    Ok(summary)
+}
+
+/// Writes one slice: its landing object (if any record landed) and its quarantine object (if any was refused).
+async fn write_slice(
+    slice: LandedSlice,
+    deps: &Deps,
+) -> Result<(LandedSlice, Option<(String, PutOutcome)>, Option<String>), fleetlake::Error> {
+    let landed = match (&slice.dataset, slice.lines.is_empty()) {
+        (Some(dataset), false) => {
+            let key = landing_key(&deps.config.lake.landing_prefix, dataset, slice.dt, &slice.name);
+            let body = gzip_lines(slice.lines.iter().map(Vec::as_slice))?;
+            let outcome = deps.store.put_if_absent(&key, body, "application/gzip").await?;
+            info!(key = %key, records = slice.lines.len(), already_landed = outcome == PutOutcome::AlreadyExists, "landed slice");
+            Some((key, outcome))
+        }
+        _ => None,
+    };
+    let quarantined = deps.quarantine.write(slice.dt, &slice.name.to_string(), &slice.quarantined).await?;
+    Ok((slice, landed, quarantined))
+}
+
+/// Splits an MSK event into per-topic-partition message lists, in a stable order.
+fn slice_messages(event: MskEvent) -> Vec<Vec<KafkaMessage>> {
+    let mut slices: BTreeMap<(String, i64), Vec<KafkaMessage>> = BTreeMap::new();
+    for (group, records) in event.records.unwrap_or_default() {
+        for rec in records {
+            let msg = to_message(&group, rec);
+            slices.entry((msg.topic.clone(), msg.partition)).or_default().push(msg);
+        }
+    }
+    slices.into_values().collect()
+}
+
+/// The MSK record's fields we use; the topic falls back to the `<topic>-<partition>` group key when absent.
+fn to_message(group: &str, rec: MskRecord) -> KafkaMessage {
+    let topic = rec.topic.unwrap_or_else(|| group.rsplit_once('-').map_or(group, |(t, _)| t).to_owned());
+    KafkaMessage { topic, partition: rec.partition, offset: rec.offset, timestamp_ms: rec.timestamp, value: rec.value }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLES: [(&str, &str); 2] = [
+        ("batch.json", include_str!("../../../events/msk-lander/batch.json")),
+        ("locations.json", include_str!("../../../events/msk-lander/locations.json")),
+    ];
+
+    #[test]
+    fn every_sample_event_deserialises() {
+        for (name, text) in SAMPLES {
+            let event: MskEvent = serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!event.records.unwrap_or_default().is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_sample_batch_splits_per_topic_partition() {
+        let event: MskEvent = serde_json::from_str(SAMPLES[0].1).unwrap();
+        let slices = slice_messages(event);
+        let names: Vec<(String, i64, Vec<i64>)> = slices
+            .iter()
+            .map(|s| (s[0].topic.clone(), s[0].partition, s.iter().map(|m| m.offset).collect()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                // Offsets stay in delivery order here; land_slice sorts them.
+                ("fleet.locations".to_owned(), 0, vec![1200, 1202, 1201]),
+                ("fleet.locations".to_owned(), 1, vec![877, 878]),
+                ("fleet.unknown".to_owned(), 0, vec![5]),
+                ("pg.public.performance_stats".to_owned(), 0, vec![40, 41]),
+                ("pg.public.transport_units".to_owned(), 0, vec![9, 10, 11]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_without_topic_takes_it_from_the_group_key() {
+        let rec: MskRecord =
+            serde_json::from_str(r#"{"partition":4,"offset":1,"timestamp":0,"timestampType":"CREATE_TIME","key":null,"value":null,"headers":[]}"#).unwrap();
+        assert_eq!(to_message("my.topic-name-4", rec).topic, "my.topic-name");
+    }
+}

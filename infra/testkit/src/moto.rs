@@ -1,0 +1,103 @@
+//! moto server, started per test on a free port and killed when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::config::Credentials;
+
+use crate::{free_port, unique_name, venv_bin};
+
+/// A running moto server.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts moto server from the venv and waits until it answers.
+    pub async fn start() -> Moto {
+        let bin = venv_bin("moto_server");
+        assert!(bin.exists(), "{} is missing: run `make venv` first", bin.display());
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start moto_server");
+        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let s3 = moto.s3();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s3.list_buckets().send().await.is_err() {
+            assert!(Instant::now() < deadline, "moto server did not answer on {} within 60 s", moto.endpoint);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        moto
+    }
+
+    /// SDK configuration for this server (static test credentials, us-east-1).
+    pub fn sdk_config(&self) -> SdkConfig {
+        SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(Credentials::new(
+                "testing", "testing", None, None, "testkit",
+            )))
+            .build()
+    }
+
+    /// A path-style S3 client for this server.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::from(&self.sdk_config()).force_path_style(true).build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// Creates a bucket with a name unique to this test and returns the name.
+    pub async fn bucket(&self, prefix: &str) -> String {
+        let name = unique_name(prefix);
+        self.s3().create_bucket().bucket(&name).send().await.expect("create bucket");
+        name
+    }
+
+    /// Environment a function process needs to reach this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Every key in `bucket` under `prefix`, sorted.
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut pages = self.s3().list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.expect("list objects");
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+        }
+        keys.sort();
+        keys
+    }
+
+    /// The bytes of one object.
+    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let out = self.s3().get_object().bucket(bucket).key(key).send().await.expect("get object");
+        out.body.collect().await.expect("read body").into_bytes().to_vec()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

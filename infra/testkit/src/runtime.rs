@@ -1,0 +1,205 @@
+//! A Lambda runtime API server (the protocol of `AWS_LAMBDA_RUNTIME_API`) that runs a real function binary:
+//! the binary polls `/invocation/next`, gets the event with its request id and deadline headers, and posts
+//! `/response` or `/error`, exactly as in the Lambda service and in `cargo lambda watch`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+
+const API: &str = "/2018-06-01/runtime";
+
+type Outcome = Result<Value, Value>;
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    init_error: Mutex<Option<Value>>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    queue: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Bytes)>>>,
+}
+
+/// What one invocation returned, with the lines the function printed meanwhile.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The response body, or the error body (`{errorType, errorMessage}`) posted to `/error`.
+    pub outcome: Result<Value, Value>,
+    /// stdout lines printed during the invocation (EMF metrics lines among them).
+    pub stdout: Vec<String>,
+}
+
+/// A function binary running against a local runtime API.
+#[derive(Debug)]
+pub struct LambdaHarness {
+    child: Child,
+    submit: mpsc::UnboundedSender<(String, Bytes)>,
+    shared: Arc<Shared>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    next_id: u64,
+    function_name: String,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl LambdaHarness {
+    /// Serves the runtime API on a free port and starts `binary` against it with `env` (plus the variables the
+    /// Lambda service sets). The process is killed when the harness is dropped.
+    pub async fn start(binary: &Path, function_name: &str, env: &[(String, String)]) -> LambdaHarness {
+        let (submit, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let state = AppState { shared: shared.clone(), queue: Arc::new(tokio::sync::Mutex::new(rx)) };
+        let app = Router::new()
+            .route(&format!("{API}/invocation/next"), get(next))
+            .route(&format!("{API}/invocation/{{id}}/response"), post(response))
+            .route(&format!("{API}/invocation/{{id}}/error"), post(error))
+            .route(&format!("{API}/init/error"), post(init_error))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind runtime API");
+        let addr = listener.local_addr().expect("runtime API address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let mut cmd = Command::new(binary);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", function_name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "harness")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{function_name}"))
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let stdout = collect_lines(child.stdout.take());
+        let stderr = collect_lines(child.stderr.take());
+        LambdaHarness { child, submit, shared, stdout, stderr, next_id: 0, function_name: function_name.to_owned() }
+    }
+
+    /// Invokes the function with `event` and waits (up to 120 s) for its response or error.
+    pub async fn invoke(&mut self, event: &Value) -> Invocation {
+        self.next_id += 1;
+        let id = format!("{}-req-{}", self.function_name, self.next_id);
+        let (tx, mut rx) = oneshot::channel();
+        self.shared.pending.lock().expect("lock").insert(id.clone(), tx);
+        let seen = self.stdout.lock().expect("lock").len();
+        let body = serde_json::to_vec(event).expect("event serialises");
+        self.submit.send((id, Bytes::from(body))).expect("runtime API is running");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let outcome = loop {
+            if let Ok(outcome) = rx.try_recv() {
+                break outcome;
+            }
+            if let Some(err) = self.shared.init_error.lock().expect("lock").clone() {
+                break Err(err);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("function exited ({status}) during the invocation; stderr:\n{}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "no answer within 120 s; stderr:\n{}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Give the pipe a moment to deliver what was printed before the response was posted.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stdout = self.stdout.lock().expect("lock")[seen..].to_vec();
+        Invocation { outcome, stdout }
+    }
+
+    /// Everything the function wrote to stderr so far (its logs).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").join("\n")
+    }
+
+    /// Waits for the process to exit (after an init failure) and returns what it wrote to stderr.
+    pub async fn wait_exit(&mut self) -> (Option<i32>, String) {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.ok().and_then(Result::ok);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (status.and_then(|s| s.code()), self.stderr())
+    }
+
+    /// The init error the function posted, if any.
+    pub fn init_error(&self) -> Option<Value> {
+        self.shared.init_error.lock().expect("lock").clone()
+    }
+}
+
+fn collect_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(pipe: Option<R>) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    if let Some(pipe) = pipe {
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().expect("lock").push(line);
+            }
+        });
+    }
+    lines
+}
+
+async fn next(State(state): State<AppState>) -> Result<(HeaderMap, Bytes), StatusCode> {
+    let Some((id, body)) = state.queue.lock().await.recv().await else {
+        return Err(StatusCode::GONE);
+    };
+    let deadline = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + Duration::from_secs(300);
+    let mut headers = HeaderMap::new();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    set("lambda-runtime-aws-request-id", id);
+    set("lambda-runtime-deadline-ms", deadline.as_millis().to_string());
+    set("lambda-runtime-invoked-function-arn", "arn:aws:lambda:us-east-1:123456789012:function:harness".into());
+    set("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000;Sampled=0".into());
+    Ok((headers, body))
+}
+
+fn finish(state: &AppState, id: &str, outcome: Outcome) -> StatusCode {
+    match state.shared.pending.lock().expect("lock").remove(id) {
+        Some(tx) => {
+            let _ = tx.send(outcome);
+            StatusCode::ACCEPTED
+        }
+        None => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn json_or_text(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+async fn response(State(state): State<AppState>, UrlPath(id): UrlPath<String>, body: Bytes) -> StatusCode {
+    finish(&state, &id, Ok(json_or_text(&body)))
+}
+
+async fn error(State(state): State<AppState>, UrlPath(id): UrlPath<String>, body: Bytes) -> StatusCode {
+    finish(&state, &id, Err(json_or_text(&body)))
+}
+
+async fn init_error(State(state): State<AppState>, body: Bytes) -> StatusCode {
+    *state.shared.init_error.lock().expect("lock") = Some(json_or_text(&body));
+    StatusCode::ACCEPTED
+}

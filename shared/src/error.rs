@@ -1,0 +1,75 @@
+//! The error type of the adapters, split by whose fault it is: the environment's (retry) or the input's (report).
+
+use crate::config::ConfigError;
+
+/// Result of an adapter call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether retrying the same input can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A dependency failed (S3 unreachable, throttled, timed out): Lambda should retry the invocation.
+    Retryable,
+    /// The input itself is at fault (object missing, not gzip): retrying gives the same answer.
+    Permanent,
+}
+
+/// Errors of the S3 and quarantine adapters and of configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration variable is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An S3 call failed after the SDK's own retries.
+    #[error("S3 {op} s3://{bucket}/{key} failed: {message}")]
+    S3 {
+        /// The S3 operation (`PutObject`, `GetObject`).
+        op: &'static str,
+        /// Bucket of the object.
+        bucket: String,
+        /// Key of the object.
+        key: String,
+        /// The SDK error rendered with its full context chain.
+        message: String,
+        /// The SDK error.
+        #[source]
+        source: Box<aws_sdk_s3::Error>,
+    },
+    /// The object does not exist (deleted before it was processed, or a wrong key).
+    #[error("s3://{bucket}/{key} does not exist")]
+    NotFound {
+        /// Bucket of the object.
+        bucket: String,
+        /// Key of the object.
+        key: String,
+    },
+    /// The object's bytes could not be read or decoded (truncated stream, not gzip).
+    #[error("reading s3://{bucket}/{key}: {source}")]
+    Read {
+        /// Bucket of the object.
+        bucket: String,
+        /// Key of the object.
+        key: String,
+        /// The I/O or decoding error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encoding output (gzip, JSON) failed.
+    #[error("encoding output: {0}")]
+    Encode(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whose fault the error is, deciding between "retry the invocation" and "report and go on".
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::S3 { .. } | Error::Encode(_) => Fault::Retryable,
+            Error::Config(_) | Error::NotFound { .. } => Fault::Permanent,
+            // A body that stops mid-stream is a network failure; one that is not gzip is the object's fault.
+            Error::Read { source, .. } => match source.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => Fault::Permanent,
+                _ => Fault::Retryable,
+            },
+        }
+    }
+}

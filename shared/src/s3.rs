@@ -1,0 +1,143 @@
+//! S3 adapter: create-only puts for deterministic objects, whole and streaming gzip reads.
+
+use async_compression::tokio::bufread::GzipDecoder;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::primitives::ByteStream;
+use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
+use tracing::{debug, instrument};
+
+use crate::ndjson::{Line, LineReader};
+use crate::{Error, Result};
+
+/// What a create-only put found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was written.
+    Created,
+    /// An object with that key already existed and was left untouched.
+    AlreadyExists,
+}
+
+/// An S3 client bound to one bucket.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    /// A store for `bucket`.
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        Self { client, bucket: bucket.into() }
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// Writes `body` at `key` only if no object is there yet (`If-None-Match: *`, atomic on S3).
+    ///
+    /// Deterministically named objects use this: the first complete write wins, a retry or a concurrent
+    /// duplicate sees [`PutOutcome::AlreadyExists`], and a published object never changes under its readers.
+    #[instrument(skip(self, body), fields(bucket = %self.bucket, bytes = body.len()))]
+    pub async fn put_if_absent(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<PutOutcome> {
+        let sent = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .if_none_match("*")
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) if e.code() == Some("PreconditionFailed") || e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                debug!(key, "object already exists");
+                Ok(PutOutcome::AlreadyExists)
+            }
+            Err(e) => Err(self.error("PutObject", key, e)),
+        }
+    }
+
+    /// Writes `body` at `key`, replacing any object there.
+    #[instrument(skip(self, body), fields(bucket = %self.bucket, bytes = body.len()))]
+    pub async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.error("PutObject", key, e))?;
+        Ok(())
+    }
+
+    /// Reads a whole object into memory; for small objects only (use [`S3Store::gzip_lines`] for data).
+    #[instrument(skip(self), fields(bucket = %self.bucket))]
+    pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
+        let mut body = Vec::new();
+        self.open(key).await?.read_to_end(&mut body).await.map_err(|source| self.read_error(key, source))?;
+        Ok(body)
+    }
+
+    /// Streams the lines of a gzip NDJSON object (concatenated gzip members allowed), holding one
+    /// decompressed line at a time: a 1 GB object needs no 1 GB of memory.
+    #[instrument(skip(self), fields(bucket = %self.bucket))]
+    pub async fn gzip_lines(&self, key: &str) -> Result<ObjectLines> {
+        let mut decoder = GzipDecoder::new(self.open(key).await?);
+        decoder.multiple_members(true);
+        let reader: Box<dyn AsyncBufRead + Send + Unpin> = Box::new(BufReader::with_capacity(64 * 1024, decoder));
+        Ok(ObjectLines { bucket: self.bucket.clone(), key: key.to_owned(), lines: LineReader::new(reader) })
+    }
+
+    async fn open(&self, key: &str) -> Result<impl AsyncBufRead + Send + Unpin + 'static> {
+        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(out) => Ok(out.body.into_async_read()),
+            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) || e.code() == Some("NoSuchKey") => {
+                Err(Error::NotFound { bucket: self.bucket.clone(), key: key.to_owned() })
+            }
+            Err(e) => Err(self.error("GetObject", key, e)),
+        }
+    }
+
+    fn error<E>(&self, op: &'static str, key: &str, e: E) -> Error
+    where
+        E: Into<aws_sdk_s3::Error> + std::error::Error + Send + Sync + 'static,
+    {
+        let message = DisplayErrorContext(&e).to_string();
+        Error::S3 { op, bucket: self.bucket.clone(), key: key.to_owned(), message, source: Box::new(e.into()) }
+    }
+
+    fn read_error(&self, key: &str, source: std::io::Error) -> Error {
+        Error::Read { bucket: self.bucket.clone(), key: key.to_owned(), source }
+    }
+}
+
+/// The lines of one S3 object, read as they stream in.
+#[derive(Debug)]
+pub struct ObjectLines {
+    bucket: String,
+    key: String,
+    lines: LineReader<Box<dyn AsyncBufRead + Send + Unpin>>,
+}
+
+impl ObjectLines {
+    /// The next non-blank line, or `None` at the end of the object.
+    pub async fn next_line(&mut self) -> Result<Option<Line>> {
+        self.lines
+            .next_line()
+            .await
+            .map_err(|source| Error::Read { bucket: self.bucket.clone(), key: self.key.clone(), source })
+    }
+}

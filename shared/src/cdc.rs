@@ -48,7 +48,10 @@ pub fn parse_change(value: Value) -> Result<Option<Change>, RecordError> {
             Some(Value::Object(p)) => p,
             Some(Value::Null) | None => return Ok(None),
             Some(other) => {
-                return Err(RecordError::Invalid { field: "payload", problem: format!("must be an object, got {}", json_type(&other)) })
+                return Err(RecordError::Invalid {
+                    field: "payload",
+                    problem: format!("must be an object, got {}", json_type(&other)),
+                })
             }
         };
     }
@@ -58,15 +61,30 @@ pub fn parse_change(value: Value) -> Result<Option<Change>, RecordError> {
             "u" => Op::Update,
             "d" => Op::Delete,
             "r" => Op::Read,
-            other => return Err(RecordError::Invalid { field: "op", problem: format!("must be one of c|u|d|r, got {other:?}") }),
+            other => {
+                return Err(RecordError::Invalid {
+                    field: "op",
+                    problem: format!("must be one of c|u|d|r, got {other:?}"),
+                })
+            }
         },
         None | Some(Value::Null) => return Err(RecordError::Missing("op")),
-        Some(other) => return Err(RecordError::Invalid { field: "op", problem: format!("must be a string, got {}", json_type(other)) }),
+        Some(other) => {
+            return Err(RecordError::Invalid {
+                field: "op",
+                problem: format!("must be a string, got {}", json_type(other)),
+            })
+        }
     };
     let source = match event.get("source") {
         Some(Value::Object(s)) => s,
         None | Some(Value::Null) => return Err(RecordError::Missing("source")),
-        Some(other) => return Err(RecordError::Invalid { field: "source", problem: format!("must be an object, got {}", json_type(other)) }),
+        Some(other) => {
+            return Err(RecordError::Invalid {
+                field: "source",
+                problem: format!("must be an object, got {}", json_type(other)),
+            })
+        }
     };
     let lsn = match source.get("lsn") {
         Some(Value::Number(n)) => n.as_u64().ok_or_else(|| RecordError::Invalid {
@@ -75,20 +93,25 @@ pub fn parse_change(value: Value) -> Result<Option<Change>, RecordError> {
         })?,
         None | Some(Value::Null) => return Err(RecordError::Missing("source.lsn")),
         Some(other) => {
-            return Err(RecordError::Invalid { field: "source.lsn", problem: format!("must be an integer, got {}", json_type(other)) })
+            return Err(RecordError::Invalid {
+                field: "source.lsn",
+                problem: format!("must be an integer, got {}", json_type(other)),
+            })
         }
     };
-    let ts_ms = match (source.get("ts_ms").and_then(Value::as_i64), event.get("ts_ms").and_then(Value::as_i64)) {
-        (Some(t), _) | (None, Some(t)) => t,
-        (None, None) => return Err(RecordError::Missing("source.ts_ms")),
+    let Some(ts_ms) =
+        source.get("ts_ms").and_then(Value::as_i64).or_else(|| event.get("ts_ms").and_then(Value::as_i64))
+    else {
+        return Err(RecordError::Missing("source.ts_ms"));
     };
+    // Deletes carry the row in `before`; everything else in `after`.
     let image = if op == Op::Delete { "before" } else { "after" };
     let row = match event.remove(image) {
         Some(Value::Object(row)) => row,
-        None | Some(Value::Null) => return Err(RecordError::Missing(if op == Op::Delete { "before" } else { "after" })),
+        None | Some(Value::Null) => return Err(RecordError::Missing(image)),
         Some(other) => {
             return Err(RecordError::Invalid {
-                field: if op == Op::Delete { "before" } else { "after" },
+                field: image,
                 problem: format!("must be an object, got {}", json_type(&other)),
             })
         }

@@ -137,7 +137,10 @@ impl LakeConfig {
         Ok(Self {
             bucket: BucketName::parse("LAKE_BUCKET", env.required("LAKE_BUCKET")?)?,
             landing_prefix: Prefix::parse("LANDING_PREFIX", env.get("LANDING_PREFIX").unwrap_or("landing/"))?,
-            quarantine_prefix: Prefix::parse("QUARANTINE_PREFIX", env.get("QUARANTINE_PREFIX").unwrap_or("quarantine/"))?,
+            quarantine_prefix: Prefix::parse(
+                "QUARANTINE_PREFIX",
+                env.get("QUARANTINE_PREFIX").unwrap_or("quarantine/"),
+            )?,
         })
     }
 }

@@ -52,7 +52,10 @@ mod tests {
         let q = Prefix::parse("Q", "quarantine").unwrap();
         let dt = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
         let name = BatchName { topic: "fleet.locations".into(), partition: 3, first_offset: 100, last_offset: 199 };
-        assert_eq!(landing_key(&landing, "locations", dt, &name), "landing/locations/dt=2026-11-23/fleet.locations-3-100-199.ndjson.gz");
+        assert_eq!(
+            landing_key(&landing, "locations", dt, &name),
+            "landing/locations/dt=2026-11-23/fleet.locations-3-100-199.ndjson.gz"
+        );
         assert_eq!(
             quarantine_key(&q, "msk-lander", dt, &name.to_string()),
             "quarantine/msk-lander/dt=2026-11-23/fleet.locations-3-100-199.ndjson"

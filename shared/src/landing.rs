@@ -45,7 +45,10 @@ impl TopicDatasets {
             let dataset_ok = !dataset.is_empty()
                 && dataset.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
             if !dataset_ok {
-                return Err(ConfigError::new(var, format!("dataset {dataset:?} must be lowercase letters, digits and _")));
+                return Err(ConfigError::new(
+                    var,
+                    format!("dataset {dataset:?} must be lowercase letters, digits and _"),
+                ));
             }
             if map.insert(topic.to_owned(), dataset.to_owned()).is_some() {
                 return Err(ConfigError::new(var, format!("topic {topic:?} is mapped twice")));
@@ -65,7 +68,8 @@ impl TopicDatasets {
 
 impl Default for TopicDatasets {
     fn default() -> Self {
-        Self::parse("TOPIC_DATASETS", DEFAULT_TOPIC_DATASETS).unwrap_or_else(|_| unreachable!("the default mapping is valid"))
+        Self::parse("TOPIC_DATASETS", DEFAULT_TOPIC_DATASETS)
+            .unwrap_or_else(|_| unreachable!("the default mapping is valid"))
     }
 }
 
@@ -118,20 +122,35 @@ pub struct LandedSlice {
 /// repeated offset is kept once. `ingested_at` becomes every line's `_ingested_at`.
 ///
 /// Returns `None` for an empty slice.
-pub fn land_slice(mut messages: Vec<KafkaMessage>, datasets: &TopicDatasets, ingested_at: DateTime<Utc>) -> Option<LandedSlice> {
+pub fn land_slice(
+    mut messages: Vec<KafkaMessage>,
+    datasets: &TopicDatasets,
+    ingested_at: DateTime<Utc>,
+) -> Option<LandedSlice> {
     messages.sort_by_key(|m| m.offset);
     messages.dedup_by_key(|m| m.offset);
     let (first, last) = (messages.first()?, messages.last()?);
-    let name = BatchName { topic: first.topic.clone(), partition: first.partition, first_offset: first.offset, last_offset: last.offset };
+    let name = BatchName {
+        topic: first.topic.clone(),
+        partition: first.partition,
+        first_offset: first.offset,
+        last_offset: last.offset,
+    };
     let dt = DateTime::from_timestamp_millis(first.timestamp_ms).unwrap_or_default().date_naive();
     let dataset = datasets.dataset(&first.topic).map(str::to_owned);
     let ingested_at = ingested_at.to_rfc3339_opts(SecondsFormat::Millis, true);
     let mut slice = LandedSlice { name, dataset, dt, lines: Vec::new(), quarantined: Vec::new(), tombstones: 0 };
     for msg in messages {
-        let source = KafkaSource { topic: msg.topic, partition: msg.partition, offset: msg.offset, timestamp: msg.timestamp_ms };
+        let source =
+            KafkaSource { topic: msg.topic, partition: msg.partition, offset: msg.offset, timestamp: msg.timestamp_ms };
         let Some(dataset) = slice.dataset.as_deref() else {
             let raw = msg.value.as_deref().map(|v| decode_raw(v).0);
-            slice.quarantined.push(QuarantineLine::new(RecordError::UnknownTopic(source.topic.clone()).to_string(), STAGE, &source, raw));
+            slice.quarantined.push(QuarantineLine::new(
+                RecordError::UnknownTopic(source.topic.clone()).to_string(),
+                STAGE,
+                &source,
+                raw,
+            ));
             continue;
         };
         let Some(value) = msg.value else {
@@ -152,15 +171,23 @@ pub fn land_slice(mut messages: Vec<KafkaMessage>, datasets: &TopicDatasets, ing
 }
 
 /// Decodes and validates one value; `Ok(None)` is a Debezium tombstone inside the value.
-fn land_value(dataset: &str, b64: &str, source: &KafkaSource, ingested_at: &str) -> Result<Option<Vec<u8>>, RecordError> {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| RecordError::Base64(e.to_string()))?;
+fn land_value(
+    dataset: &str,
+    b64: &str,
+    source: &KafkaSource,
+    ingested_at: &str,
+) -> Result<Option<Vec<u8>>, RecordError> {
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| RecordError::Base64(e.to_string()))?;
     let mut out = if dataset == POSITIONS_DATASET {
         let rec = parse_object(&bytes)?;
         validate_position(&rec)?;
         rec
     } else {
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| RecordError::NotJson(e.to_string()))?;
-        let Some(change) = parse_change(value)? else { return Ok(None) };
+        let Some(change) = parse_change(value)? else {
+            return Ok(None);
+        };
         match serde_json::to_value(change) {
             Ok(Value::Object(m)) => m,
             _ => unreachable!("a Change serialises to an object"),
@@ -204,7 +231,12 @@ mod tests {
     #[test]
     fn positions_get_lineage_and_keep_unknown_fields() {
         let pos = r#"{"transport_unit_id":"TU-7","ts":"2026-11-24T00:00:00Z","lat":1.5,"lon":2.5,"cargo":"fish"}"#;
-        let slice = land_slice(vec![msg("fleet.locations", 11, b64(pos)), msg("fleet.locations", 10, None)], &TopicDatasets::default(), at()).unwrap();
+        let slice = land_slice(
+            vec![msg("fleet.locations", 11, b64(pos)), msg("fleet.locations", 10, None)],
+            &TopicDatasets::default(),
+            at(),
+        )
+        .unwrap();
         assert_eq!(slice.name.to_string(), "fleet.locations-2-10-11");
         assert_eq!(slice.dt.to_string(), "2026-11-24");
         assert_eq!(slice.tombstones, 1);
@@ -221,7 +253,8 @@ mod tests {
     #[test]
     fn debezium_changes_land_as_op_ts_lsn_row() {
         let ev = r#"{"schema":{"type":"struct"},"payload":{"op":"c","after":{"id":"TU-1"},"source":{"ts_ms":5,"lsn":77},"ts_ms":9}}"#;
-        let slice = land_slice(vec![msg("pg.public.transport_units", 0, b64(ev))], &TopicDatasets::default(), at()).unwrap();
+        let slice =
+            land_slice(vec![msg("pg.public.transport_units", 0, b64(ev))], &TopicDatasets::default(), at()).unwrap();
         assert_eq!(slice.dataset.as_deref(), Some("transport_units"));
         let line: Value = serde_json::from_slice(&slice.lines[0]).unwrap();
         assert_eq!(line["op"], json!("c"));
@@ -237,7 +270,11 @@ mod tests {
         let msgs = vec![
             msg("fleet.locations", 1, Some("***".into())),
             msg("fleet.locations", 2, b64("not json")),
-            msg("fleet.locations", 3, b64(r#"{"transport_unit_id":"TU-1","ts":"2026-11-24T00:00:00Z","lat":95,"lon":0}"#)),
+            msg(
+                "fleet.locations",
+                3,
+                b64(r#"{"transport_unit_id":"TU-1","ts":"2026-11-24T00:00:00Z","lat":95,"lon":0}"#),
+            ),
             msg("fleet.locations", 4, Some(base64::engine::general_purpose::STANDARD.encode([0xff, 0x00]))),
             msg("fleet.locations", 5, b64(good)),
         ];
@@ -255,7 +292,9 @@ mod tests {
 
     #[test]
     fn unknown_topics_are_quarantined_whole() {
-        let slice = land_slice(vec![msg("other", 0, b64("{}")), msg("other", 1, None)], &TopicDatasets::default(), at()).unwrap();
+        let slice =
+            land_slice(vec![msg("other", 0, b64("{}")), msg("other", 1, None)], &TopicDatasets::default(), at())
+                .unwrap();
         assert!(slice.lines.is_empty());
         assert_eq!(slice.quarantined.len(), 2);
         assert_eq!(slice.quarantined[0].reason, "topic \"other\" is not mapped to a dataset (TOPIC_DATASETS)");
@@ -265,7 +304,13 @@ mod tests {
     #[test]
     fn same_input_same_lines() {
         let pos = r#"{"transport_unit_id":"TU-7","ts":"2026-11-24T00:00:00Z","lat":1.5,"lon":2.5}"#;
-        let make = || land_slice(vec![msg("fleet.locations", 3, b64(pos)), msg("fleet.locations", 3, b64(pos))], &TopicDatasets::default(), at());
+        let make = || {
+            land_slice(
+                vec![msg("fleet.locations", 3, b64(pos)), msg("fleet.locations", 3, b64(pos))],
+                &TopicDatasets::default(),
+                at(),
+            )
+        };
         let (a, b) = (make().unwrap(), make().unwrap());
         assert_eq!(a, b);
         assert_eq!(a.lines.len(), 1, "a repeated offset lands once");

@@ -89,6 +89,10 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
                 self.buf.pop();
             }
+            if self.buf.len() > MAX_LINE_BYTES {
+                // Over-long by a byte or two: the whole line is already consumed.
+                return Ok(Some(Line::TooLong { number: self.number, head: self.buf[..256].to_vec() }));
+            }
             if self.buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -122,6 +126,22 @@ mod tests {
     fn gzip_is_deterministic() {
         let lines: [&[u8]; 2] = [b"{\"a\":1}", b"{\"b\":2}"];
         assert_eq!(gzip_lines(lines).unwrap(), gzip_lines(lines).unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_limit_is_exact() {
+        for (len, accepted) in [(MAX_LINE_BYTES, true), (MAX_LINE_BYTES + 1, false), (MAX_LINE_BYTES + 2, false)] {
+            let mut text = vec![b'y'; len];
+            text.extend_from_slice(b"\r\n{}\n");
+            let mut reader = LineReader::new(BufReader::new(text.as_slice()));
+            let first = reader.next_line().await.unwrap().unwrap();
+            assert_eq!(matches!(first, Line::Text { ref bytes, .. } if bytes.len() == len), accepted, "{len}");
+            assert_eq!(
+                reader.next_line().await.unwrap(),
+                Some(Line::Text { number: 2, bytes: b"{}".to_vec() }),
+                "{len}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -94,14 +94,21 @@ pub fn validate_position(rec: &Map<String, Value>) -> Result<Position, RecordErr
             }
             s.clone()
         }
-        Some(other) => return Err(RecordError::invalid("transport_unit_id", format!("must be a string, got {}", json_type(other)))),
+        Some(other) => {
+            return Err(RecordError::invalid(
+                "transport_unit_id",
+                format!("must be a string, got {}", json_type(other)),
+            ))
+        }
     };
     let ts = match rec.get("ts") {
         None | Some(Value::Null) => return Err(RecordError::Missing("ts")),
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
             .map_err(|e| RecordError::invalid("ts", format!("must be an RFC 3339 timestamp, got {s:?} ({e})")))?
             .with_timezone(&Utc),
-        Some(other) => return Err(RecordError::invalid("ts", format!("must be an RFC 3339 string, got {}", json_type(other)))),
+        Some(other) => {
+            return Err(RecordError::invalid("ts", format!("must be an RFC 3339 string, got {}", json_type(other))))
+        }
     };
     let lat = required_number(rec, "lat", -90.0, 90.0)?;
     let lon = required_number(rec, "lon", -180.0, 180.0)?;
@@ -125,7 +132,12 @@ fn required_number(rec: &Map<String, Value>, field: &'static str, min: f64, max:
     optional_number(rec, field, min, max)?.ok_or(RecordError::Missing(field))
 }
 
-fn optional_number(rec: &Map<String, Value>, field: &'static str, min: f64, max: f64) -> Result<Option<f64>, RecordError> {
+fn optional_number(
+    rec: &Map<String, Value>,
+    field: &'static str,
+    min: f64,
+    max: f64,
+) -> Result<Option<f64>, RecordError> {
     match rec.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {

@@ -60,7 +60,10 @@ impl S3Store {
             .await;
         match sent {
             Ok(_) => Ok(PutOutcome::Created),
-            Err(e) if e.code() == Some("PreconditionFailed") || e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+            Err(e)
+                if e.code() == Some("PreconditionFailed")
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 412) =>
+            {
                 debug!(key, "object already exists");
                 Ok(PutOutcome::AlreadyExists)
             }
@@ -104,7 +107,10 @@ impl S3Store {
     async fn open(&self, key: &str) -> Result<impl AsyncBufRead + Send + Unpin + 'static> {
         match self.client.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(out) => Ok(out.body.into_async_read()),
-            Err(e) if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_))) || e.code() == Some("NoSuchKey") => {
+            Err(e)
+                if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_)))
+                    || e.code() == Some("NoSuchKey") =>
+            {
                 Err(Error::NotFound { bucket: self.bucket.clone(), key: key.to_owned() })
             }
             Err(e) => Err(self.error("GetObject", key, e)),
@@ -135,9 +141,10 @@ pub struct ObjectLines {
 impl ObjectLines {
     /// The next non-blank line, or `None` at the end of the object.
     pub async fn next_line(&mut self) -> Result<Option<Line>> {
-        self.lines
-            .next_line()
-            .await
-            .map_err(|source| Error::Read { bucket: self.bucket.clone(), key: self.key.clone(), source })
+        self.lines.next_line().await.map_err(|source| Error::Read {
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            source,
+        })
     }
 }

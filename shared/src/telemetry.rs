@@ -9,17 +9,18 @@ use tracing_subscriber::EnvFilter;
 /// CloudWatch namespace of every fleetlake metric.
 pub const NAMESPACE: &str = "fleetlake";
 
-/// Installs the JSON log subscriber (to stderr): one object per event with the current span's fields, so the
-/// runtime's `requestId` appears on every line. The level comes from `AWS_LAMBDA_LOG_LEVEL`, then `RUST_LOG`,
+/// Installs the JSON log subscriber (to stderr): one object per event with the fields of every enclosing span,
+/// so the runtime's `requestId` (from its invocation span) appears on every line. The level comes from `AWS_LAMBDA_LOG_LEVEL`, then `RUST_LOG`,
 /// default `info`. Safe to call more than once.
 pub fn init_logging() {
-    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
+    let level =
+        std::env::var("AWS_LAMBDA_LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
     let filter = EnvFilter::try_new(level.to_lowercase()).unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
+        .with_current_span(false)
+        .with_span_list(true)
         .with_target(false)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -16,7 +16,10 @@ impl Config {
     pub(crate) fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             lake: LakeConfig::from_env(env)?,
-            topics: TopicDatasets::parse("TOPIC_DATASETS", env.get("TOPIC_DATASETS").unwrap_or(DEFAULT_TOPIC_DATASETS))?,
+            topics: TopicDatasets::parse(
+                "TOPIC_DATASETS",
+                env.get("TOPIC_DATASETS").unwrap_or(DEFAULT_TOPIC_DATASETS),
+            )?,
         })
     }
 }
@@ -29,9 +32,11 @@ mod tests {
     fn defaults_and_a_custom_mapping() {
         let cfg = Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake")])).unwrap();
         assert_eq!(cfg.topics.dataset("pg.public.transport_units"), Some("transport_units"));
-        let cfg = Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("TOPIC_DATASETS", "t1=locations")])).unwrap();
+        let cfg =
+            Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("TOPIC_DATASETS", "t1=locations")])).unwrap();
         assert_eq!(cfg.topics.dataset("fleet.locations"), None);
-        let err = Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("TOPIC_DATASETS", "nonsense")])).unwrap_err();
+        let err =
+            Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("TOPIC_DATASETS", "nonsense")])).unwrap_err();
         assert_eq!(err.var, "TOPIC_DATASETS");
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct Summary {
     landed: u64,
     quarantined: u64,
     tombstones: u64,
+    /// Landing objects found already written by an earlier try of this batch (and left untouched).
+    already_landed: u64,
     /// Landing objects of this batch, whether written now or already there from an earlier try.
     objects: Vec<String>,
     quarantine_objects: Vec<String>,
@@ -79,10 +81,12 @@ pub(crate) async fn handle(event: LambdaEvent<MskEvent>, deps: &Deps) -> Result<
     let mut metrics = Metrics::new(STAGE);
     metrics.property("requestId", event.context.request_id.clone());
     let ingested_at = Utc::now();
-    let slices: Vec<LandedSlice> =
-        slice_messages(event.payload).into_iter().filter_map(|msgs| land_slice(msgs, &deps.config.topics, ingested_at)).collect();
+    let slices: Vec<LandedSlice> = slice_messages(event.payload)
+        .into_iter()
+        .filter_map(|msgs| land_slice(msgs, &deps.config.topics, ingested_at))
+        .collect();
 
-    let written: Vec<(LandedSlice, Option<(String, PutOutcome)>, Option<String>)> = futures::stream::iter(slices)
+    let written: Vec<WrittenSlice> = futures::stream::iter(slices)
         .map(|slice| write_slice(slice, deps))
         .buffer_unordered(WRITE_CONCURRENCY)
         .try_collect()
@@ -90,17 +94,20 @@ pub(crate) async fn handle(event: LambdaEvent<MskEvent>, deps: &Deps) -> Result<
         .inspect_err(|e| tracing::error!(error = %e, "batch not landed; Lambda will retry it"))?;
 
     let mut summary = Summary::default();
-    for (slice, landed, quarantined) in written {
+    for WrittenSlice { slice, landed, quarantine_key } in written {
         let n = (slice.lines.len() + slice.quarantined.len() + slice.tombstones) as u64;
         summary.records += n;
         summary.landed += slice.lines.len() as u64;
         summary.quarantined += slice.quarantined.len() as u64;
         summary.tombstones += slice.tombstones as u64;
         if let Some((key, outcome)) = landed {
+            if outcome == PutOutcome::AlreadyExists {
+                summary.already_landed += 1;
+            }
             metrics.add(if outcome == PutOutcome::Created { "objects_written" } else { "objects_already_landed" }, 1);
             summary.objects.push(key);
         }
-        summary.quarantine_objects.extend(quarantined);
+        summary.quarantine_objects.extend(quarantine_key);
     }
     summary.objects.sort();
     summary.quarantine_objects.sort();
@@ -109,15 +116,26 @@ pub(crate) async fn handle(event: LambdaEvent<MskEvent>, deps: &Deps) -> Result<
     metrics.add("records_quarantined", summary.quarantined);
     metrics.add("tombstones_skipped", summary.tombstones);
     metrics.emit();
-    info!(records = summary.records, landed = summary.landed, quarantined = summary.quarantined, tombstones = summary.tombstones, "batch landed");
+    info!(
+        records = summary.records,
+        landed = summary.landed,
+        quarantined = summary.quarantined,
+        tombstones = summary.tombstones,
+        "batch landed"
+    );
     Ok(summary)
 }
 
-/// Writes one slice: its landing object (if any record landed) and its quarantine object (if any was refused).
-async fn write_slice(
+/// A slice and the objects written for it.
+struct WrittenSlice {
     slice: LandedSlice,
-    deps: &Deps,
-) -> Result<(LandedSlice, Option<(String, PutOutcome)>, Option<String>), fleetlake::Error> {
+    /// Landing object key and whether this invocation created it.
+    landed: Option<(String, PutOutcome)>,
+    quarantine_key: Option<String>,
+}
+
+/// Writes one slice: its landing object (if any record landed) and its quarantine object (if any was refused).
+async fn write_slice(slice: LandedSlice, deps: &Deps) -> Result<WrittenSlice, fleetlake::Error> {
     let landed = match (&slice.dataset, slice.lines.is_empty()) {
         (Some(dataset), false) => {
             let key = landing_key(&deps.config.lake.landing_prefix, dataset, slice.dt, &slice.name);
@@ -128,8 +146,8 @@ async fn write_slice(
         }
         _ => None,
     };
-    let quarantined = deps.quarantine.write(slice.dt, &slice.name.to_string(), &slice.quarantined).await?;
-    Ok((slice, landed, quarantined))
+    let quarantine_key = deps.quarantine.write(slice.dt, &slice.name.to_string(), &slice.quarantined).await?;
+    Ok(WrittenSlice { slice, landed, quarantine_key })
 }
 
 /// Splits an MSK event into per-topic-partition message lists, in a stable order.
@@ -171,10 +189,8 @@ mod tests {
     fn the_sample_batch_splits_per_topic_partition() {
         let event: MskEvent = serde_json::from_str(SAMPLES[0].1).unwrap();
         let slices = slice_messages(event);
-        let names: Vec<(String, i64, Vec<i64>)> = slices
-            .iter()
-            .map(|s| (s[0].topic.clone(), s[0].partition, s.iter().map(|m| m.offset).collect()))
-            .collect();
+        let names: Vec<(String, i64, Vec<i64>)> =
+            slices.iter().map(|s| (s[0].topic.clone(), s[0].partition, s.iter().map(|m| m.offset).collect())).collect();
         assert_eq!(
             names,
             [

@@ -1,4 +1,5 @@
 //! msk-lander end to end: the real binary behind a Lambda runtime API, against moto's S3.
+#![allow(clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -45,7 +46,8 @@ async fn snapshot(moto: &Moto, bucket: &str) -> BTreeMap<String, Vec<u8>> {
 fn expected_position(event: &Value, group: &str, offset: i64, ingested_at: &Value) -> Value {
     let rec = event["records"][group].as_array().unwrap().iter().find(|r| r["offset"] == json!(offset)).unwrap();
     let mut want = decode(rec["value"].as_str().unwrap());
-    want["_source"] = json!({"topic": rec["topic"], "partition": rec["partition"], "offset": offset, "timestamp": rec["timestamp"]});
+    want["_source"] =
+        json!({"topic": rec["topic"], "partition": rec["partition"], "offset": offset, "timestamp": rec["timestamp"]});
     want["_ingested_at"] = ingested_at.clone();
     want
 }
@@ -89,29 +91,49 @@ async fn sample_batch_lands_exactly_and_a_replay_changes_nothing() {
     assert!(chrono::DateTime::parse_from_rfc3339(ingested_at.as_str().unwrap()).is_ok(), "{ingested_at}");
     assert_eq!(
         p0,
-        [expected_position(&event, "fleet.locations-0", 1200, &ingested_at), expected_position(&event, "fleet.locations-0", 1202, &ingested_at)]
+        [
+            expected_position(&event, "fleet.locations-0", 1200, &ingested_at),
+            expected_position(&event, "fleet.locations-0", 1202, &ingested_at)
+        ]
     );
     assert_eq!(p0[1]["flight_level"], json!("FL350"), "unknown fields are kept");
     let p1 = gunzip(&objects[&format!("landing/locations/{DAY}/fleet.locations-1-877-878.ndjson.gz")]);
     assert_eq!(p1, [expected_position(&event, "fleet.locations-1", 877, &ingested_at)]);
 
     // AND Debezium changes land as {op, ts_ms, lsn, row} from either converter format
-    let perf = gunzip(&objects[&format!("landing/performance_stats/{DAY}/pg.public.performance_stats-0-40-41.ndjson.gz")]);
+    let perf =
+        gunzip(&objects[&format!("landing/performance_stats/{DAY}/pg.public.performance_stats-0-40-41.ndjson.gz")]);
     assert_eq!(perf.len(), 2);
-    assert_eq!((&perf[0]["op"], &perf[0]["lsn"], &perf[0]["ts_ms"]), (&json!("c"), &json!(24_023_128), &json!(1_795_507_195_000_i64)));
-    assert_eq!((&perf[1]["op"], &perf[1]["lsn"], &perf[1]["row"]["fuel_used_l"]), (&json!("u"), &json!(24_023_512), &json!(3180.0)));
+    assert_eq!(
+        (&perf[0]["op"], &perf[0]["lsn"], &perf[0]["ts_ms"]),
+        (&json!("c"), &json!(24_023_128), &json!(1_795_507_195_000_i64))
+    );
+    assert_eq!(
+        (&perf[1]["op"], &perf[1]["lsn"], &perf[1]["row"]["fuel_used_l"]),
+        (&json!("u"), &json!(24_023_512), &json!(3180.0))
+    );
     assert_eq!(perf[1]["_source"]["offset"], json!(41));
     let units = gunzip(&objects[&format!("landing/transport_units/{DAY}/pg.public.transport_units-0-9-11.ndjson.gz")]);
     let ops: Vec<(&Value, &Value)> = units.iter().map(|u| (&u["op"], &u["row"]["transport_unit_id"])).collect();
-    assert_eq!(ops, [(&json!("r"), &json!("TU-000042")), (&json!("d"), &json!("TU-000999"))], "the delete lands its before image; the tombstone is skipped");
+    assert_eq!(
+        ops,
+        [(&json!("r"), &json!("TU-000042")), (&json!("d"), &json!("TU-000999"))],
+        "the delete lands its before image; the tombstone is skipped"
+    );
 
     // AND each refused record is in quarantine with its reason, source and raw value
     let q0 = ndjson(&objects[&format!("quarantine/msk-lander/{DAY}/fleet.locations-0-1200-1202.ndjson")]);
     assert_eq!(q0.len(), 1);
     assert_eq!(q0[0]["reason"], json!("field `lat` must be between -90 and 90, got 123.4"));
     assert_eq!(q0[0]["stage"], json!("msk-lander"));
-    assert_eq!(q0[0]["source"], json!({"topic": "fleet.locations", "partition": 0, "offset": 1201, "timestamp": 1_795_507_200_001_i64}));
-    assert_eq!(serde_json::from_str::<Value>(q0[0]["raw"].as_str().unwrap()).unwrap()["transport_unit_id"], json!("TU-000077"));
+    assert_eq!(
+        q0[0]["source"],
+        json!({"topic": "fleet.locations", "partition": 0, "offset": 1201, "timestamp": 1_795_507_200_001_i64})
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(q0[0]["raw"].as_str().unwrap()).unwrap()["transport_unit_id"],
+        json!("TU-000077")
+    );
     let q1 = ndjson(&objects[&format!("quarantine/msk-lander/{DAY}/fleet.locations-1-877-878.ndjson")]);
     assert!(q1[0]["reason"].as_str().unwrap().starts_with("value is not JSON"), "{}", q1[0]);
     assert_eq!(q1[0]["raw"], json!("lat=40.41,lon=-3.70 (not json)"));
@@ -119,13 +141,31 @@ async fn sample_batch_lands_exactly_and_a_replay_changes_nothing() {
     assert_eq!(q2[0]["reason"], json!("topic \"fleet.unknown\" is not mapped to a dataset (TOPIC_DATASETS)"));
 
     // AND one EMF metrics line reports the counts
-    let emf: Vec<Value> = first.stdout.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.get("_aws").is_some()).collect();
+    let emf: Vec<Value> = first
+        .stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("_aws").is_some())
+        .collect();
     assert_eq!(emf.len(), 1, "{:?}", first.stdout);
-    assert_eq!((&emf[0]["records_in"], &emf[0]["records_quarantined"], &emf[0]["objects_written"]), (&json!(11), &json!(3), &json!(4)));
+    assert_eq!(
+        (&emf[0]["records_in"], &emf[0]["records_quarantined"], &emf[0]["objects_written"]),
+        (&json!(11), &json!(3), &json!(4))
+    );
+
+    // AND the JSON logs carry the invocation's request id
+    assert!(
+        lander.stderr().lines().any(|l| l.contains("\"requestId\":\"msk-lander-req-1\"") && l.contains("batch landed")),
+        "{}",
+        lander.stderr()
+    );
 
     // WHEN the same batch is delivered again (Lambda retry)
-    let second = lander.invoke(&event).await;
-    assert_eq!(second.outcome.unwrap(), summary);
+    let mut second = lander.invoke(&event).await.outcome.unwrap();
+    assert_eq!(summary["already_landed"], json!(0));
+    assert_eq!(second["already_landed"], json!(4), "the retry finds the first try's objects");
+    second["already_landed"] = json!(0);
+    assert_eq!(second, summary);
     // THEN every object is byte-for-byte what it was
     assert_eq!(snapshot(&moto, &bucket).await, objects);
 }
@@ -148,8 +188,14 @@ async fn ten_thousand_records_land_once_each() {
                 Value::Null
             } else {
                 let lat = if i % 97 == 0 { 100.0 } else { 45.0 + (i as f64) / 1e4 };
-                if i % 97 == 0 { invalid.push((partition, offset)) } else { valid.push((partition, offset)) }
-                json!(b64(&json!({"transport_unit_id": format!("TU-{:06}", i % 300), "ts": "2026-11-24T06:00:00Z", "lat": lat, "lon": 7.5})))
+                if i % 97 == 0 {
+                    invalid.push((partition, offset));
+                } else {
+                    valid.push((partition, offset));
+                }
+                json!(b64(
+                    &json!({"transport_unit_id": format!("TU-{:06}", i % 300), "ts": "2026-11-24T06:00:00Z", "lat": lat, "lon": 7.5})
+                ))
             };
             recs.push(json!({"topic": "fleet.locations", "partition": partition, "offset": offset, "timestamp": 1_795_507_200_000_i64 + i,
                              "timestampType": "CREATE_TIME", "key": null, "value": value, "headers": []}));
@@ -171,7 +217,8 @@ async fn ten_thousand_records_land_once_each() {
     }
     for key in moto.keys(&bucket, "quarantine/").await {
         for line in ndjson(&moto.get(&bucket, &key).await) {
-            quarantined.push((line["source"]["partition"].as_i64().unwrap(), line["source"]["offset"].as_i64().unwrap()));
+            quarantined
+                .push((line["source"]["partition"].as_i64().unwrap(), line["source"]["offset"].as_i64().unwrap()));
         }
     }
     landed.sort_unstable();
@@ -183,12 +230,22 @@ async fn ten_thousand_records_land_once_each() {
 /// Where cargo unpacked the aws_lambda_events crate, to read its own Kafka fixture.
 fn lambda_events_fixture() -> PathBuf {
     let out = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--manifest-path",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+        ])
         .output()
         .expect("cargo metadata");
     let meta: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
-    let manifest = meta["packages"].as_array().unwrap().iter().find(|p| p["name"] == json!("aws_lambda_events")).expect("aws_lambda_events")
-        ["manifest_path"]
+    let manifest = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == json!("aws_lambda_events"))
+        .expect("aws_lambda_events")["manifest_path"]
         .as_str()
         .unwrap()
         .to_owned();

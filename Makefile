@@ -1,0 +1,72 @@
+# fleetlake: `make demo` runs the pipeline on this machine, `make test` checks everything.
+# Each target installs what it needs (the Python venv with moto, cargo-lambda, SAM CLI, cfn-lint) idempotently.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+REQUIREMENTS := infra/local/requirements.txt
+VENV_STAMP := $(VENV)/.installed-$(shell sha1sum $(REQUIREMENTS) | cut -c1-12)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+MOTO_PORT ?= 5000
+WEATHER_PORT ?= 8089
+LAMBDA_PORT ?= 9000
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: help venv lint fmt-check clippy test test-rust test-infra template-check demo down build sam-build clean-local
+
+help:
+	@echo "make demo   - local stack (moto + weather stub), msk-lander under cargo lambda watch, sample batches, summary"
+	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
+	@echo "make down   - stop the local stack"
+	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
+
+venv: $(VENV_STAMP)
+$(VENV_STAMP): $(REQUIREMENTS)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r $(REQUIREMENTS)
+	@rm -f $(VENV)/.installed-* && touch $@
+
+lint: fmt-check clippy
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: lint template-check test-infra test-rust
+
+test-rust: venv
+	cargo test --workspace
+
+test-infra: venv
+	$(PY) -m unittest discover -s infra/tests -v
+
+template-check: venv
+	sam validate --region us-east-1 --template template.yaml
+	cfn-lint template.yaml
+	$(PY) infra/policy/check_template.py
+	$(PY) infra/local/stack.py check-template
+
+demo: venv
+	cargo build -p weather-stub -p msk-lander
+	$(PY) infra/local/stack.py up --moto-port $(MOTO_PORT) --weather-port $(WEATHER_PORT) --weather-stub $(TARGET_DIR)/debug/weather-stub
+	LAMBDA_PORT=$(LAMBDA_PORT) infra/local/demo.sh
+
+down: venv
+	$(PY) infra/local/stack.py down
+
+build: venv
+	cargo lambda build --release --arm64 --workspace --exclude weather-stub --exclude fleetlake-testkit
+
+sam-build: venv
+	sam build --template template.yaml
+
+clean-local: down
+	rm -rf .local

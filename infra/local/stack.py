@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""fleetlake's local stack: moto server + the weather stub on loopback, and the lake's resources created from
+the one definition in infra/local/stack.json.
+
+    stack.py up [--moto-port 5000] [--weather-port 8089] [--weather-stub BIN]   start, bootstrap, write .local/stack.env
+    stack.py bootstrap --endpoint URL                                           create the resources on a running moto
+    stack.py down                                                               stop what `up` started
+    stack.py check-template [--template template.yaml]                          stack.json and template.yaml agree
+    stack.py summary                                                            what is in the lake right now
+"""
+import argparse
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = ROOT / "infra" / "local" / "stack.json"
+STATE = ROOT / ".local"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def definition():
+    return json.loads(DEFINITION.read_text())
+
+
+def resolve(text, locals_):
+    """Substitutes ${Name} the way CloudFormation's Fn::Sub does, with the local stack's values."""
+    def sub(m):
+        if m.group(1) not in locals_:
+            raise SystemExit(f"stack.json: no local value for ${{{m.group(1)}}}")
+        return locals_[m.group(1)]
+    return re.sub(r"\$\{([^}]+)\}", sub, text)
+
+
+def clients(endpoint):
+    import boto3
+    kw = dict(endpoint_url=endpoint, region_name=CREDENTIALS["AWS_REGION"],
+              aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    return {name: boto3.client(name, **kw) for name in ("s3", "sqs", "dynamodb", "glue")}
+
+
+def bootstrap(endpoint):
+    """Creates bucket, queues (with dead-letter queues and S3 access), notifications, tables and the Glue
+    database. Safe to run again: what exists is left as it is."""
+    d = definition()
+    loc = d["locals"]
+    c = clients(endpoint)
+    bucket = resolve(d["bucket"]["name"], loc)
+    try:
+        c["s3"].create_bucket(Bucket=bucket)
+    except c["s3"].exceptions.BucketAlreadyOwnedByYou:
+        pass
+    c["s3"].put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
+    c["s3"].put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]})
+
+    queue_configs = []
+    for q in d["queues"]:
+        attributes = {"VisibilityTimeout": str(q["visibility_timeout_s"])}
+        if "dead_letter" in q:
+            dlq_url = c["sqs"].create_queue(QueueName=resolve(q["dead_letter"]["name"], loc))["QueueUrl"]
+            dlq_arn = c["sqs"].get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": dlq_arn,
+                                                      "maxReceiveCount": str(q["dead_letter"]["max_receive_count"])})
+        url = c["sqs"].create_queue(QueueName=resolve(q["name"], loc))["QueueUrl"]
+        c["sqs"].set_queue_attributes(QueueUrl=url, Attributes=attributes)
+        arn = c["sqs"].get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        for n in q["notifications"]:
+            queue_configs.append({"QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": {"Key": {"FilterRules": [
+                {"Name": "prefix", "Value": n["prefix"]}, {"Name": "suffix", "Value": n["suffix"]}]}}})
+    c["s3"].put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+        "QueueConfigurations": queue_configs})
+
+    for t in d["tables"]:
+        name = resolve(t["name"], loc)
+        try:
+            c["dynamodb"].create_table(
+                TableName=name, BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": t["hash_key"], "AttributeType": "S"},
+                                      {"AttributeName": t["range_key"], "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": t["hash_key"], "KeyType": "HASH"},
+                           {"AttributeName": t["range_key"], "KeyType": "RANGE"}])
+        except c["dynamodb"].exceptions.ResourceInUseException:
+            pass
+        c["dynamodb"].update_time_to_live(TableName=name, TimeToLiveSpecification={
+            "Enabled": True, "AttributeName": t["ttl_attribute"]})
+
+    db = resolve(d["glue_database"]["name"], loc)
+    try:
+        c["glue"].create_database(DatabaseInput={"Name": db, "Description": "fleetlake bronze tables (Delta Lake on S3)"})
+    except c["glue"].exceptions.AlreadyExistsException:
+        pass
+    return {"LAKE_BUCKET": bucket, "GLUE_DATABASE": db,
+            **{f"QUEUE_{q['logical_id']}": resolve(q["name"], loc) for q in d["queues"]},
+            **{f"TABLE_{t['logical_id']}": resolve(t["name"], loc) for t in d["tables"]}}
+
+
+def wait_http(url, what, seconds=60):
+    deadline = time.time() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except Exception as e:  # refused while starting, or an HTTP error status: both mean "not yet"
+            if getattr(e, "code", None):
+                return
+            if time.time() > deadline:
+                raise SystemExit(f"{what} did not answer on {url} within {seconds} s")
+            time.sleep(0.2)
+
+
+def start(cmd, log, env=None):
+    STATE.mkdir(exist_ok=True)
+    out = open(STATE / log, "ab")
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def up(args):
+    down(quiet=True)
+    moto_bin = ROOT / ".venv" / "bin" / "moto_server"
+    if not moto_bin.exists():
+        raise SystemExit(f"{moto_bin} is missing: run `make venv`")
+    moto = start([str(moto_bin), "-H", "127.0.0.1", "-p", str(args.moto_port)], "moto.log")
+    endpoint = f"http://127.0.0.1:{args.moto_port}"
+    wait_http(endpoint + "/moto-api/", "moto server")
+    pids = [moto.pid]
+    weather_url = ""
+    if args.weather_stub:
+        stub = start([args.weather_stub, "--port", str(args.weather_port)], "weather-stub.log")
+        weather_url = f"http://127.0.0.1:{args.weather_port}"
+        wait_http(weather_url + "/health", "weather stub")
+        pids.append(stub.pid)
+    (STATE / "pids").write_text("\n".join(map(str, pids)) + "\n")
+    names = bootstrap(endpoint)
+    env = {"AWS_ENDPOINT_URL": endpoint, **CREDENTIALS, **names}
+    if weather_url:
+        env["WEATHER_API_URL"] = weather_url
+    (STATE / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    print(f"local stack up: moto {endpoint}" + (f", weather stub {weather_url}" if weather_url else ""))
+    print(f"  bucket s3://{names['LAKE_BUCKET']}, Glue database {names['GLUE_DATABASE']}; settings in .local/stack.env")
+
+
+def down(quiet=False):
+    pid_file = STATE / "pids"
+    if not pid_file.exists():
+        return
+    for pid in pid_file.read_text().split():
+        try:
+            os.killpg(int(pid), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    pid_file.unlink()
+    if not quiet:
+        print("local stack stopped")
+
+
+# ------------------------------------------------------------------------------------------ template agreement
+def load_template(path):
+    from cfnlint.decode import decode
+    template, matches = decode(str(path))
+    if matches:
+        raise SystemExit(f"{path}: {matches}")
+    return template
+
+
+def sub_text(value):
+    """The text of a !Sub (short or long form), or a plain string."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        s = value["Fn::Sub"]
+        return s if isinstance(s, str) else s[0]
+    return json.dumps(value)
+
+
+def check_template(args):
+    d = definition()
+    t = load_template(args.template)
+    res = t["Resources"]
+    problems = []
+
+    def expect(what, got, want):
+        if got != want:
+            problems.append(f"{what}: template has {got!r}, stack.json has {want!r}")
+
+    def resource(logical_id, type_):
+        r = res.get(logical_id)
+        if r is None or r.get("Type") != type_:
+            problems.append(f"template has no {type_} {logical_id}")
+            return {}
+        return r.get("Properties", {})
+
+    bucket = resource(d["bucket"]["logical_id"], "AWS::S3::Bucket")
+    expect("bucket name", sub_text(bucket.get("BucketName")), d["bucket"]["name"])
+    rules = bucket.get("NotificationConfiguration", {}).get("QueueConfigurations", [])
+    got_notifications = sorted(
+        (q["Queue"]["Fn::GetAtt"][0] if isinstance(q["Queue"], dict) and "Fn::GetAtt" in q["Queue"] else str(q["Queue"]),
+         {r["Name"]: r["Value"] for r in q["Filter"]["S3Key"]["Rules"]}.get("prefix"),
+         {r["Name"]: r["Value"] for r in q["Filter"]["S3Key"]["Rules"]}.get("suffix"))
+        for q in rules)
+    want_notifications = sorted((q["logical_id"], n["prefix"], n["suffix"]) for q in d["queues"] for n in q["notifications"])
+    expect("S3 -> SQS notifications (queue, prefix, suffix)", got_notifications, want_notifications)
+    prefixes = set(d["bucket"]["prefixes"].values())
+    for _, prefix, _ in want_notifications:
+        if not any(prefix.startswith(p) for p in prefixes):
+            problems.append(f"notification prefix {prefix} is under no lake prefix {sorted(prefixes)}")
+
+    for q in d["queues"]:
+        p = resource(q["logical_id"], "AWS::SQS::Queue")
+        expect(f"{q['logical_id']} name", sub_text(p.get("QueueName")), q["name"])
+        expect(f"{q['logical_id']} visibility timeout", p.get("VisibilityTimeout"), q["visibility_timeout_s"])
+        if "dead_letter" in q:
+            dl = q["dead_letter"]
+            dp = resource(dl["logical_id"], "AWS::SQS::Queue")
+            expect(f"{dl['logical_id']} name", sub_text(dp.get("QueueName")), dl["name"])
+            redrive = p.get("RedrivePolicy", {})
+            expect(f"{q['logical_id']} dead-letter target", redrive.get("deadLetterTargetArn"), {"Fn::GetAtt": [dl["logical_id"], "Arn"]})
+            expect(f"{q['logical_id']} maxReceiveCount", redrive.get("maxReceiveCount"), dl["max_receive_count"])
+
+    for tb in d["tables"]:
+        p = resource(tb["logical_id"], "AWS::DynamoDB::Table")
+        expect(f"{tb['logical_id']} name", sub_text(p.get("TableName")), tb["name"])
+        keys = {k["KeyType"]: k["AttributeName"] for k in p.get("KeySchema", [])}
+        expect(f"{tb['logical_id']} keys", keys, {"HASH": tb["hash_key"], "RANGE": tb["range_key"]})
+        expect(f"{tb['logical_id']} TTL attribute", p.get("TimeToLiveSpecification", {}).get("AttributeName"), tb["ttl_attribute"])
+
+    g = resource(d["glue_database"]["logical_id"], "AWS::Glue::Database")
+    expect("Glue database name", sub_text(g.get("DatabaseInput", {}).get("Name")), d["glue_database"]["name"])
+
+    for f in d["functions"]:
+        r = res.get(f["logical_id"], {})
+        p = resource(f["logical_id"], "AWS::Serverless::Function")
+        expect(f"{f['logical_id']} name", sub_text(p.get("FunctionName")), f["name"])
+        expect(f"{f['logical_id']} build binary", r.get("Metadata", {}).get("BuildProperties", {}).get("Binary"), f["binary"])
+        env = p.get("Environment", {}).get("Variables", {})
+        for k, v in f["environment"].items():
+            expect(f"{f['logical_id']} {k}", env.get(k), v)
+        if env.get("LAKE_BUCKET") != {"Ref": d["bucket"]["logical_id"]}:
+            problems.append(f"{f['logical_id']} LAKE_BUCKET must be !Ref {d['bucket']['logical_id']}")
+        for k, v in env.items():
+            if isinstance(v, str) and k.endswith("_PREFIX") and v not in prefixes:
+                problems.append(f"{f['logical_id']} {k}={v} is not a lake prefix of stack.json {sorted(prefixes)}")
+
+    if problems:
+        print("template.yaml and infra/local/stack.json disagree:", *problems, sep="\n  - ")
+        sys.exit(1)
+    print(f"template.yaml agrees with stack.json ({len(d['queues'])} queues, {len(d['tables'])} tables, "
+          f"{len(want_notifications)} notifications, {len(d['functions'])} functions)")
+
+
+# ------------------------------------------------------------------------------------------ summary
+def summary(_args):
+    env = dict(line.split("=", 1) for line in (STATE / "stack.env").read_text().split())
+    c = clients(env["AWS_ENDPOINT_URL"])
+    bucket = env["LAKE_BUCKET"]
+    objects = []
+    for page in c["s3"].get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        objects += [o["Key"] for o in page.get("Contents", [])]
+    landed, quarantined, reasons = Counter(), Counter(), Counter()
+    for key in objects:
+        body = c["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()
+        parts = key.split("/")
+        if key.endswith(".ndjson.gz"):
+            landed[f"{parts[0]}/{parts[1]}"] += sum(1 for line in gzip.decompress(body).splitlines() if line.strip())
+        elif parts[0] == "quarantine":
+            for line in body.splitlines():
+                q = json.loads(line)
+                quarantined[q["stage"]] += 1
+                reasons[re.sub(r"got .*|: .*", "…", q["reason"])] += 1
+    print(f"\nlake s3://{bucket}: {len(objects)} objects")
+    for prefix, n in sorted(landed.items()):
+        print(f"  {prefix:<40} {n:>8} records")
+    for stage, n in sorted(quarantined.items()):
+        print(f"  quarantine/{stage:<29} {n:>8} records")
+    for reason, n in reasons.most_common(5):
+        print(f"      {n:>5} × {reason}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("up")
+    p.add_argument("--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", 5000)))
+    p.add_argument("--weather-port", type=int, default=int(os.environ.get("WEATHER_PORT", 8089)))
+    p.add_argument("--weather-stub", help="path of the weather-stub binary (omit to run moto only)")
+    p = sub.add_parser("bootstrap")
+    p.add_argument("--endpoint", required=True)
+    sub.add_parser("down")
+    p = sub.add_parser("check-template")
+    p.add_argument("--template", default=str(ROOT / "template.yaml"))
+    sub.add_parser("summary")
+    a = ap.parse_args()
+    if a.cmd == "up":
+        up(a)
+    elif a.cmd == "bootstrap":
+        print(json.dumps(bootstrap(a.endpoint), indent=2))
+    elif a.cmd == "down":
+        down()
+    elif a.cmd == "check-template":
+        check_template(a)
+    else:
+        summary(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Template checks beyond `sam validate`: translate the SAM template to plain CloudFormation (the form in which
+SAM's policy templates and event sources become real IAM statements), lint that with cfn-lint, and refuse IAM
+statements that are broader than least privilege.
+
+    check_template.py [--template template.yaml] [--out .local/template.cfn.json]
+
+IAM rules, on every identity policy of the translated template (inline role policies, AWS::IAM::Policy and
+AWS::IAM::ManagedPolicy):
+  - no Allow of `*` or `service:*` actions;
+  - no Allow of a data action (reading or writing objects, items, messages, partitions, secrets …) on
+    `Resource: "*"`; control-plane actions that AWS cannot scope (ec2:DescribeNetworkInterfaces …) may use `*`;
+  - managed policies attached to roles must be on the allow-list below.
+Exit status 1 with one line per finding.
+"""
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Actions that read or write data, by service; a statement granting any of them must name its resources.
+DATA_ACTIONS = {
+    "s3": r"(Get|Put|Delete|Restore)Object.*|ListBucket.*|AbortMultipartUpload|ListMultipartUploadParts",
+    "dynamodb": r".*Item|Query|Scan|PartiQL.*|.*Stream.*|GetRecords|GetShardIterator",
+    "sqs": r"SendMessage.*|ReceiveMessage|DeleteMessage.*|ChangeMessageVisibility.*|PurgeQueue",
+    "glue": r".*Partition.*|.*Table.*|GetDatabase.*",
+    "kafka-cluster": r"ReadData|WriteData.*|AlterGroup|DescribeGroup|DescribeTopic.*|Connect",
+    "ssm": r"GetParameter.*|PutParameter",
+    "secretsmanager": r"GetSecretValue|PutSecretValue",
+    "kms": r"Decrypt|Encrypt|GenerateDataKey.*|ReEncrypt.*",
+    "athena": r"StartQueryExecution|GetQueryResults",
+    "lambda": r"InvokeFunction",
+}
+
+ALLOWED_MANAGED_POLICIES = {
+    "service-role/AWSLambdaBasicExecutionRole",  # CloudWatch Logs for the function's own log group
+    "AWSXrayWriteOnlyAccess",  # Tracing: Active
+    "service-role/AWSLambdaMSKExecutionRole",  # what the MSK event source mapping itself needs (ENIs, cluster describe)
+    "service-role/AWSLambdaSQSQueueExecutionRole",  # the SQS event source mapping
+}
+
+
+def translate(template_path):
+    import os
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # the translator resolves ARNs for a region; no call is made
+    from cfnlint.decode import decode
+    from samtranslator.translator.transform import transform
+
+    template, matches = decode(str(template_path))
+    if matches:
+        raise SystemExit("\n".join(str(m) for m in matches))
+
+    # As `sam package` would: local code folders become S3 objects (the translator accepts nothing else).
+    for lid, res in template.get("Resources", {}).items():
+        props = res.get("Properties", {})
+        if res.get("Type") == "AWS::Serverless::Function" and not str(props.get("CodeUri", "")).startswith("s3://"):
+            props["CodeUri"] = f"s3://packaged-artifacts/{lid}.zip"
+
+    class NoManagedPolicyLookups:  # every managed policy is referenced by ARN: nothing to look up in IAM
+        def load(self):
+            return {}
+
+    return transform(template, {"AWS::Region": "us-east-1", "AWS::AccountId": "123456789012"}, NoManagedPolicyLookups())
+
+
+def as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
+def statements_of(cfn):
+    """(where, statement) for every identity-policy statement in a CloudFormation template."""
+    for lid, res in cfn.get("Resources", {}).items():
+        props = res.get("Properties", {})
+        kind = res.get("Type")
+        if kind == "AWS::IAM::Role":
+            for pol in props.get("Policies", []):
+                for st in as_list(pol["PolicyDocument"].get("Statement", [])):
+                    yield f"{lid}/{pol.get('PolicyName')}", st
+        elif kind in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            for st in as_list(props["PolicyDocument"].get("Statement", [])):
+                yield lid, st
+
+
+def managed_policies_of(cfn):
+    for lid, res in cfn.get("Resources", {}).items():
+        if res.get("Type") == "AWS::IAM::Role":
+            for arn in res.get("Properties", {}).get("ManagedPolicyArns", []):
+                yield lid, arn
+
+
+def is_data_action(action):
+    service, _, name = action.partition(":")
+    pattern = DATA_ACTIONS.get(service.lower())
+    return bool(pattern and (name == "*" or re.fullmatch(pattern, name) or "*" in name))
+
+
+def iam_findings(cfn):
+    findings = []
+    for where, st in statements_of(cfn):
+        if st.get("Effect") != "Allow":
+            continue
+        actions = as_list(st.get("Action", []))
+        if "NotAction" in st or "NotResource" in st:
+            findings.append(f"{where}: NotAction/NotResource grants are refused")
+        for a in actions:
+            if a == "*" or (isinstance(a, str) and a.endswith(":*")):
+                findings.append(f"{where}: action {a!r} grants a whole service")
+        resources = as_list(st.get("Resource", []))
+        if "*" in resources:
+            data = [a for a in actions if isinstance(a, str) and is_data_action(a)]
+            if data:
+                findings.append(f"{where}: data actions {data} on Resource '*'")
+    for lid, arn in managed_policies_of(cfn):
+        text = json.dumps(arn)
+        if not any(text.endswith(f':policy/{name}"') or f"policy/{name}" in text for name in ALLOWED_MANAGED_POLICIES):
+            findings.append(f"{lid}: managed policy {text} is not on the allow-list")
+    return findings
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--template", default=str(ROOT / "template.yaml"))
+    ap.add_argument("--out", default=str(ROOT / ".local" / "template.cfn.json"))
+    a = ap.parse_args()
+
+    cfn = translate(a.template)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(cfn, indent=2))
+    lint = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(out)], capture_output=True, text=True)
+    failed = False
+    if lint.returncode != 0:
+        print(f"cfn-lint on the translated template ({out}):\n{lint.stdout}{lint.stderr}")
+        failed = True
+    findings = iam_findings(cfn)
+    if findings:
+        print("IAM least-privilege findings:", *findings, sep="\n  - ")
+        failed = True
+    roles = sum(1 for r in cfn["Resources"].values() if r.get("Type") == "AWS::IAM::Role")
+    n = sum(1 for _ in statements_of(cfn))
+    if failed:
+        sys.exit(1)
+    print(f"translated template lints clean; {n} IAM statements in {roles} roles are least-privilege")
+
+
+if __name__ == "__main__":
+    main()

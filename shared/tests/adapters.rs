@@ -1,0 +1,105 @@
+//! The S3 and quarantine adapters against moto: create-only puts, missing objects, streaming gzip reads.
+#![allow(clippy::unwrap_used)]
+
+use chrono::NaiveDate;
+use fleetlake::config::Prefix;
+use fleetlake::error::Fault;
+use fleetlake::ndjson::{gzip_lines, Line, MAX_LINE_BYTES};
+use fleetlake::quarantine::{QuarantineLine, QuarantineWriter};
+use fleetlake::s3::{PutOutcome, S3Store};
+use fleetlake::Error;
+use fleetlake_testkit::Moto;
+use serde_json::json;
+
+#[tokio::test]
+async fn create_only_puts_keep_the_first_object() {
+    let moto = Moto::start().await;
+    let store = S3Store::new(moto.s3(), moto.bucket("lake").await);
+    assert_eq!(store.put_if_absent("a/b.txt", b"first".to_vec(), "text/plain").await.unwrap(), PutOutcome::Created);
+    assert_eq!(
+        store.put_if_absent("a/b.txt", b"second".to_vec(), "text/plain").await.unwrap(),
+        PutOutcome::AlreadyExists
+    );
+    assert_eq!(store.get_bytes("a/b.txt").await.unwrap(), b"first");
+    store.put("a/b.txt", b"third".to_vec(), "text/plain").await.unwrap();
+    assert_eq!(store.get_bytes("a/b.txt").await.unwrap(), b"third");
+}
+
+#[tokio::test]
+async fn missing_objects_and_missing_buckets_are_told_apart() {
+    let moto = Moto::start().await;
+    let store = S3Store::new(moto.s3(), moto.bucket("lake").await);
+    let err = store.get_bytes("nope").await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert_eq!(err.fault(), Fault::Permanent);
+
+    let err = S3Store::new(moto.s3(), "no-such-bucket-here").put("k", vec![1], "x").await.unwrap_err();
+    assert!(matches!(err, Error::S3 { op: "PutObject", .. }), "{err}");
+    assert_eq!(err.fault(), Fault::Retryable);
+}
+
+#[tokio::test]
+async fn gzip_objects_stream_line_by_line_across_members() {
+    let moto = Moto::start().await;
+    let store = S3Store::new(moto.s3(), moto.bucket("lake").await);
+    // GIVEN an object of two gzip members (as `cat a.gz b.gz` makes), 50,000 lines and one over-long line
+    let first: Vec<Vec<u8>> = (0..25_000).map(|i| format!("{{\"n\":{i}}}").into_bytes()).collect();
+    let long = vec![b'x'; MAX_LINE_BYTES + 1];
+    let mut second: Vec<Vec<u8>> = vec![long];
+    second.extend((25_000..50_000).map(|i| format!("{{\"n\":{i}}}").into_bytes()));
+    let mut body = gzip_lines(first.iter().map(Vec::as_slice)).unwrap();
+    body.extend(gzip_lines(second.iter().map(Vec::as_slice)).unwrap());
+    store.put("in/x.ndjson.gz", body, "application/gzip").await.unwrap();
+
+    // WHEN it is read as a stream
+    let mut lines = store.gzip_lines("in/x.ndjson.gz").await.unwrap();
+    let (mut numbers, mut too_long) = (Vec::new(), Vec::new());
+    while let Some(line) = lines.next_line().await.unwrap() {
+        match line {
+            Line::Text { bytes, .. } => {
+                numbers.push(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["n"].as_i64().unwrap())
+            }
+            Line::TooLong { number, .. } => too_long.push(number),
+        }
+    }
+    // THEN every line comes back once, in order, and the over-long one is reported by its line number
+    assert_eq!(numbers, (0..50_000).collect::<Vec<i64>>());
+    assert_eq!(too_long, [25_001]);
+}
+
+#[tokio::test]
+async fn an_object_that_is_not_gzip_is_the_objects_fault() {
+    let moto = Moto::start().await;
+    let store = S3Store::new(moto.s3(), moto.bucket("lake").await);
+    store.put("in/plain.ndjson.gz", b"{\"not\":\"gzip\"}\n".to_vec(), "application/gzip").await.unwrap();
+    let mut lines = store.gzip_lines("in/plain.ndjson.gz").await.unwrap();
+    let err = lines.next_line().await.unwrap_err();
+    assert!(matches!(err, Error::Read { .. }), "{err}");
+    assert_eq!(err.fault(), Fault::Permanent, "{err}");
+}
+
+#[tokio::test]
+async fn quarantine_objects_hold_one_reason_per_line_and_are_written_once() {
+    let moto = Moto::start().await;
+    let bucket = moto.bucket("lake").await;
+    let store = S3Store::new(moto.s3(), bucket.clone());
+    let writer = QuarantineWriter::new(store, Prefix::parse("QUARANTINE_PREFIX", "quarantine/").unwrap(), "test-stage");
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
+    let lines = [
+        QuarantineLine::new("bad one", "test-stage", &json!({"offset": 1}), Some("{".into())),
+        QuarantineLine::new("bad two", "test-stage", &json!({"offset": 2}), None),
+    ];
+    assert_eq!(writer.write(dt, "src-1", &[]).await.unwrap(), None, "nothing to quarantine, nothing written");
+    let key = writer.write(dt, "src-1", &lines).await.unwrap().unwrap();
+    assert_eq!(key, "quarantine/test-stage/dt=2026-11-24/src-1.ndjson");
+    assert_eq!(writer.write(dt, "src-1", &lines[..1]).await.unwrap().unwrap(), key);
+    let text = String::from_utf8(moto.get(&bucket, &key).await).unwrap();
+    let got: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        got,
+        [
+            json!({"reason": "bad one", "stage": "test-stage", "source": {"offset": 1}, "raw": "{"}),
+            json!({"reason": "bad two", "stage": "test-stage", "source": {"offset": 2}, "raw": null}),
+        ]
+    );
+}

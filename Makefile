@@ -20,7 +20,7 @@ export SAM_CLI_TELEMETRY := 0
 .PHONY: help venv lint fmt-check clippy test test-rust test-infra template-check demo down build sam-build clean-local
 
 help:
-	@echo "make demo   - local stack (moto + weather stub), msk-lander under cargo lambda watch, sample batches, summary"
+	@echo "make demo   - local stack (moto + weather stub), functions under cargo lambda watch, sample batches, summary"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
@@ -55,7 +55,7 @@ template-check: venv
 	$(PY) infra/local/stack.py check-template
 
 demo: venv
-	cargo build -p weather-stub -p msk-lander
+	cargo build -p weather-stub -p msk-lander -p weather-enricher
 	$(PY) infra/local/stack.py up --moto-port $(MOTO_PORT) --weather-port $(WEATHER_PORT) --weather-stub $(TARGET_DIR)/debug/weather-stub
 	LAMBDA_PORT=$(LAMBDA_PORT) infra/local/demo.sh
 

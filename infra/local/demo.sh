@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# The demo after `stack.py up`: run msk-lander under the Lambda runtime emulator (cargo lambda watch), feed it
-# the sample MSK batches (one of them twice, as a Lambda retry would), and print what landed.
+# The demo after `stack.py up`: run the functions under the Lambda runtime emulator (cargo lambda watch), feed
+# msk-lander the sample MSK batches (one of them twice, as a Lambda retry would), hand weather-enricher the S3
+# notifications of the landed positions (as the bucket's notification would), and print what is in the lake.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 port=${LAMBDA_PORT:-9000}
 log=.local/cargo-lambda-watch.log
 
 cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$port" --env-file .local/stack.env --ignore-changes \
-  -p msk-lander >"$log" 2>&1 &
+  >"$log" 2>&1 &
 watch_pid=$!
 trap 'kill $watch_pid 2>/dev/null || true' EXIT
 
+# invoke FUNCTION EVENT_FILE: prints the function's answer on one line (the first call waits for the build)
 invoke() {
-  echo "==> cargo lambda invoke msk-lander --data-file $1"
-  for attempt in $(seq 1 60); do
-    if out=$(cargo lambda invoke msk-lander --invoke-address 127.0.0.1 --invoke-port "$port" --data-file "$1" 2>&1); then
-      echo "$out" | .venv/bin/python -c 'import json,sys; s=json.load(sys.stdin); print("    records %(records)s, landed %(landed)s, quarantined %(quarantined)s, tombstones %(tombstones)s; %(already_landed)s of %(n)s landing objects were already there" % dict(s, n=len(s["objects"])))'
+  echo "==> cargo lambda invoke $1 --data-file $2"
+  for attempt in $(seq 1 90); do
+    if out=$(cargo lambda invoke "$1" --invoke-address 127.0.0.1 --invoke-port "$port" --data-file "$2" 2>&1); then
+      echo "    $out"
       return 0
     fi
     kill -0 $watch_pid 2>/dev/null || { echo "cargo lambda watch stopped; see $log"; tail -20 "$log"; return 1; }
@@ -24,10 +26,18 @@ invoke() {
   echo "$out"; return 1
 }
 
-invoke events/msk-lander/batch.json
-invoke events/msk-lander/locations.json
+invoke msk-lander events/msk-lander/batch.json
+invoke msk-lander events/msk-lander/locations.json
 echo "==> the same batch again (a Lambda retry): objects stay byte for byte the same"
-invoke events/msk-lander/batch.json
+invoke msk-lander events/msk-lander/batch.json
+
+# What the bucket notification on landing/locations/ sends to weather-enricher, one event per object.
+.venv/bin/python infra/local/stack.py s3-events --prefix landing/locations/ --out .local/events
+for event in .local/events/*.json; do
+  invoke weather-enricher "$event"
+done
+echo "==> the first notification again (S3 delivers at least once): nothing is redone"
+invoke weather-enricher "$(ls .local/events/*.json | head -n 1)"
 
 .venv/bin/python infra/local/stack.py summary
 cat <<TXT

@@ -7,6 +7,7 @@ the one definition in infra/local/stack.json.
     stack.py down                                                               stop what `up` started
     stack.py check-template [--template template.yaml]                          stack.json and template.yaml agree
     stack.py summary                                                            what is in the lake right now
+    stack.py s3-events --prefix P --out DIR                                     S3 notification events for the objects under P
 """
 import argparse
 import gzip
@@ -245,8 +246,13 @@ def check_template(args):
         env = p.get("Environment", {}).get("Variables", {})
         for k, v in f["environment"].items():
             expect(f"{f['logical_id']} {k}", env.get(k), v)
-        if env.get("LAKE_BUCKET") != {"Ref": d["bucket"]["logical_id"]}:
-            problems.append(f"{f['logical_id']} LAKE_BUCKET must be !Ref {d['bucket']['logical_id']}")
+        if sub_text(env.get("LAKE_BUCKET")) != d["bucket"]["name"]:
+            problems.append(f"{f['logical_id']} LAKE_BUCKET is {env.get('LAKE_BUCKET')!r}, not the bucket name {d['bucket']['name']!r}")
+        if "s3_trigger" in f:
+            s3_events = [e["Properties"] for e in p.get("Events", {}).values() if e.get("Type") == "S3"]
+            got = [({r["Name"]: r["Value"] for r in e.get("Filter", {}).get("S3Key", {}).get("Rules", [])}, e.get("Bucket")) for e in s3_events]
+            want = ({"prefix": f["s3_trigger"]["prefix"], "suffix": f["s3_trigger"]["suffix"]}, {"Ref": d["bucket"]["logical_id"]})
+            expect(f"{f['logical_id']} S3 trigger", got, [want])
         for k, v in env.items():
             if isinstance(v, str) and k.endswith("_PREFIX") and v not in prefixes:
                 problems.append(f"{f['logical_id']} {k}={v} is not a lake prefix of stack.json {sorted(prefixes)}")
@@ -259,19 +265,48 @@ def check_template(args):
 
 
 # ------------------------------------------------------------------------------------------ summary
+def stack_env():
+    return dict(line.split("=", 1) for line in (STATE / "stack.env").read_text().split())
+
+
+def list_keys(c, bucket, prefix=""):
+    keys = []
+    for page in c["s3"].get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+def s3_events(args):
+    """One S3 notification event file per object under the prefix, keys form-encoded as S3 sends them."""
+    import urllib.parse
+    env = stack_env()
+    c = clients(env["AWS_ENDPOINT_URL"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.json"):
+        old.unlink()
+    for i, key in enumerate(list_keys(c, env["LAKE_BUCKET"], args.prefix)):
+        event = {"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": env["AWS_REGION"],
+                              "eventName": "ObjectCreated:Put",
+                              "s3": {"bucket": {"name": env["LAKE_BUCKET"]},
+                                     "object": {"key": urllib.parse.quote_plus(key, safe="/")}}}]}
+        (out / f"s3-event-{i:04d}.json").write_text(json.dumps(event))
+
+
 def summary(_args):
-    env = dict(line.split("=", 1) for line in (STATE / "stack.env").read_text().split())
+    env = stack_env()
     c = clients(env["AWS_ENDPOINT_URL"])
     bucket = env["LAKE_BUCKET"]
-    objects = []
-    for page in c["s3"].get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        objects += [o["Key"] for o in page.get("Contents", [])]
-    landed, quarantined, reasons = Counter(), Counter(), Counter()
+    objects = list_keys(c, bucket)
+    landed, quarantined, reasons, weather = Counter(), Counter(), Counter(), Counter()
     for key in objects:
         body = c["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()
         parts = key.split("/")
         if key.endswith(".ndjson.gz"):
-            landed[f"{parts[0]}/{parts[1]}"] += sum(1 for line in gzip.decompress(body).splitlines() if line.strip())
+            lines = [line for line in gzip.decompress(body).splitlines() if line.strip()]
+            landed[f"{parts[0]}/{parts[1]}"] += len(lines)
+            if parts[0] == "enriched":
+                weather.update(json.loads(line).get("weather_status") for line in lines)
         elif parts[0] == "quarantine":
             for line in body.splitlines():
                 q = json.loads(line)
@@ -280,6 +315,8 @@ def summary(_args):
     print(f"\nlake s3://{bucket}: {len(objects)} objects")
     for prefix, n in sorted(landed.items()):
         print(f"  {prefix:<40} {n:>8} records")
+    if weather:
+        print("      weather_status: " + ", ".join(f"{k} {v}" for k, v in weather.most_common()))
     for stage, n in sorted(quarantined.items()):
         print(f"  quarantine/{stage:<29} {n:>8} records")
     for reason, n in reasons.most_common(5):
@@ -299,6 +336,9 @@ def main():
     p = sub.add_parser("check-template")
     p.add_argument("--template", default=str(ROOT / "template.yaml"))
     sub.add_parser("summary")
+    p = sub.add_parser("s3-events")
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--out", required=True)
     a = ap.parse_args()
     if a.cmd == "up":
         up(a)
@@ -308,6 +348,8 @@ def main():
         down()
     elif a.cmd == "check-template":
         check_template(a)
+    elif a.cmd == "s3-events":
+        s3_events(a)
     else:
         summary(a)
 

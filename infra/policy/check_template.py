@@ -72,6 +72,16 @@ def as_list(x):
     return x if isinstance(x, list) else [x]
 
 
+def branches(statement):
+    """A statement, or both branches of a conditional (`Fn::If`) one: each is checked."""
+    if isinstance(statement, dict) and "Fn::If" in statement:
+        for branch in statement["Fn::If"][1:]:
+            if branch != {"Ref": "AWS::NoValue"}:
+                yield from branches(branch)
+    else:
+        yield statement
+
+
 def statements_of(cfn):
     """(where, statement) for every identity-policy statement in a CloudFormation template."""
     for lid, res in cfn.get("Resources", {}).items():
@@ -80,10 +90,12 @@ def statements_of(cfn):
         if kind == "AWS::IAM::Role":
             for pol in props.get("Policies", []):
                 for st in as_list(pol["PolicyDocument"].get("Statement", [])):
-                    yield f"{lid}/{pol.get('PolicyName')}", st
+                    for b in branches(st):
+                        yield f"{lid}/{pol.get('PolicyName')}", b
         elif kind in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
             for st in as_list(props["PolicyDocument"].get("Statement", [])):
-                yield lid, st
+                for b in branches(st):
+                    yield lid, b
 
 
 def managed_policies_of(cfn):

@@ -56,6 +56,7 @@ class IamRules(unittest.TestCase):
             {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "*"},
             {"Effect": "Allow", "Action": "dynamodb:BatchWriteItem", "Resource": ["*"]},
             {"Effect": "Allow", "Action": "*", "Resource": "arn:aws:s3:::b"},
+            {"Fn::If": ["C", {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": "*"}, {"Ref": "AWS::NoValue"}]},
         ]
         for st in cases:
             self.assertTrue(check_template.iam_findings(self.role(st)), st)

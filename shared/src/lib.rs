@@ -1,11 +1,12 @@
 //! fleetlake's shared core: record validation and landing logic, typed config, S3 and quarantine adapters, telemetry.
 //!
-//! The modules split into a functional core that does no I/O (`records`, `cdc`, `landing`, `lake`, `ndjson`)
-//! and thin adapters around the AWS SDK (`aws`, `s3`, `quarantine`) and the process (`config`, `telemetry`).
+//! The modules split into a functional core that does no I/O (`records`, `cdc`, `landing`, `enrich`, `lake`, `ndjson`, `s3event`)
+//! and thin adapters around the AWS SDK (`aws`, `s3`, `quarantine`, `weather`) and the process (`config`, `telemetry`).
 
 pub mod aws;
 pub mod cdc;
 pub mod config;
+pub mod enrich;
 pub mod error;
 pub mod lake;
 pub mod landing;
@@ -13,6 +14,8 @@ pub mod ndjson;
 pub mod quarantine;
 pub mod records;
 pub mod s3;
+pub mod s3event;
 pub mod telemetry;
+pub mod weather;
 
 pub use error::{Error, Result};

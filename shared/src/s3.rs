@@ -3,6 +3,7 @@
 use async_compression::tokio::bufread::GzipDecoder;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::operation::head_object::HeadObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
 use tracing::{debug, instrument};
@@ -68,6 +69,17 @@ impl S3Store {
                 Ok(PutOutcome::AlreadyExists)
             }
             Err(e) => Err(self.error("PutObject", key, e)),
+        }
+    }
+
+    /// Whether an object exists at `key` (HeadObject; needs `s3:ListBucket` to tell "missing" from "forbidden").
+    #[instrument(skip(self), fields(bucket = %self.bucket))]
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.as_service_error(), Some(HeadObjectError::NotFound(_))) => Ok(false),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) => Err(self.error("HeadObject", key, e)),
         }
     }
 

@@ -42,11 +42,21 @@ pub struct Faults {
     pub seed: u64,
     /// Data requests allowed per minute before answering 429 as Open-Meteo does (0 = unlimited).
     pub rate_limit_per_minute: u64,
+    /// Share of data requests (0.0–1.0) answered 200 with a broken body (truncated JSON, or a series of the
+    /// wrong length), to test clients' response validation.
+    pub garbage_rate: f64,
 }
 
 impl Default for Faults {
     fn default() -> Self {
-        Self { latency_ms: 0, failure_rate: 0.0, failure_status: 503, seed: 1, rate_limit_per_minute: 0 }
+        Self {
+            latency_ms: 0,
+            failure_rate: 0.0,
+            failure_status: 503,
+            seed: 1,
+            rate_limit_per_minute: 0,
+            garbage_rate: 0.0,
+        }
     }
 }
 
@@ -87,6 +97,8 @@ pub struct Stats {
     pub failures_injected: u64,
     /// Refused by the rate limit (429).
     pub rate_limited: u64,
+    /// Answered with a broken body on purpose (`garbage_rate`).
+    pub garbage_sent: u64,
     /// Coordinates served in successful answers.
     pub coordinates: u64,
 }
@@ -98,6 +110,7 @@ struct Counters {
     rejected: AtomicU64,
     failures_injected: AtomicU64,
     rate_limited: AtomicU64,
+    garbage_sent: AtomicU64,
     coordinates: AtomicU64,
 }
 
@@ -124,6 +137,7 @@ impl Stub {
             rejected: zero(),
             failures_injected: zero(),
             rate_limited: zero(),
+            garbage_sent: zero(),
             coordinates: zero(),
         };
         Self(Arc::new(Inner { options, faults, counters, window: Mutex::new((Instant::now(), 0)) }))
@@ -151,6 +165,7 @@ impl Stub {
             rejected: get(&c.rejected),
             failures_injected: get(&c.failures_injected),
             rate_limited: get(&c.rate_limited),
+            garbage_sent: get(&c.garbage_sent),
             coordinates: get(&c.coordinates),
         }
     }
@@ -166,7 +181,9 @@ impl Stub {
 
     fn reset(&self) {
         let c = &self.0.counters;
-        for a in [&c.requests, &c.ok, &c.rejected, &c.failures_injected, &c.rate_limited, &c.coordinates] {
+        for a in
+            [&c.requests, &c.ok, &c.rejected, &c.failures_injected, &c.rate_limited, &c.garbage_sent, &c.coordinates]
+        {
             a.store(0, Ordering::Relaxed);
         }
     }
@@ -183,6 +200,16 @@ impl Stub {
         w.1 += 1;
         w.1 <= limit
     }
+}
+
+/// Serves a stub on a free loopback port in the background (for tests); returns its handle and base URL.
+pub async fn spawn(options: Options) -> std::io::Result<(Stub, String)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stub = Stub::new(options);
+    let router = stub.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok((stub, url))
 }
 
 /// Query parameters of `/v1/forecast` and `/v1/archive` (comma lists as Open-Meteo takes them).
@@ -267,7 +294,20 @@ async fn answer(stub: &Stub, q: &WeatherQuery, endpoint: Endpoint) -> Response {
             return error(StatusCode::UNAUTHORIZED, "The supplied API key is invalid.");
         }
     }
+    let garbage = faults.garbage_rate > 0.0
+        && unit_interval(mix(faults.seed ^ 0x5EED ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03))) < faults.garbage_rate;
     match build(&stub.0.options, q, endpoint) {
+        Ok((body, _)) if garbage => {
+            c.garbage_sent.fetch_add(1, Ordering::Relaxed);
+            // Alternate between a truncated body and one whose first series is one value short.
+            let broken: Vec<u8> = if n.is_multiple_of(2) {
+                let text = body.to_string().into_bytes();
+                text[..text.len() / 2].to_vec()
+            } else {
+                shorten_first_series(&body).to_string().into_bytes()
+            };
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], broken).into_response()
+        }
         Ok((body, coords)) => {
             c.ok.fetch_add(1, Ordering::Relaxed);
             c.coordinates.fetch_add(coords as u64, Ordering::Relaxed);
@@ -280,6 +320,19 @@ async fn answer(stub: &Stub, q: &WeatherQuery, endpoint: Endpoint) -> Response {
             error(StatusCode::BAD_REQUEST, reason)
         }
     }
+}
+
+/// The same answer with the first location's `time` series one value short.
+fn shorten_first_series(body: &Value) -> Value {
+    let mut body = body.clone();
+    let first = match &mut body {
+        Value::Array(list) => list.first_mut(),
+        obj => Some(obj),
+    };
+    if let Some(times) = first.and_then(|loc| loc.pointer_mut("/hourly/time")).and_then(Value::as_array_mut) {
+        times.pop();
+    }
+    body
 }
 
 fn parse_list(name: &str, raw: Option<&str>) -> Result<Vec<f64>, String> {

@@ -1,0 +1,64 @@
+//! weather-enricher's configuration, read once at init.
+
+use fleetlake::config::{ConfigError, Env, LakeConfig, Prefix};
+use fleetlake::weather::WeatherConfig;
+
+/// Everything weather-enricher reads from its environment.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// `LAKE_BUCKET`, `LANDING_PREFIX`, `QUARANTINE_PREFIX`.
+    pub(crate) lake: LakeConfig,
+    /// `ENRICHED_PREFIX` (default `enriched/`).
+    pub(crate) enriched_prefix: Prefix,
+    /// `CHUNK_RECORDS` (default 20000): records decoded, looked up and written per step; bounds memory.
+    pub(crate) chunk_records: usize,
+    /// `WEATHER_*`.
+    pub(crate) weather: WeatherConfig,
+}
+
+impl Config {
+    pub(crate) fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let chunk_records = env.parse_or("CHUNK_RECORDS", 20_000)?;
+        if chunk_records == 0 {
+            return Err(ConfigError::new("CHUNK_RECORDS", "must be at least 1"));
+        }
+        Ok(Self {
+            lake: LakeConfig::from_env(env)?,
+            enriched_prefix: Prefix::parse("ENRICHED_PREFIX", env.get("ENRICHED_PREFIX").unwrap_or("enriched/"))?,
+            chunk_records,
+            weather: WeatherConfig::from_env(env)?,
+        })
+    }
+}
+
+/// Reads the API key from SSM Parameter Store (SecureString, decrypted).
+pub(crate) async fn read_api_key(ssm: &aws_sdk_ssm::Client, name: &str) -> Result<String, String> {
+    let out = ssm
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| aws_sdk_ssm::error::DisplayErrorContext(&e).to_string())?;
+    out.parameter()
+        .and_then(|p| p.value())
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| format!("parameter {name} has no value"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_name_the_variable() {
+        let cfg = Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake")])).unwrap();
+        assert_eq!(cfg.enriched_prefix.as_str(), "enriched/");
+        assert_eq!(cfg.weather.base_url, "https://api.open-meteo.com");
+        let err = Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("WEATHER_GRID_DEG", "x")])).unwrap_err();
+        assert_eq!(err.var, "WEATHER_GRID_DEG");
+        let err = Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("CHUNK_RECORDS", "0")])).unwrap_err();
+        assert_eq!(err.var, "CHUNK_RECORDS");
+    }
+}

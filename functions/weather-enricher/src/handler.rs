@@ -1,0 +1,323 @@
+//! The enricher's handler: find the landed objects a trigger names, enrich each, write the enriched object.
+//!
+//! Per object: stream-decode the gzip NDJSON in chunks of `CHUNK_RECORDS`, validate each line (bad ones to
+//! quarantine), look up the chunk's cell-days (cache first, then batched requests), add the weather fields, and
+//! gzip the lines into the output. The quarantine object is written before the enriched object, and the enriched
+//! object is written create-only and checked for first: a redelivered event finds it and does nothing, and no
+//! retry can skip the quarantine. Weather that cannot be had flags the record (`weather_status`), never fails it.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+
+use chrono::{NaiveDate, Utc};
+use flate2::{write::GzEncoder, Compression};
+use fleetlake::enrich::{add_weather, key_date, prepare, LineSource, Pending, WeatherStatus, STAGE};
+use fleetlake::error::Fault;
+use fleetlake::ndjson::{Line, MAX_LINE_BYTES};
+use fleetlake::quarantine::{QuarantineLine, QuarantineWriter};
+use fleetlake::s3::{PutOutcome, S3Store};
+use fleetlake::s3event::{parse_trigger, EventError, ObjectRef, Trigger};
+use fleetlake::telemetry::Metrics;
+use fleetlake::weather::{WeatherClient, WeatherStats};
+use futures::StreamExt;
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::{error, info, instrument, warn};
+
+use crate::config::Config;
+
+/// Objects enriched at once within one invocation.
+const OBJECT_CONCURRENCY: usize = 4;
+
+/// Clients and configuration built once at init; the weather cache lives as long as the execution environment.
+#[derive(Debug)]
+pub(crate) struct Deps {
+    config: Config,
+    store: S3Store,
+    quarantine: QuarantineWriter,
+    weather: WeatherClient,
+}
+
+impl Deps {
+    pub(crate) fn new(config: Config, s3: aws_sdk_s3::Client) -> Result<Self, reqwest::Error> {
+        let store = S3Store::new(s3, config.lake.bucket.as_str());
+        let quarantine = QuarantineWriter::new(store.clone(), config.lake.quarantine_prefix.clone(), STAGE);
+        let weather = WeatherClient::new(config.weather.clone())?;
+        Ok(Self { config, store, quarantine, weather })
+    }
+}
+
+/// The invocation failed: an unrecognised event (permanent) or an S3 failure (retryable).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandlerError {
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Lake(#[from] fleetlake::Error),
+}
+
+impl From<HandlerError> for Diagnostic {
+    fn from(e: HandlerError) -> Self {
+        let kind = match &e {
+            HandlerError::Lake(inner) if inner.fault() == Fault::Retryable => "Retryable",
+            _ => "Permanent",
+        };
+        Diagnostic { error_type: format!("fleetlake.{kind}"), error_message: e.to_string() }
+    }
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Enriched { records: u64, degraded: u64, quarantined: u64 },
+    AlreadyEnriched,
+    Ignored(String),
+    Unreadable(String),
+}
+
+/// Counts of one invocation, returned for direct and EventBridge triggers.
+#[derive(Debug, Default, Serialize)]
+struct Totals {
+    objects_enriched: u64,
+    objects_already_enriched: u64,
+    objects_ignored: u64,
+    objects_unreadable: u64,
+    records_enriched: u64,
+    records_degraded: u64,
+    records_quarantined: u64,
+}
+
+impl Totals {
+    fn add(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Enriched { records, degraded, quarantined } => {
+                self.objects_enriched += 1;
+                self.records_enriched += records;
+                self.records_degraded += degraded;
+                self.records_quarantined += quarantined;
+            }
+            Outcome::AlreadyEnriched => self.objects_already_enriched += 1,
+            Outcome::Ignored(_) => self.objects_ignored += 1,
+            Outcome::Unreadable(_) => self.objects_unreadable += 1,
+        }
+    }
+}
+
+#[instrument(skip_all)]
+pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &Deps) -> Result<Value, HandlerError> {
+    let mut metrics = Metrics::new(STAGE);
+    metrics.property("requestId", event.context.request_id.clone());
+    let weather_before = deps.weather.stats();
+    let trigger = parse_trigger(&event.payload).inspect_err(|e| error!(error = %e, "event not understood"))?;
+    let mut totals = Totals::default();
+    let result = match trigger {
+        Trigger::Direct(objects) | Trigger::EventBridge(objects) => {
+            let outcomes = process_all(objects.iter(), deps).await;
+            let mut first_error = None;
+            for outcome in outcomes {
+                match outcome {
+                    Ok(o) => totals.add(&o),
+                    Err(e) => first_error = first_error.or(Some(e)),
+                }
+            }
+            match first_error {
+                Some(e) => Err(HandlerError::from(e)),
+                None => Ok(serde_json::to_value(&totals).unwrap_or_default()),
+            }
+        }
+        Trigger::Sqs(messages) => {
+            let mut failures = Vec::new();
+            for msg in messages {
+                let objects = match msg.objects {
+                    Ok(objects) => objects,
+                    Err(reason) => {
+                        // Not an S3 notification: retried until it reaches the dead-letter queue, never dropped.
+                        error!(message_id = %msg.message_id, reason, "SQS message not understood");
+                        failures.push(msg.message_id);
+                        continue;
+                    }
+                };
+                let mut failed = false;
+                for outcome in process_all(objects.iter(), deps).await {
+                    match outcome {
+                        Ok(o) => totals.add(&o),
+                        Err(_) => failed = true,
+                    }
+                }
+                if failed {
+                    failures.push(msg.message_id);
+                }
+            }
+            metrics.add("messages_failed", failures.len() as u64);
+            Ok(
+                json!({"batchItemFailures": failures.iter().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>()}),
+            )
+        }
+    };
+    emit_metrics(&mut metrics, &totals, weather_before, deps.weather.stats());
+    info!(?totals, "invocation done");
+    result
+}
+
+fn emit_metrics(metrics: &mut Metrics, t: &Totals, before: WeatherStats, after: WeatherStats) {
+    metrics.add("objects_enriched", t.objects_enriched);
+    metrics.add("objects_already_enriched", t.objects_already_enriched);
+    metrics.add("objects_unreadable", t.objects_unreadable);
+    metrics.add("records_enriched", t.records_enriched);
+    metrics.add("records_degraded", t.records_degraded);
+    metrics.add("records_quarantined", t.records_quarantined);
+    metrics.add("weather_requests", after.requests - before.requests);
+    metrics.add("weather_cache_hits", after.cache_hits - before.cache_hits);
+    metrics.add("weather_failed_requests", after.failed_requests - before.failed_requests);
+    metrics.add("weather_short_circuited", after.short_circuited - before.short_circuited);
+    metrics.emit();
+}
+
+async fn process_all<'a>(
+    objects: impl Iterator<Item = &'a ObjectRef>,
+    deps: &Deps,
+) -> Vec<Result<Outcome, fleetlake::Error>> {
+    futures::stream::iter(objects).map(|obj| process(obj, deps)).buffered(OBJECT_CONCURRENCY).collect().await
+}
+
+#[instrument(skip(deps), fields(key = %obj.key))]
+async fn process(obj: &ObjectRef, deps: &Deps) -> Result<Outcome, fleetlake::Error> {
+    let cfg = &deps.config;
+    let source_prefix = format!("{}locations/", cfg.lake.landing_prefix);
+    let rel = match obj.key.strip_prefix(&source_prefix) {
+        Some(rel) if obj.bucket == cfg.lake.bucket.as_str() && rel.ends_with(".ndjson.gz") => rel,
+        _ => {
+            warn!(bucket = %obj.bucket, "not a landed positions object of the lake; ignored");
+            return Ok(Outcome::Ignored(format!(
+                "s3://{}/{} is not under {source_prefix}*.ndjson.gz",
+                obj.bucket, obj.key
+            )));
+        }
+    };
+    let out_key = format!("{}locations/{rel}", cfg.enriched_prefix);
+    if deps.store.exists(&out_key).await? {
+        info!(out_key, "already enriched");
+        return Ok(Outcome::AlreadyEnriched);
+    }
+    let today = Utc::now().date_naive();
+    let dt = key_date(&obj.key).unwrap_or(today);
+    let source_name = rel.rsplit('/').next().unwrap_or(rel).trim_end_matches(".ndjson.gz").to_owned();
+
+    let mut lines = match deps.store.gzip_lines(&obj.key).await {
+        Ok(lines) => lines,
+        Err(e) if e.fault() == Fault::Permanent => return unreadable(obj, &e, dt, &source_name, deps).await,
+        Err(e) => return Err(e),
+    };
+    let mut out = GzEncoder::new(Vec::new(), Compression::default());
+    let (mut pending, mut bad) = (Vec::with_capacity(cfg.chunk_records), Vec::new());
+    let (mut records, mut degraded) = (0_u64, 0_u64);
+    loop {
+        let next = match lines.next_line().await {
+            Ok(next) => next,
+            Err(e) if e.fault() == Fault::Permanent => return unreadable(obj, &e, dt, &source_name, deps).await,
+            Err(e) => return Err(e),
+        };
+        let done = next.is_none();
+        match next {
+            Some(Line::Text { number, bytes }) => {
+                let src = LineSource { key: &obj.key, etag: obj.etag.as_deref(), line: number };
+                match prepare(&bytes, src, cfg.weather.grid_deg) {
+                    Ok(p) => pending.push(p),
+                    Err(q) => bad.push(*q),
+                }
+            }
+            Some(Line::TooLong { number, head }) => bad.push(QuarantineLine::new(
+                format!("line longer than {MAX_LINE_BYTES} bytes (raw holds its start)"),
+                STAGE,
+                &json!({"key": obj.key, "line": number}),
+                Some(String::from_utf8_lossy(&head).into_owned()),
+            )),
+            None => {}
+        }
+        if pending.len() >= cfg.chunk_records || (done && !pending.is_empty()) {
+            let (n, d) = enrich_chunk(&mut pending, &mut out, &deps.weather, today).await?;
+            records += n;
+            degraded += d;
+        }
+        if done {
+            break;
+        }
+    }
+    // Quarantine first: once the enriched object exists a redelivery does nothing, so it must come last.
+    deps.quarantine.write(dt, &source_name, &bad).await?;
+    if records > 0 {
+        let body = out.finish()?;
+        let outcome = deps.store.put_if_absent(&out_key, body, "application/gzip").await?;
+        info!(
+            out_key,
+            records,
+            degraded,
+            quarantined = bad.len(),
+            already = outcome == PutOutcome::AlreadyExists,
+            "enriched"
+        );
+    }
+    Ok(Outcome::Enriched { records, degraded, quarantined: bad.len() as u64 })
+}
+
+/// Looks up the weather of a chunk, adds it, and gzips the lines into `out`; returns (records, degraded).
+async fn enrich_chunk(
+    pending: &mut Vec<Pending>,
+    out: &mut GzEncoder<Vec<u8>>,
+    weather: &WeatherClient,
+    today: NaiveDate,
+) -> Result<(u64, u64), fleetlake::Error> {
+    let cells: BTreeSet<_> = pending.iter().map(|p| p.cell).collect();
+    let answers = weather.lookup(&cells, today).await;
+    let (mut n, mut degraded) = (0, 0);
+    for mut p in pending.drain(..) {
+        if add_weather(&mut p.record, answers.get(&p.cell), p.hour) != WeatherStatus::Ok {
+            degraded += 1;
+        }
+        serde_json::to_writer(&mut *out, &p.record).map_err(std::io::Error::from)?;
+        out.write_all(b"\n")?;
+        n += 1;
+    }
+    Ok((n, degraded))
+}
+
+/// A landed object that cannot be read (gone, or not gzip): recorded in quarantine with the reason, so it is
+/// reported and traceable; retrying would not help.
+async fn unreadable(
+    obj: &ObjectRef,
+    e: &fleetlake::Error,
+    dt: NaiveDate,
+    source_name: &str,
+    deps: &Deps,
+) -> Result<Outcome, fleetlake::Error> {
+    error!(error = %e, "landed object cannot be read; quarantined by reference");
+    let line =
+        QuarantineLine::new(format!("object unreadable: {e}"), STAGE, &json!({"key": obj.key, "etag": obj.etag}), None);
+    deps.quarantine.write(dt, source_name, std::slice::from_ref(&line)).await?;
+    Ok(Outcome::Unreadable(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLES: [(&str, &str); 3] = [
+        ("s3-direct.json", include_str!("../../../events/weather-enricher/s3-direct.json")),
+        ("sqs.json", include_str!("../../../events/weather-enricher/sqs.json")),
+        ("eventbridge.json", include_str!("../../../events/weather-enricher/eventbridge.json")),
+    ];
+
+    #[test]
+    fn every_sample_event_names_the_same_landed_object() {
+        for (name, text) in SAMPLES {
+            let event: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let objects = match parse_trigger(&event).unwrap() {
+                Trigger::Direct(o) | Trigger::EventBridge(o) => o,
+                Trigger::Sqs(m) => m.into_iter().flat_map(|m| m.objects.unwrap()).collect(),
+            };
+            let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+            assert_eq!(keys, ["landing/locations/dt=2026-11-24/fleet.locations-0-1200-1202.ndjson.gz"], "{name}");
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! weather-enricher: adds weather to landed positions and writes them to the enriched zone.
+
+mod config;
+mod handler;
+
+use fleetlake::config::Env;
+use lambda_runtime::{run, service_fn, Error};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    fleetlake::telemetry::init_logging();
+    let mut config = config::Config::from_env(&Env::process())
+        .inspect_err(|e| tracing::error!(error = %e, "invalid configuration"))?;
+    let sdk = fleetlake::aws::load_sdk_config().await;
+    if let Some(param) = config.weather.api_key_param.clone() {
+        let ssm = aws_sdk_ssm::Client::new(&sdk);
+        config.weather.api_key = Some(
+            config::read_api_key(&ssm, &param)
+                .await
+                .inspect_err(|e| tracing::error!(error = %e, parameter = %param, "cannot read the weather API key"))?,
+        );
+    }
+    let deps = handler::Deps::new(config, fleetlake::aws::s3_client(&sdk))?;
+    let deps = &deps;
+    run(service_fn(move |event| handler::handle(event, deps))).await
+}

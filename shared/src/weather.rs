@@ -1,0 +1,602 @@
+//! Open-Meteo-compatible weather client: grid-cell batching, an LRU cache kept across warm invocations,
+//! retries with full-jitter backoff, `Retry-After`, and a circuit breaker.
+//!
+//! A record's weather is looked up by cell-day: latitude and longitude rounded to the grid (default 0.1°) and
+//! the UTC day of its timestamp. Cells missing from the cache are fetched in requests of up to `batch_size`
+//! coordinates for one day each, a few requests at a time. Whatever cannot be had is reported as
+//! [`Lookup::Unavailable`] or [`Lookup::OutOfRange`]: the caller flags the record, it never drops it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{Days, NaiveDate};
+use futures::StreamExt;
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use crate::config::{ConfigError, Env};
+
+/// Hourly variables requested, in the order of [`DaySeries`].
+pub const HOURLY: &str = "temperature_2m,wind_speed_10m,precipitation,weather_code";
+
+/// Client settings, from the environment.
+#[derive(Clone)]
+pub struct WeatherConfig {
+    /// `WEATHER_API_URL` (default `https://api.open-meteo.com`): scheme and host, no path.
+    pub base_url: String,
+    /// `WEATHER_API_KEY_PARAM` (optional): SSM parameter holding the commercial API key, read at init.
+    pub api_key_param: Option<String>,
+    /// The API key itself, once read (never logged; redacted from `Debug`).
+    pub api_key: Option<String>,
+    /// `WEATHER_BATCH_SIZE` (default 100, at most 1000): coordinates per request.
+    pub batch_size: usize,
+    /// `WEATHER_CONCURRENCY` (default 4): requests in flight at once.
+    pub concurrency: usize,
+    /// `WEATHER_GRID_DEG` (default 0.1): grid cell size in degrees.
+    pub grid_deg: f64,
+    /// `WEATHER_TIMEOUT_MS` (default 10000): deadline of one HTTP attempt.
+    pub timeout: Duration,
+    /// `WEATHER_MAX_RETRIES` (default 3): retries after a failed attempt (429, 5xx, timeout, malformed body).
+    pub max_retries: u32,
+    /// `WEATHER_BACKOFF_BASE_MS` (default 200): first backoff ceiling; doubles per retry, full jitter.
+    pub backoff_base: Duration,
+    /// `WEATHER_BACKOFF_CAP_MS` (default 5000): largest wait between attempts, `Retry-After` included.
+    pub backoff_cap: Duration,
+    /// `WEATHER_BREAKER_THRESHOLD` (default 5): consecutive failed attempts that open the circuit.
+    pub breaker_threshold: u32,
+    /// `WEATHER_BREAKER_COOLDOWN_MS` (default 30000): how long an open circuit refuses calls.
+    pub breaker_cooldown: Duration,
+    /// `WEATHER_CACHE_CELLS` (default 50000): cell-days kept in memory (about 0.7 KB each).
+    pub cache_cells: usize,
+    /// `WEATHER_FORECAST_PAST_DAYS` (default 92): older days are asked of `/v1/archive`.
+    pub forecast_past_days: u64,
+    /// `WEATHER_FORECAST_DAYS` (default 16): days after today the API can serve; later ones are out of range.
+    pub forecast_days: u64,
+}
+
+impl std::fmt::Debug for WeatherConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeatherConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key_param", &self.api_key_param)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("batch_size", &self.batch_size)
+            .field("concurrency", &self.concurrency)
+            .field("grid_deg", &self.grid_deg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WeatherConfig {
+    /// Reads the `WEATHER_*` variables (the key itself comes later, from SSM).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let base_url =
+            env.get("WEATHER_API_URL").unwrap_or("https://api.open-meteo.com").trim_end_matches('/').to_owned();
+        let scheme_ok = base_url.starts_with("https://") || base_url.starts_with("http://");
+        if !scheme_ok || base_url.contains('?') || base_url.chars().any(char::is_whitespace) {
+            return Err(ConfigError::new("WEATHER_API_URL", "must be an http(s) URL without query"));
+        }
+        let ms = |var: &str, default: u64| env.parse_or(var, default).map(Duration::from_millis);
+        let cfg = Self {
+            base_url,
+            api_key_param: env.get("WEATHER_API_KEY_PARAM").map(str::to_owned),
+            api_key: None,
+            batch_size: env.parse_or("WEATHER_BATCH_SIZE", 100)?,
+            concurrency: env.parse_or("WEATHER_CONCURRENCY", 4)?,
+            grid_deg: env.parse_or("WEATHER_GRID_DEG", 0.1)?,
+            timeout: ms("WEATHER_TIMEOUT_MS", 10_000)?,
+            max_retries: env.parse_or("WEATHER_MAX_RETRIES", 3)?,
+            backoff_base: ms("WEATHER_BACKOFF_BASE_MS", 200)?,
+            backoff_cap: ms("WEATHER_BACKOFF_CAP_MS", 5_000)?,
+            breaker_threshold: env.parse_or("WEATHER_BREAKER_THRESHOLD", 5)?,
+            breaker_cooldown: ms("WEATHER_BREAKER_COOLDOWN_MS", 30_000)?,
+            cache_cells: env.parse_or("WEATHER_CACHE_CELLS", 50_000)?,
+            forecast_past_days: env.parse_or("WEATHER_FORECAST_PAST_DAYS", 92)?,
+            forecast_days: env.parse_or("WEATHER_FORECAST_DAYS", 16)?,
+        };
+        if !(1..=1000).contains(&cfg.batch_size) {
+            return Err(ConfigError::new("WEATHER_BATCH_SIZE", "must be 1-1000 (the API's limit per request)"));
+        }
+        if cfg.concurrency == 0 {
+            return Err(ConfigError::new("WEATHER_CONCURRENCY", "must be at least 1"));
+        }
+        if !(cfg.grid_deg > 0.0 && cfg.grid_deg <= 5.0) {
+            return Err(ConfigError::new("WEATHER_GRID_DEG", "must be in (0, 5]"));
+        }
+        if cfg.cache_cells == 0 {
+            return Err(ConfigError::new("WEATHER_CACHE_CELLS", "must be at least 1"));
+        }
+        Ok(cfg)
+    }
+}
+
+/// A grid cell on one UTC day: the unit of lookup, request and cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CellDay {
+    /// Latitude index: `round(lat / grid)`.
+    pub lat_idx: i32,
+    /// Longitude index: `round(lon / grid)`.
+    pub lon_idx: i32,
+    /// The UTC day.
+    pub day: NaiveDate,
+}
+
+impl CellDay {
+    /// The cell-day of a position.
+    pub fn of(lat: f64, lon: f64, day: NaiveDate, grid: f64) -> Self {
+        Self { lat_idx: (lat / grid).round() as i32, lon_idx: (lon / grid).round() as i32, day }
+    }
+
+    /// The cell's centre, as sent to the API (rounded to 4 decimals, clamped to the valid range).
+    pub fn centre(&self, grid: f64) -> (f64, f64) {
+        let r = |v: f64| (v * 10_000.0).round() / 10_000.0;
+        (
+            r((f64::from(self.lat_idx) * grid).clamp(-90.0, 90.0)),
+            r((f64::from(self.lon_idx) * grid).clamp(-180.0, 180.0)),
+        )
+    }
+}
+
+/// Hourly weather of one cell-day (index = UTC hour); `None` where the API had no value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaySeries {
+    /// `temperature_2m`, °C.
+    pub temperature_c: [Option<f64>; 24],
+    /// `wind_speed_10m`, km/h.
+    pub wind_speed_kmh: [Option<f64>; 24],
+    /// `precipitation`, mm.
+    pub precipitation_mm: [Option<f64>; 24],
+    /// `weather_code`, WMO code.
+    pub weather_code: [Option<i64>; 24],
+}
+
+/// The answer for one cell-day.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The day's series.
+    Found(Arc<DaySeries>),
+    /// The API could not be reached or failed, after retries (or the circuit is open).
+    Unavailable,
+    /// The API cannot serve that date.
+    OutOfRange,
+}
+
+/// Counters since the client was built (they span warm invocations).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeatherStats {
+    /// HTTP attempts made.
+    pub requests: u64,
+    /// Cell-days answered from the cache.
+    pub cache_hits: u64,
+    /// Cell-days fetched successfully.
+    pub cells_fetched: u64,
+    /// Requests that failed after all retries.
+    pub failed_requests: u64,
+    /// Requests refused because the circuit was open.
+    pub short_circuited: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    cache_hits: AtomicU64,
+    cells_fetched: AtomicU64,
+    failed_requests: AtomicU64,
+    short_circuited: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Why one request failed.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("HTTP {status}: {reason}")]
+    Status { status: u16, reason: String, retry_after: Option<Duration> },
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    #[error("date out of the API's range: {0}")]
+    OutOfRange(String),
+    #[error("circuit open")]
+    CircuitOpen,
+}
+
+impl FetchError {
+    fn retryable(&self) -> bool {
+        match self {
+            FetchError::Status { status, .. } => *status == 429 || *status >= 500,
+            FetchError::Transport(_) | FetchError::Malformed(_) => true,
+            FetchError::OutOfRange(_) | FetchError::CircuitOpen => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Endpoint {
+    Forecast,
+    Archive,
+}
+
+/// The weather client; build once at init and share across invocations.
+#[derive(Debug)]
+pub struct WeatherClient {
+    http: reqwest::Client,
+    cfg: WeatherConfig,
+    cache: Mutex<lru::LruCache<CellDay, Arc<DaySeries>>>,
+    breaker: Mutex<Breaker>,
+    counters: Counters,
+}
+
+impl WeatherClient {
+    /// A client with its connection pool, per-attempt timeout and empty cache.
+    pub fn new(cfg: WeatherConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(cfg.timeout).connect_timeout(Duration::from_secs(3)).build()?;
+        let capacity = NonZeroUsize::new(cfg.cache_cells).unwrap_or(NonZeroUsize::MIN);
+        Ok(Self {
+            http,
+            cfg,
+            cache: Mutex::new(lru::LruCache::new(capacity)),
+            breaker: Mutex::new(Breaker::default()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WeatherConfig {
+        &self.cfg
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> WeatherStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.counters;
+        WeatherStats {
+            requests: get(&c.requests),
+            cache_hits: get(&c.cache_hits),
+            cells_fetched: get(&c.cells_fetched),
+            failed_requests: get(&c.failed_requests),
+            short_circuited: get(&c.short_circuited),
+        }
+    }
+
+    /// Weather for every cell-day in `cells`; `today` decides forecast, archive or out of range.
+    pub async fn lookup(&self, cells: &BTreeSet<CellDay>, today: NaiveDate) -> HashMap<CellDay, Lookup> {
+        let mut answers = HashMap::with_capacity(cells.len());
+        let mut to_fetch: BTreeMap<(Endpoint, NaiveDate), Vec<CellDay>> = BTreeMap::new();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for &cell in cells {
+                if let Some(series) = cache.get(&cell) {
+                    answers.insert(cell, Lookup::Found(series.clone()));
+                    self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                match self.endpoint_for(cell.day, today) {
+                    Some(endpoint) => to_fetch.entry((endpoint, cell.day)).or_default().push(cell),
+                    None => {
+                        answers.insert(cell, Lookup::OutOfRange);
+                    }
+                }
+            }
+        }
+        let requests: Vec<(Endpoint, NaiveDate, Vec<CellDay>)> = to_fetch
+            .into_iter()
+            .flat_map(|((endpoint, day), cells)| {
+                cells.chunks(self.cfg.batch_size).map(|c| (endpoint, day, c.to_vec())).collect::<Vec<_>>()
+            })
+            .collect();
+        let mut results = futures::stream::iter(requests)
+            .map(|(endpoint, day, cells)| async move {
+                let outcome = self.fetch_with_retries(endpoint, day, &cells).await;
+                (cells, outcome)
+            })
+            .buffer_unordered(self.cfg.concurrency);
+        while let Some((batch, outcome)) = results.next().await {
+            match outcome {
+                Ok(series) => {
+                    let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    self.counters.cells_fetched.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for (cell, s) in batch.into_iter().zip(series) {
+                        let s = Arc::new(s);
+                        cache.put(cell, s.clone());
+                        answers.insert(cell, Lookup::Found(s));
+                    }
+                }
+                Err(FetchError::OutOfRange(reason)) => {
+                    debug!(reason, cells = batch.len(), "weather: out of range");
+                    answers.extend(batch.into_iter().map(|c| (c, Lookup::OutOfRange)));
+                }
+                Err(e) => {
+                    warn!(error = %e, cells = batch.len(), "weather unavailable for a batch of cells");
+                    answers.extend(batch.into_iter().map(|c| (c, Lookup::Unavailable)));
+                }
+            }
+        }
+        answers
+    }
+
+    fn endpoint_for(&self, day: NaiveDate, today: NaiveDate) -> Option<Endpoint> {
+        if day > today.checked_add_days(Days::new(self.cfg.forecast_days.saturating_sub(1)))? {
+            None
+        } else if day < today.checked_sub_days(Days::new(self.cfg.forecast_past_days))? {
+            Some(Endpoint::Archive)
+        } else {
+            Some(Endpoint::Forecast)
+        }
+    }
+
+    async fn fetch_with_retries(
+        &self,
+        endpoint: Endpoint,
+        day: NaiveDate,
+        cells: &[CellDay],
+    ) -> Result<Vec<DaySeries>, FetchError> {
+        let mut attempt = 0_u32;
+        loop {
+            if !self.breaker_allows() {
+                self.counters.short_circuited.fetch_add(1, Ordering::Relaxed);
+                return Err(FetchError::CircuitOpen);
+            }
+            self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            let result = self.fetch_once(endpoint, day, cells).await;
+            self.breaker_record(match &result {
+                Ok(_) | Err(FetchError::OutOfRange(_)) => true,
+                Err(e) => !e.retryable() && !matches!(e, FetchError::Status { status: 401 | 403, .. }),
+            });
+            match result {
+                Ok(series) => return Ok(series),
+                Err(e) if e.retryable() && attempt < self.cfg.max_retries => {
+                    let ceiling = self.cfg.backoff_base.saturating_mul(1 << attempt.min(16)).min(self.cfg.backoff_cap);
+                    let wait = match &e {
+                        FetchError::Status { retry_after: Some(after), .. } => (*after).min(self.cfg.backoff_cap),
+                        _ => ceiling.mul_f64(fastrand::f64()),
+                    };
+                    debug!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "weather request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    if !matches!(e, FetchError::OutOfRange(_)) {
+                        self.counters.failed_requests.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn breaker_allows(&self) -> bool {
+        let b = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.open_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// Counts an attempt; after `breaker_threshold` consecutive failures the circuit opens for the cooldown.
+    /// Once the cooldown has passed one attempt may go through; a failure opens it again at once.
+    fn breaker_record(&self, success: bool) {
+        let mut b = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if success {
+            *b = Breaker::default();
+            return;
+        }
+        b.consecutive_failures += 1;
+        if b.consecutive_failures >= self.cfg.breaker_threshold {
+            if b.open_until.is_none_or(|until| Instant::now() >= until) {
+                warn!(
+                    failures = b.consecutive_failures,
+                    cooldown_ms = self.cfg.breaker_cooldown.as_millis() as u64,
+                    "weather API circuit opened"
+                );
+            }
+            b.open_until = Some(Instant::now() + self.cfg.breaker_cooldown);
+        }
+    }
+
+    async fn fetch_once(
+        &self,
+        endpoint: Endpoint,
+        day: NaiveDate,
+        cells: &[CellDay],
+    ) -> Result<Vec<DaySeries>, FetchError> {
+        let (mut lats, mut lons) = (String::new(), String::new());
+        for (i, cell) in cells.iter().enumerate() {
+            let (lat, lon) = cell.centre(self.cfg.grid_deg);
+            if i > 0 {
+                lats.push(',');
+                lons.push(',');
+            }
+            lats.push_str(&lat.to_string());
+            lons.push_str(&lon.to_string());
+        }
+        let path = match endpoint {
+            Endpoint::Forecast => "forecast",
+            Endpoint::Archive => "archive",
+        };
+        let mut url = format!(
+            "{}/v1/{path}?latitude={lats}&longitude={lons}&hourly={HOURLY}&start_date={day}&end_date={day}&timezone=GMT",
+            self.cfg.base_url
+        );
+        if let Some(key) = &self.cfg.api_key {
+            url.push_str("&apikey=");
+            url.push_str(key);
+        }
+        // The URL may carry the API key: errors are rendered without it.
+        let resp = self.http.get(&url).send().await.map_err(|e| FetchError::Transport(describe(&e)))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.bytes().await.map_err(|e| FetchError::Transport(describe(&e)))?;
+        if status != 200 {
+            let reason = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+            if status == 400 && reason.contains("out of allowed range") {
+                return Err(FetchError::OutOfRange(reason));
+            }
+            return Err(FetchError::Status { status, reason, retry_after });
+        }
+        parse_response(&body, cells.len(), day).map_err(FetchError::Malformed)
+    }
+}
+
+/// A reqwest error without its URL (which may carry the API key).
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "body could not be read"
+    } else {
+        "request failed"
+    };
+    let mut msg = kind.to_owned();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Validates an Open-Meteo answer for `n` coordinates of one day: one object (n = 1) or a list of n, each with
+/// 24 hourly times of that day and a value (or null) per time for every variable.
+pub fn parse_response(body: &[u8], n: usize, day: NaiveDate) -> Result<Vec<DaySeries>, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let locations = match value {
+        Value::Array(list) => list,
+        obj @ Value::Object(_) if n == 1 => vec![obj],
+        other => return Err(format!("expected {n} locations, got a JSON {}", crate::records::json_type(&other))),
+    };
+    if locations.len() != n {
+        return Err(format!("expected {n} locations, got {}", locations.len()));
+    }
+    locations.iter().map(|loc| parse_location(loc, day)).collect()
+}
+
+fn parse_location(loc: &Value, day: NaiveDate) -> Result<DaySeries, String> {
+    let hourly = loc.get("hourly").ok_or("location without hourly")?;
+    let times = hourly.get("time").and_then(Value::as_array).ok_or("hourly without time")?;
+    if times.len() != 24 {
+        return Err(format!("expected 24 hourly times, got {}", times.len()));
+    }
+    for (h, t) in times.iter().enumerate() {
+        let want = format!("{day}T{h:02}:00");
+        if t.as_str() != Some(want.as_str()) {
+            return Err(format!("hourly time {h} is {t}, expected {want}"));
+        }
+    }
+    let floats = |name: &str| -> Result<[Option<f64>; 24], String> {
+        let list = hourly.get(name).and_then(Value::as_array).ok_or_else(|| format!("hourly without {name}"))?;
+        if list.len() != 24 {
+            return Err(format!("{name} has {} values for 24 times", list.len()));
+        }
+        let mut out = [None; 24];
+        for (slot, v) in out.iter_mut().zip(list) {
+            *slot = match v {
+                Value::Null => None,
+                Value::Number(n) => Some(n.as_f64().ok_or_else(|| format!("{name} value {n} is not a number"))?),
+                other => return Err(format!("{name} value {other} is not a number")),
+            };
+        }
+        Ok(out)
+    };
+    let codes = floats("weather_code")?;
+    Ok(DaySeries {
+        temperature_c: floats("temperature_2m")?,
+        wind_speed_kmh: floats("wind_speed_10m")?,
+        precipitation_mm: floats("precipitation")?,
+        weather_code: codes.map(|c| c.map(|v| v.round() as i64)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn day() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 24).unwrap()
+    }
+
+    fn location(day: NaiveDate) -> Value {
+        let times: Vec<String> = (0..24).map(|h| format!("{day}T{h:02}:00")).collect();
+        json!({"latitude": 1.0, "longitude": 2.0, "hourly": {"time": times,
+            "temperature_2m": (0..24).map(|h| h as f64 / 2.0).collect::<Vec<_>>(),
+            "wind_speed_10m": vec![3.5; 24], "precipitation": [null, 0.2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            "weather_code": vec![61; 24]}})
+    }
+
+    #[test]
+    fn cells_round_to_the_grid() {
+        let c = CellDay::of(53.5461, 9.9661, day(), 0.1);
+        assert_eq!((c.lat_idx, c.lon_idx), (535, 100));
+        assert_eq!(c.centre(0.1), (53.5, 10.0));
+        assert_eq!(CellDay::of(-0.04, -179.99, day(), 0.1).centre(0.1), (-0.0, -180.0));
+    }
+
+    #[test]
+    fn single_objects_and_lists_parse() {
+        let one = parse_response(location(day()).to_string().as_bytes(), 1, day()).unwrap();
+        assert_eq!(one[0].temperature_c[3], Some(1.5));
+        assert_eq!(one[0].precipitation_mm[0], None);
+        assert_eq!(one[0].weather_code[23], Some(61));
+        let two = parse_response(json!([location(day()), location(day())]).to_string().as_bytes(), 2, day()).unwrap();
+        assert_eq!(two.len(), 2);
+    }
+
+    #[test]
+    fn malformed_answers_are_errors_not_panics() {
+        let other_day = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+        let mut short = location(day());
+        short["hourly"]["wind_speed_10m"] = json!([1, 2]);
+        let cases: Vec<(Vec<u8>, usize, &str)> = vec![
+            (b"<html>oops".to_vec(), 1, "not JSON"),
+            (json!([location(day())]).to_string().into_bytes(), 2, "expected 2 locations, got 1"),
+            (location(day()).to_string().into_bytes(), 2, "expected 2 locations, got a JSON object"),
+            (location(other_day).to_string().into_bytes(), 1, "hourly time 0"),
+            (short.to_string().into_bytes(), 1, "wind_speed_10m has 2 values"),
+            (json!({"hourly": {}}).to_string().into_bytes(), 1, "hourly without time"),
+        ];
+        for (body, n, want) in cases {
+            let err = parse_response(&body, n, day()).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn config_is_validated_and_the_key_never_shows() {
+        let env = Env::from_pairs([("WEATHER_BATCH_SIZE", "1001")]);
+        assert_eq!(WeatherConfig::from_env(&env).unwrap_err().var, "WEATHER_BATCH_SIZE");
+        let env = Env::from_pairs([("WEATHER_API_URL", "ftp://x")]);
+        assert_eq!(WeatherConfig::from_env(&env).unwrap_err().var, "WEATHER_API_URL");
+        let mut cfg = WeatherConfig::from_env(&Env::default()).unwrap();
+        cfg.api_key = Some("s3cr3t".into());
+        assert!(!format!("{cfg:?}").contains("s3cr3t"));
+        assert_eq!(cfg.batch_size, 100);
+    }
+
+    #[test]
+    fn dates_pick_forecast_archive_or_out_of_range() {
+        let client = WeatherClient::new(WeatherConfig::from_env(&Env::default()).unwrap()).unwrap();
+        let today = day();
+        assert_eq!(client.endpoint_for(today, today), Some(Endpoint::Forecast));
+        assert_eq!(client.endpoint_for(today - Days::new(92), today), Some(Endpoint::Forecast));
+        assert_eq!(client.endpoint_for(today - Days::new(93), today), Some(Endpoint::Archive));
+        assert_eq!(client.endpoint_for(today + Days::new(15), today), Some(Endpoint::Forecast));
+        assert_eq!(client.endpoint_for(today + Days::new(16), today), None);
+    }
+}

@@ -17,11 +17,12 @@ LAMBDA_PORT ?= 9000
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv lint fmt-check clippy test test-rust test-infra template-check demo down build sam-build clean-local
+.PHONY: help venv lint fmt-check clippy test test-rust test-infra template-check demo down bench build sam-build clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), functions under cargo lambda watch, sample batches, summary"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
+	@echo "make bench  - weather-enricher on 1,000,000 generated records against moto and the stub (release build)"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
 
@@ -58,6 +59,12 @@ demo: venv
 	cargo build -p weather-stub -p msk-lander -p weather-enricher
 	$(PY) infra/local/stack.py up --moto-port $(MOTO_PORT) --weather-port $(WEATHER_PORT) --weather-stub $(TARGET_DIR)/debug/weather-stub
 	LAMBDA_PORT=$(LAMBDA_PORT) infra/local/demo.sh
+
+BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
+
+bench: venv
+	cargo build --release -p weather-enricher -p fleetlake-bench
+	$(TARGET_DIR)/release/bench-enricher --enricher $(TARGET_DIR)/release/weather-enricher $(BENCH_ARGS)
 
 down: venv
 	$(PY) infra/local/stack.py down

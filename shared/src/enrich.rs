@@ -1,10 +1,12 @@
 //! Landed position lines + weather lookups → enriched lines: the functional core of weather-enricher.
 
 use chrono::{NaiveDate, Timelike};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::quarantine::QuarantineLine;
-use crate::records::{parse_object, validate_position, Position};
+use serde::Deserialize as _;
+
+use crate::records::{parse_object, validate_position, Fields, Position};
 use crate::weather::{CellDay, Lookup};
 
 /// The stage name weather-enricher uses in quarantine keys and lines.
@@ -32,11 +34,17 @@ impl WeatherStatus {
     }
 }
 
+/// The fields weather-enricher adds, in output order.
+pub const WEATHER_FIELDS: [&str; 5] =
+    ["temperature_c", "wind_speed_kmh", "precipitation_mm", "weather_code", "weather_status"];
+
 /// A landed line that passed validation, with the cell-day and hour its weather comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
-    /// The full record (unknown fields included).
-    pub record: Map<String, Value>,
+    /// The record's JSON object text, without weather fields; enrichment appends to it.
+    pub line: Vec<u8>,
+    /// Whether the record lacks `_source` (a file dropped straight into landing/) and gets `{key, etag}`.
+    pub add_source: bool,
     /// Its cell-day.
     pub cell: CellDay,
     /// UTC hour of `ts`, 0–23: the hourly value used.
@@ -54,8 +62,54 @@ pub struct LineSource<'a> {
     pub line: u64,
 }
 
-/// Parses and validates one landed line. A record without `_source` (a file dropped straight into the landing
-/// zone) gets `_source = {key, etag}`.
+/// The fields a position is validated on, decoded without building the whole record: other fields are only
+/// skipped over, and the record's own text is kept for the output (so unknown fields pass through untouched).
+#[derive(Debug, serde::Deserialize)]
+struct View {
+    transport_unit_id: Option<Value>,
+    ts: Option<Value>,
+    lat: Option<Value>,
+    lon: Option<Value>,
+    transport_type: Option<Value>,
+    speed_kmh: Option<Value>,
+    heading_deg: Option<Value>,
+    altitude_m: Option<Value>,
+    #[serde(rename = "_source", default, deserialize_with = "present")]
+    has_source: bool,
+    #[serde(default, deserialize_with = "present")]
+    temperature_c: bool,
+    #[serde(default, deserialize_with = "present")]
+    wind_speed_kmh: bool,
+    #[serde(default, deserialize_with = "present")]
+    precipitation_mm: bool,
+    #[serde(default, deserialize_with = "present")]
+    weather_code: bool,
+    #[serde(default, deserialize_with = "present")]
+    weather_status: bool,
+}
+
+/// `true` for a field that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+impl Fields for View {
+    fn field(&self, name: &str) -> Option<&Value> {
+        match name {
+            "transport_unit_id" => self.transport_unit_id.as_ref(),
+            "ts" => self.ts.as_ref(),
+            "lat" => self.lat.as_ref(),
+            "lon" => self.lon.as_ref(),
+            "transport_type" => self.transport_type.as_ref(),
+            "speed_kmh" => self.speed_kmh.as_ref(),
+            "heading_deg" => self.heading_deg.as_ref(),
+            "altitude_m" => self.altitude_m.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Parses and validates one landed line.
 pub fn prepare(bytes: &[u8], src: LineSource<'_>, grid_deg: f64) -> Result<Pending, Box<QuarantineLine>> {
     let quarantine = |reason: String| {
         Box::new(QuarantineLine::new(
@@ -65,36 +119,89 @@ pub fn prepare(bytes: &[u8], src: LineSource<'_>, grid_deg: f64) -> Result<Pendi
             Some(String::from_utf8_lossy(bytes).into_owned()),
         ))
     };
-    let mut record = parse_object(bytes).map_err(|e| quarantine(e.to_string()))?;
-    let Position { ts, lat, lon, .. } = validate_position(&record).map_err(|e| quarantine(e.to_string()))?;
-    if !record.contains_key("_source") {
-        record.insert("_source".into(), json!({"key": src.key, "etag": src.etag}));
-    }
-    Ok(Pending { record, cell: CellDay::of(lat, lon, ts.date_naive(), grid_deg), hour: ts.hour() as usize })
+    let view: View = match serde_json::from_slice(bytes) {
+        Ok(view) => view,
+        // Say what is wrong as the other stages do (not JSON, not an object); a duplicate field is the rest.
+        Err(e) => {
+            return Err(quarantine(
+                parse_object(bytes)
+                    .err()
+                    .map_or_else(|| format!("value is not a valid record: {e}"), |r| r.to_string()),
+            ))
+        }
+    };
+    let Position { ts, lat, lon, .. } = validate_position(&view).map_err(|e| quarantine(e.to_string()))?;
+    let had_weather =
+        view.temperature_c || view.wind_speed_kmh || view.precipitation_mm || view.weather_code || view.weather_status;
+    let line = if had_weather {
+        // Rare: the record already carries weather fields. Drop them so the output names each field once.
+        let mut map = parse_object(bytes).map_err(|e| quarantine(e.to_string()))?;
+        for f in WEATHER_FIELDS {
+            map.remove(f);
+        }
+        serde_json::to_vec(&map).unwrap_or_else(|_| unreachable!("a JSON map serialises"))
+    } else {
+        bytes.trim_ascii().to_vec()
+    };
+    Ok(Pending {
+        line,
+        add_source: !view.has_source,
+        cell: CellDay::of(lat, lon, ts.date_naive(), grid_deg),
+        hour: ts.hour() as usize,
+    })
 }
 
-/// Adds `temperature_c`, `wind_speed_kmh`, `precipitation_mm`, `weather_code` and `weather_status` to the record
-/// (nulls and the reason when there is no weather) and returns the status.
-pub fn add_weather(record: &mut Map<String, Value>, lookup: Option<&Lookup>, hour: usize) -> WeatherStatus {
+/// Appends the enriched record and a newline to `out`: the record's own text with `_source = {key, etag}` when it
+/// had none, then `temperature_c`, `wind_speed_kmh`, `precipitation_mm`, `weather_code` (nulls when there is no
+/// weather) and `weather_status`. Returns the status.
+pub fn write_enriched(
+    out: &mut Vec<u8>,
+    p: &Pending,
+    lookup: Option<&Lookup>,
+    key: &str,
+    etag: Option<&str>,
+) -> WeatherStatus {
     let (values, status) = match lookup {
-        Some(Lookup::Found(s)) if hour < 24 => {
-            let values = [
-                s.temperature_c[hour].map(Value::from),
-                s.wind_speed_kmh[hour].map(Value::from),
-                s.precipitation_mm[hour].map(Value::from),
-                s.weather_code[hour].map(Value::from),
-            ];
+        Some(Lookup::Found(s)) if p.hour < 24 => {
+            let h = p.hour;
+            let values =
+                [s.temperature_c[h], s.wind_speed_kmh[h], s.precipitation_mm[h], s.weather_code[h].map(|c| c as f64)];
             let status =
                 if values.iter().all(Option::is_none) { WeatherStatus::Unavailable } else { WeatherStatus::Ok };
             (values, status)
         }
-        Some(Lookup::OutOfRange) => (Default::default(), WeatherStatus::OutOfRange),
-        _ => (Default::default(), WeatherStatus::Unavailable),
+        Some(Lookup::OutOfRange) => ([None; 4], WeatherStatus::OutOfRange),
+        _ => ([None; 4], WeatherStatus::Unavailable),
     };
-    for (name, v) in ["temperature_c", "wind_speed_kmh", "precipitation_mm", "weather_code"].into_iter().zip(values) {
-        record.insert(name.into(), v.unwrap_or(Value::Null));
+    // `line` is a JSON object: everything up to its closing brace, then the added fields.
+    let body = p.line.strip_suffix(b"}").unwrap_or(&p.line);
+    out.extend_from_slice(body);
+    let mut sep: &[u8] = if body.trim_ascii() == b"{" { b"" } else { b"," };
+    if p.add_source {
+        out.extend_from_slice(sep);
+        out.extend_from_slice(b"\"_source\":");
+        let source = json!({"key": key, "etag": etag});
+        serde_json::to_writer(&mut *out, &source).unwrap_or_else(|_| unreachable!("writing to a Vec cannot fail"));
+        sep = b",";
     }
-    record.insert("weather_status".into(), Value::from(status.as_str()));
+    for (i, (name, v)) in WEATHER_FIELDS.iter().zip(values).enumerate() {
+        out.extend_from_slice(sep);
+        sep = b",";
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        match v {
+            // weather_code is an integer code; the others keep the API's decimals.
+            Some(v) if i == 3 => out.extend_from_slice((v as i64).to_string().as_bytes()),
+            Some(v) => {
+                serde_json::to_writer(&mut *out, &v).unwrap_or_else(|_| unreachable!("writing to a Vec cannot fail"))
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b",\"weather_status\":\"");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b"\"}\n");
     status
 }
 
@@ -113,31 +220,14 @@ mod tests {
         LineSource { key: "landing/locations/dt=2026-11-24/drop.ndjson.gz", etag: Some("e1"), line: 3 }
     }
 
-    #[test]
-    fn valid_lines_get_a_cell_an_hour_and_lineage() {
-        let p = prepare(
-            br#"{"transport_unit_id":"T","ts":"2026-11-24T10:45:00+02:00","lat":53.54,"lon":9.97}"#,
-            src(),
-            0.1,
-        )
-        .unwrap();
-        assert_eq!((p.cell.lat_idx, p.cell.lon_idx, p.hour), (535, 100, 8));
-        assert_eq!(p.record["_source"], json!({"key": "landing/locations/dt=2026-11-24/drop.ndjson.gz", "etag": "e1"}));
-        let landed = br#"{"transport_unit_id":"T","ts":"2026-11-24T10:45:00Z","lat":1,"lon":2,"_source":{"topic":"t","partition":0,"offset":5,"timestamp":1}}"#;
-        assert_eq!(prepare(landed, src(), 0.1).unwrap().record["_source"]["offset"], json!(5));
+    fn enriched(p: &Pending, lookup: Option<&Lookup>) -> (Value, WeatherStatus) {
+        let mut out = Vec::new();
+        let status = write_enriched(&mut out, p, lookup, src().key, src().etag);
+        assert_eq!(out.last(), Some(&b'\n'));
+        (serde_json::from_slice(&out).unwrap(), status)
     }
 
-    #[test]
-    fn bad_lines_become_quarantine_lines() {
-        let q = prepare(b"{\"lat\":1}", src(), 0.1).unwrap_err();
-        assert_eq!(q.reason, "missing required field `transport_unit_id`");
-        assert_eq!(q.source, json!({"key": "landing/locations/dt=2026-11-24/drop.ndjson.gz", "line": 3}));
-        assert_eq!(q.raw.as_deref(), Some("{\"lat\":1}"));
-        assert_eq!(q.stage, STAGE);
-    }
-
-    #[test]
-    fn weather_fields_and_status() {
+    fn found() -> Lookup {
         let mut series = DaySeries {
             temperature_c: [None; 24],
             wind_speed_kmh: [None; 24],
@@ -145,19 +235,66 @@ mod tests {
             weather_code: [None; 24],
         };
         series.temperature_c[8] = Some(12.3);
+        series.precipitation_mm[8] = Some(0.0);
         series.weather_code[8] = Some(3);
-        let found = Lookup::Found(Arc::new(series));
-        let mut r = Map::new();
-        assert_eq!(add_weather(&mut r, Some(&found), 8), WeatherStatus::Ok);
+        Lookup::Found(Arc::new(series))
+    }
+
+    #[test]
+    fn valid_lines_get_a_cell_an_hour_and_lineage() {
+        let p = prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T10:45:00+02:00","lat":53.54,"lon":9.97,"x":[1,{"y":null}]}  "#, src(), 0.1).unwrap();
+        assert_eq!((p.cell.lat_idx, p.cell.lon_idx, p.hour), (535, 100, 8));
+        let (rec, status) = enriched(&p, Some(&found()));
+        assert_eq!(status, WeatherStatus::Ok);
         assert_eq!(
-            Value::Object(r.clone()),
-            json!({"temperature_c": 12.3, "wind_speed_kmh": null, "precipitation_mm": null, "weather_code": 3, "weather_status": "ok"})
+            rec,
+            json!({"transport_unit_id": "T", "ts": "2026-11-24T10:45:00+02:00", "lat": 53.54, "lon": 9.97, "x": [1, {"y": null}],
+                   "_source": {"key": "landing/locations/dt=2026-11-24/drop.ndjson.gz", "etag": "e1"},
+                   "temperature_c": 12.3, "wind_speed_kmh": null, "precipitation_mm": 0.0, "weather_code": 3, "weather_status": "ok"})
         );
-        assert_eq!(add_weather(&mut r, Some(&found), 9), WeatherStatus::Unavailable);
-        assert_eq!(add_weather(&mut r, Some(&Lookup::OutOfRange), 8), WeatherStatus::OutOfRange);
-        assert_eq!(r["weather_status"], json!("out_of_range"));
-        assert_eq!(r["temperature_c"], Value::Null);
-        assert_eq!(add_weather(&mut r, None, 8), WeatherStatus::Unavailable);
+        let landed = br#"{"transport_unit_id":"T","ts":"2026-11-24T10:45:00Z","lat":1,"lon":2,"_source":{"topic":"t","partition":0,"offset":5,"timestamp":1}}"#;
+        let (rec, _) = enriched(&prepare(landed, src(), 0.1).unwrap(), None);
+        assert_eq!(rec["_source"]["offset"], json!(5), "Kafka lineage is kept");
+    }
+
+    #[test]
+    fn statuses_for_missing_hours_failures_and_out_of_range_days() {
+        let p =
+            prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T09:00:00Z","lat":1,"lon":2}"#, src(), 0.1).unwrap();
+        let (rec, status) = enriched(&p, Some(&found()));
+        assert_eq!((status, &rec["temperature_c"]), (WeatherStatus::Unavailable, &Value::Null));
+        let (rec, status) = enriched(&p, Some(&Lookup::OutOfRange));
+        assert_eq!((status, &rec["weather_status"]), (WeatherStatus::OutOfRange, &json!("out_of_range")));
+        assert_eq!(enriched(&p, Some(&Lookup::Unavailable)).1, WeatherStatus::Unavailable);
+        assert_eq!(enriched(&p, None).1, WeatherStatus::Unavailable);
+    }
+
+    #[test]
+    fn weather_fields_already_present_are_replaced_not_repeated() {
+        let line = br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2,"temperature_c":99,"weather_status":"old","_source":null}"#;
+        let p = prepare(line, src(), 0.1).unwrap();
+        assert!(!p.add_source, "a null _source is still a _source");
+        let mut out = Vec::new();
+        write_enriched(&mut out, &p, Some(&found()), "k", None);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("temperature_c").count(), 1, "{text}");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["temperature_c"], json!(12.3));
+    }
+
+    #[test]
+    fn bad_lines_become_quarantine_lines_with_the_shared_reasons() {
+        let q = prepare(b"{\"lat\":1}", src(), 0.1).unwrap_err();
+        assert_eq!(q.reason, "missing required field `transport_unit_id`");
+        assert_eq!(q.source, json!({"key": "landing/locations/dt=2026-11-24/drop.ndjson.gz", "line": 3}));
+        assert_eq!(q.raw.as_deref(), Some("{\"lat\":1}"));
+        assert_eq!(q.stage, STAGE);
+        assert!(prepare(b"[1]", src(), 0.1).unwrap_err().reason.starts_with("value is JSON array"));
+        assert!(prepare(b"{oops", src(), 0.1).unwrap_err().reason.starts_with("value is not JSON"));
+        let dup = br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lat":3,"lon":2}"#;
+        assert!(prepare(dup, src(), 0.1).unwrap_err().reason.contains("duplicate field `lat`"));
+        let q = prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":"1","lon":2}"#, src(), 0.1)
+            .unwrap_err();
+        assert_eq!(q.reason, "field `lat` must be a number, got string");
     }
 
     #[test]

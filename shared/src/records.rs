@@ -77,12 +77,25 @@ pub struct Position {
     pub lon: f64,
 }
 
+/// Read access to a record's top-level fields: a parsed JSON map, or a view that decoded only the fields the
+/// contract names (the enricher's fast path).
+pub trait Fields {
+    /// The field's value, if present.
+    fn field(&self, name: &str) -> Option<&Value>;
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
 /// Checks a position record against the contract and returns its typed core.
 ///
 /// Required: `transport_unit_id`, `ts`, `lat`, `lon`. Optional but checked when present and not null:
 /// `transport_type`, `speed_kmh`, `heading_deg`, `altitude_m`. Other fields are not looked at.
-pub fn validate_position(rec: &Map<String, Value>) -> Result<Position, RecordError> {
-    let transport_unit_id = match rec.get("transport_unit_id") {
+pub fn validate_position(rec: &impl Fields) -> Result<Position, RecordError> {
+    let transport_unit_id = match rec.field("transport_unit_id") {
         None | Some(Value::Null) => return Err(RecordError::Missing("transport_unit_id")),
         Some(Value::String(s)) => {
             let n = s.chars().count();
@@ -101,7 +114,7 @@ pub fn validate_position(rec: &Map<String, Value>) -> Result<Position, RecordErr
             ))
         }
     };
-    let ts = match rec.get("ts") {
+    let ts = match rec.field("ts") {
         None | Some(Value::Null) => return Err(RecordError::Missing("ts")),
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
             .map_err(|e| RecordError::invalid("ts", format!("must be an RFC 3339 timestamp, got {s:?} ({e})")))?
@@ -112,7 +125,7 @@ pub fn validate_position(rec: &Map<String, Value>) -> Result<Position, RecordErr
     };
     let lat = required_number(rec, "lat", -90.0, 90.0)?;
     let lon = required_number(rec, "lon", -180.0, 180.0)?;
-    match rec.get("transport_type") {
+    match rec.field("transport_type") {
         None | Some(Value::Null) => {}
         Some(Value::String(t)) if TRANSPORT_TYPES.contains(&t.as_str()) => {}
         Some(other) => {
@@ -128,17 +141,12 @@ pub fn validate_position(rec: &Map<String, Value>) -> Result<Position, RecordErr
     Ok(Position { transport_unit_id, ts, lat, lon })
 }
 
-fn required_number(rec: &Map<String, Value>, field: &'static str, min: f64, max: f64) -> Result<f64, RecordError> {
+fn required_number(rec: &impl Fields, field: &'static str, min: f64, max: f64) -> Result<f64, RecordError> {
     optional_number(rec, field, min, max)?.ok_or(RecordError::Missing(field))
 }
 
-fn optional_number(
-    rec: &Map<String, Value>,
-    field: &'static str,
-    min: f64,
-    max: f64,
-) -> Result<Option<f64>, RecordError> {
-    match rec.get(field) {
+fn optional_number(rec: &impl Fields, field: &'static str, min: f64, max: f64) -> Result<Option<f64>, RecordError> {
+    match rec.field(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(v) if (min..=max).contains(&v) => Ok(Some(v)),

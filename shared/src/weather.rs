@@ -379,7 +379,8 @@ impl WeatherClient {
     }
 
     /// Counts an attempt; after `breaker_threshold` consecutive failures the circuit opens for the cooldown.
-    /// Once the cooldown has passed one attempt may go through; a failure opens it again at once.
+    /// Once the cooldown has passed, attempts go through again (half-open): the first failure re-opens it at
+    /// once, the first success closes it.
     fn breaker_record(&self, success: bool) {
         let mut b = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if success {

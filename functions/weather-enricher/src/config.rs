@@ -10,7 +10,7 @@ pub(crate) struct Config {
     pub(crate) lake: LakeConfig,
     /// `ENRICHED_PREFIX` (default `enriched/`).
     pub(crate) enriched_prefix: Prefix,
-    /// `CHUNK_RECORDS` (default 20000): records decoded, looked up and written per step; bounds memory.
+    /// `CHUNK_RECORDS` (default 5000): records decoded, looked up and written per step; bounds memory.
     pub(crate) chunk_records: usize,
     /// `WEATHER_*`.
     pub(crate) weather: WeatherConfig,
@@ -18,7 +18,7 @@ pub(crate) struct Config {
 
 impl Config {
     pub(crate) fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let chunk_records = env.parse_or("CHUNK_RECORDS", 20_000)?;
+        let chunk_records = env.parse_or("CHUNK_RECORDS", 5_000)?;
         if chunk_records == 0 {
             return Err(ConfigError::new("CHUNK_RECORDS", "must be at least 1"));
         }

@@ -11,7 +11,7 @@ use std::io::Write;
 
 use chrono::{NaiveDate, Utc};
 use flate2::{write::GzEncoder, Compression};
-use fleetlake::enrich::{add_weather, key_date, prepare, LineSource, Pending, WeatherStatus, STAGE};
+use fleetlake::enrich::{key_date, prepare, write_enriched, LineSource, Pending, WeatherStatus, STAGE};
 use fleetlake::error::Fault;
 use fleetlake::ndjson::{Line, MAX_LINE_BYTES};
 use fleetlake::quarantine::{QuarantineLine, QuarantineWriter};
@@ -105,7 +105,7 @@ impl Totals {
 }
 
 #[instrument(skip_all)]
-pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &Deps) -> Result<Value, HandlerError> {
+pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &'static Deps) -> Result<Value, HandlerError> {
     let mut metrics = Metrics::new(STAGE);
     metrics.property("requestId", event.context.request_id.clone());
     let weather_before = deps.weather.stats();
@@ -174,11 +174,22 @@ fn emit_metrics(metrics: &mut Metrics, t: &Totals, before: WeatherStats, after: 
     metrics.emit();
 }
 
+/// Enriches objects on up to `OBJECT_CONCURRENCY` tasks (decoding and gzip are CPU work: tasks spread it over
+/// the cores Lambda gives larger memory sizes).
 async fn process_all<'a>(
     objects: impl Iterator<Item = &'a ObjectRef>,
-    deps: &Deps,
+    deps: &'static Deps,
 ) -> Vec<Result<Outcome, fleetlake::Error>> {
-    futures::stream::iter(objects).map(|obj| process(obj, deps)).buffered(OBJECT_CONCURRENCY).collect().await
+    futures::stream::iter(objects.cloned())
+        .map(|obj| async move {
+            tokio::spawn(async move { process(&obj, deps).await }).await.unwrap_or_else(|e| {
+                // A panic in one object's task: report it as a failure of that object, which Lambda retries.
+                Err(fleetlake::Error::Encode(std::io::Error::other(format!("enrichment task failed: {e}"))))
+            })
+        })
+        .buffered(OBJECT_CONCURRENCY)
+        .collect()
+        .await
 }
 
 #[instrument(skip(deps), fields(key = %obj.key))]
@@ -209,7 +220,8 @@ async fn process(obj: &ObjectRef, deps: &Deps) -> Result<Outcome, fleetlake::Err
         Err(e) if e.fault() == Fault::Permanent => return unreadable(obj, &e, dt, &source_name, deps).await,
         Err(e) => return Err(e),
     };
-    let mut out = GzEncoder::new(Vec::new(), Compression::default());
+    // Level 1: these files are read once more, by delta-writer; speed matters more than the last bytes.
+    let mut out = GzEncoder::new(Vec::new(), Compression::fast());
     let (mut pending, mut bad) = (Vec::with_capacity(cfg.chunk_records), Vec::new());
     let (mut records, mut degraded) = (0_u64, 0_u64);
     loop {
@@ -236,7 +248,7 @@ async fn process(obj: &ObjectRef, deps: &Deps) -> Result<Outcome, fleetlake::Err
             None => {}
         }
         if pending.len() >= cfg.chunk_records || (done && !pending.is_empty()) {
-            let (n, d) = enrich_chunk(&mut pending, &mut out, &deps.weather, today).await?;
+            let (n, d) = enrich_chunk(&mut pending, &mut out, obj, &deps.weather, today).await?;
             records += n;
             degraded += d;
         }
@@ -265,20 +277,22 @@ async fn process(obj: &ObjectRef, deps: &Deps) -> Result<Outcome, fleetlake::Err
 async fn enrich_chunk(
     pending: &mut Vec<Pending>,
     out: &mut GzEncoder<Vec<u8>>,
+    obj: &ObjectRef,
     weather: &WeatherClient,
     today: NaiveDate,
 ) -> Result<(u64, u64), fleetlake::Error> {
     let cells: BTreeSet<_> = pending.iter().map(|p| p.cell).collect();
     let answers = weather.lookup(&cells, today).await;
-    let (mut n, mut degraded) = (0, 0);
-    for mut p in pending.drain(..) {
-        if add_weather(&mut p.record, answers.get(&p.cell), p.hour) != WeatherStatus::Ok {
+    let mut text = Vec::with_capacity(pending.iter().map(|p| p.line.len() + 160).sum());
+    let mut degraded = 0;
+    for p in pending.iter() {
+        if write_enriched(&mut text, p, answers.get(&p.cell), &obj.key, obj.etag.as_deref()) != WeatherStatus::Ok {
             degraded += 1;
         }
-        serde_json::to_writer(&mut *out, &p.record).map_err(std::io::Error::from)?;
-        out.write_all(b"\n")?;
-        n += 1;
     }
+    out.write_all(&text)?;
+    let n = pending.len() as u64;
+    pending.clear();
     Ok((n, degraded))
 }
 

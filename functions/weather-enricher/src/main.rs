@@ -20,7 +20,8 @@ async fn main() -> Result<(), Error> {
                 .inspect_err(|e| tracing::error!(error = %e, parameter = %param, "cannot read the weather API key"))?,
         );
     }
-    let deps = handler::Deps::new(config, fleetlake::aws::s3_client(&sdk))?;
-    let deps = &deps;
+    // Lives as long as the execution environment; 'static so objects can be enriched on separate tasks.
+    let deps: &'static handler::Deps =
+        Box::leak(Box::new(handler::Deps::new(config, fleetlake::aws::s3_client(&sdk))?));
     run(service_fn(move |event| handler::handle(event, deps))).await
 }

@@ -109,7 +109,31 @@ impl Fields for View {
     }
 }
 
-/// Parses and validates one landed line.
+/// Whether a line needs the full parse before its text may be copied to the output: it has a `\u` escape (which
+/// may be a lone surrogate) or a number with an exponent (which may overflow). Skipped fields are not checked by
+/// the fast path, and nothing unparseable may reach the enriched zone.
+fn needs_full_parse(bytes: &[u8]) -> bool {
+    let (mut in_string, mut escaped, mut prev) = (false, false, 0_u8);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, b'u') => return true,
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if (b == b'e' || b == b'E') && (prev.is_ascii_digit() || prev == b'.') {
+            return true;
+        }
+        prev = b;
+    }
+    false
+}
+
+/// Parses and validates one landed line (a leading UTF-8 byte-order mark is ignored).
 pub fn prepare(bytes: &[u8], src: LineSource<'_>, grid_deg: f64) -> Result<Pending, Box<QuarantineLine>> {
     let quarantine = |reason: String| {
         Box::new(QuarantineLine::new(
@@ -119,29 +143,32 @@ pub fn prepare(bytes: &[u8], src: LineSource<'_>, grid_deg: f64) -> Result<Pendi
             Some(String::from_utf8_lossy(bytes).into_owned()),
         ))
     };
-    let view: View = match serde_json::from_slice(bytes) {
-        Ok(view) => view,
-        // Say what is wrong as the other stages do (not JSON, not an object); a duplicate field is the rest.
-        Err(e) => {
-            return Err(quarantine(
-                parse_object(bytes)
-                    .err()
-                    .map_or_else(|| format!("value is not a valid record: {e}"), |r| r.to_string()),
-            ))
-        }
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes).trim_ascii();
+    // Say what is wrong as the other stages do (not JSON, not an object); a duplicate field is the rest.
+    let reason = |e: serde_json::Error| {
+        parse_object(text).err().map_or_else(|| format!("value is not a valid record: {e}"), |r| r.to_string())
     };
+    if std::str::from_utf8(text).is_err() {
+        return Err(quarantine("value is not JSON: invalid UTF-8".into()));
+    }
+    if !(text.starts_with(b"{") && text.ends_with(b"}")) {
+        return Err(quarantine(
+            parse_object(text).err().map_or_else(|| "value is not a JSON object".into(), |r| r.to_string()),
+        ));
+    }
+    let view: View = serde_json::from_slice(text).map_err(|e| quarantine(reason(e)))?;
     let Position { ts, lat, lon, .. } = validate_position(&view).map_err(|e| quarantine(e.to_string()))?;
     let had_weather =
         view.temperature_c || view.wind_speed_kmh || view.precipitation_mm || view.weather_code || view.weather_status;
-    let line = if had_weather {
-        // Rare: the record already carries weather fields. Drop them so the output names each field once.
-        let mut map = parse_object(bytes).map_err(|e| quarantine(e.to_string()))?;
+    let line = if had_weather || needs_full_parse(text) {
+        // Rare: parse the whole record, refuse what does not parse, drop old weather fields, write it anew.
+        let mut map = parse_object(text).map_err(|e| quarantine(e.to_string()))?;
         for f in WEATHER_FIELDS {
             map.remove(f);
         }
         serde_json::to_vec(&map).unwrap_or_else(|_| unreachable!("a JSON map serialises"))
     } else {
-        bytes.trim_ascii().to_vec()
+        text.to_vec()
     };
     Ok(Pending {
         line,
@@ -295,6 +322,33 @@ mod tests {
         let q = prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":"1","lon":2}"#, src(), 0.1)
             .unwrap_err();
         assert_eq!(q.reason, "field `lat` must be a number, got string");
+    }
+
+    #[test]
+    fn only_clean_json_objects_reach_the_output() {
+        let ok = |line: &[u8]| {
+            let p = prepare(line, src(), 0.1).unwrap();
+            let mut out = Vec::new();
+            write_enriched(&mut out, &p, None, "k", None);
+            serde_json::from_slice::<Value>(&out).unwrap()
+        };
+        let base = r#""transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2"#;
+        // An array with the right values in order is not a record.
+        let arr = br#"["T","2026-11-24T08:00:00Z",1,2,null,null,null,null]"#;
+        assert_eq!(prepare(arr, src(), 0.1).unwrap_err().reason, "value is JSON array, not an object");
+        // Values in fields the fast path skips are checked all the same.
+        for bad in [format!("{{{base},\"x\":1e400}}"), format!("{{{base},\"x\":\"\\uD800\"}}")] {
+            assert!(prepare(bad.as_bytes(), src(), 0.1).unwrap_err().reason.starts_with("value is not JSON"), "{bad}");
+        }
+        let mut invalid_utf8 = format!("{{{base},\"x\":\"").into_bytes();
+        invalid_utf8.extend_from_slice(&[0xff, b'"', b'}']);
+        assert_eq!(prepare(&invalid_utf8, src(), 0.1).unwrap_err().reason, "value is not JSON: invalid UTF-8");
+        // Valid escapes and exponents survive the full parse.
+        assert_eq!(ok(format!("{{{base},\"x\":\"caf\\u00e9\",\"y\":1.5e3}}").as_bytes())["x"], json!("café"));
+        // A byte-order mark and surrounding blanks are dropped; words with e after digits inside strings are fine.
+        let bom = [b"\xEF\xBB\xBF".as_slice(), format!(" {{{base},\"x\":\"3e\"}} ").as_bytes()].concat();
+        assert_eq!(ok(&bom)["x"], json!("3e"));
+        assert!(!needs_full_parse(format!("{{{base},\"b\":true,\"f\":false,\"s\":\"12e4\"}}").as_bytes()));
     }
 
     #[test]

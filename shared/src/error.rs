@@ -14,6 +14,16 @@ pub enum Fault {
     Permanent,
 }
 
+impl Fault {
+    /// The `errorType` a handler reports to Lambda: `fleetlake.Retryable` or `fleetlake.Permanent`.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            Fault::Retryable => "fleetlake.Retryable",
+            Fault::Permanent => "fleetlake.Permanent",
+        }
+    }
+}
+
 /// Errors of the S3 and quarantine adapters and of configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,9 +75,12 @@ impl Error {
         match self {
             Error::S3 { .. } | Error::Encode(_) => Fault::Retryable,
             Error::Config(_) | Error::NotFound { .. } => Fault::Permanent,
-            // A body that stops mid-stream is a network failure; one that is not gzip is the object's fault.
+            // Not gzip, or a gzip stream that ends before its trailer (the decoder's UnexpectedEof): the object's
+            // fault. A connection that drops mid-body surfaces from the SDK as another kind: retried.
             Error::Read { source, .. } => match source.kind() {
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => Fault::Permanent,
+                std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::InvalidInput
+                | std::io::ErrorKind::UnexpectedEof => Fault::Permanent,
                 _ => Fault::Retryable,
             },
         }

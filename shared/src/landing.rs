@@ -108,7 +108,8 @@ pub struct LandedSlice {
     pub name: BatchName,
     /// The dataset, or `None` for an unmapped topic.
     pub dataset: Option<String>,
-    /// UTC date of the first message's Kafka timestamp: the `dt=` partition of the slice's objects.
+    /// UTC date of the first message's Kafka timestamp (the first one set, else the ingestion date): the `dt=`
+    /// partition of the slice's objects.
     pub dt: NaiveDate,
     /// Landed NDJSON lines, in offset order, without terminators.
     pub lines: Vec<Vec<u8>>,
@@ -136,7 +137,12 @@ pub fn land_slice(
         first_offset: first.offset,
         last_offset: last.offset,
     };
-    let dt = DateTime::from_timestamp_millis(first.timestamp_ms).unwrap_or_default().date_naive();
+    // The first real Kafka timestamp (producers may send none: -1 or 0); without one, the ingestion date.
+    let dt = messages
+        .iter()
+        .filter(|m| m.timestamp_ms > 0)
+        .find_map(|m| DateTime::from_timestamp_millis(m.timestamp_ms))
+        .map_or_else(|| ingested_at.date_naive(), |t| t.date_naive());
     let dataset = datasets.dataset(&first.topic).map(str::to_owned);
     let ingested_at = ingested_at.to_rfc3339_opts(SecondsFormat::Millis, true);
     let mut slice = LandedSlice { name, dataset, dt, lines: Vec::new(), quarantined: Vec::new(), tombstones: 0 };
@@ -299,6 +305,19 @@ mod tests {
         assert_eq!(slice.quarantined.len(), 2);
         assert_eq!(slice.quarantined[0].reason, "topic \"other\" is not mapped to a dataset (TOPIC_DATASETS)");
         assert_eq!(slice.quarantined[1].raw, None);
+    }
+
+    #[test]
+    fn missing_kafka_timestamps_fall_back_to_the_next_one_or_the_ingestion_date() {
+        let pos = r#"{"transport_unit_id":"TU-7","ts":"2026-11-24T00:00:00Z","lat":1.5,"lon":2.5}"#;
+        let mut first = msg("fleet.locations", 1, b64(pos));
+        first.timestamp_ms = -1;
+        let second = msg("fleet.locations", 2, b64(pos));
+        let later = DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let slice = land_slice(vec![first.clone(), second], &TopicDatasets::default(), later).unwrap();
+        assert_eq!(slice.dt.to_string(), "2026-11-24");
+        let slice = land_slice(vec![first], &TopicDatasets::default(), later).unwrap();
+        assert_eq!(slice.dt.to_string(), "2026-12-01");
     }
 
     #[test]

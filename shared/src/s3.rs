@@ -47,23 +47,44 @@ impl S3Store {
     ///
     /// Deterministically named objects use this: the first complete write wins, a retry or a concurrent
     /// duplicate sees [`PutOutcome::AlreadyExists`], and a published object never changes under its readers.
-    #[instrument(skip(self, body), fields(bucket = %self.bucket, bytes = body.len()))]
     pub async fn put_if_absent(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<PutOutcome> {
-        let sent = self
+        self.put_object(key, body, content_type, &[], true).await
+    }
+
+    /// Writes `body` at `key`, replacing any object there.
+    pub async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()> {
+        self.put_object(key, body, content_type, &[], false).await.map(|_| ())
+    }
+
+    /// Writes an object with user metadata (`x-amz-meta-*`), create-only or replacing.
+    #[instrument(skip(self, body, metadata), fields(bucket = %self.bucket, bytes = body.len()))]
+    pub async fn put_object(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        metadata: &[(&str, &str)],
+        create_only: bool,
+    ) -> Result<PutOutcome> {
+        let mut req = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
-            .if_none_match("*")
-            .body(ByteStream::from(body))
-            .send()
-            .await;
-        match sent {
+            .body(ByteStream::from(body));
+        for (k, v) in metadata {
+            req = req.metadata(*k, *v);
+        }
+        if create_only {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
             Ok(_) => Ok(PutOutcome::Created),
             Err(e)
-                if e.code() == Some("PreconditionFailed")
-                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 412) =>
+                if create_only
+                    && (e.code() == Some("PreconditionFailed")
+                        || e.raw_response().is_some_and(|r| r.status().as_u16() == 412)) =>
             {
                 debug!(key, "object already exists");
                 Ok(PutOutcome::AlreadyExists)
@@ -72,30 +93,16 @@ impl S3Store {
         }
     }
 
-    /// Whether an object exists at `key` (HeadObject; needs `s3:ListBucket` to tell "missing" from "forbidden").
+    /// The user metadata of the object at `key`, or `None` if there is none (HeadObject; needs `s3:ListBucket` to
+    /// tell "missing" from "forbidden").
     #[instrument(skip(self), fields(bucket = %self.bucket))]
-    pub async fn exists(&self, key: &str) -> Result<bool> {
+    pub async fn metadata(&self, key: &str) -> Result<Option<std::collections::HashMap<String, String>>> {
         match self.client.head_object().bucket(&self.bucket).key(key).send().await {
-            Ok(_) => Ok(true),
-            Err(e) if matches!(e.as_service_error(), Some(HeadObjectError::NotFound(_))) => Ok(false),
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Ok(out) => Ok(Some(out.metadata.unwrap_or_default())),
+            Err(e) if matches!(e.as_service_error(), Some(HeadObjectError::NotFound(_))) => Ok(None),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
             Err(e) => Err(self.error("HeadObject", key, e)),
         }
-    }
-
-    /// Writes `body` at `key`, replacing any object there.
-    #[instrument(skip(self, body), fields(bucket = %self.bucket, bytes = body.len()))]
-    pub async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| self.error("PutObject", key, e))?;
-        Ok(())
     }
 
     /// Reads a whole object into memory; for small objects only (use [`S3Store::gzip_lines`] for data).

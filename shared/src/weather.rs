@@ -103,8 +103,8 @@ impl WeatherConfig {
         if cfg.concurrency == 0 {
             return Err(ConfigError::new("WEATHER_CONCURRENCY", "must be at least 1"));
         }
-        if !(cfg.grid_deg > 0.0 && cfg.grid_deg <= 5.0) {
-            return Err(ConfigError::new("WEATHER_GRID_DEG", "must be in (0, 5]"));
+        if !(0.001..=5.0).contains(&cfg.grid_deg) {
+            return Err(ConfigError::new("WEATHER_GRID_DEG", "must be between 0.001 and 5"));
         }
         if cfg.cache_cells == 0 {
             return Err(ConfigError::new("WEATHER_CACHE_CELLS", "must be at least 1"));
@@ -267,8 +267,14 @@ impl WeatherClient {
         }
     }
 
-    /// Weather for every cell-day in `cells`; `today` decides forecast, archive or out of range.
-    pub async fn lookup(&self, cells: &BTreeSet<CellDay>, today: NaiveDate) -> HashMap<CellDay, Lookup> {
+    /// Weather for every cell-day in `cells`; `today` decides forecast, archive or out of range. No retry is
+    /// started that could not finish before `deadline` (the invocation's).
+    pub async fn lookup(
+        &self,
+        cells: &BTreeSet<CellDay>,
+        today: NaiveDate,
+        deadline: Option<Instant>,
+    ) -> HashMap<CellDay, Lookup> {
         let mut answers = HashMap::with_capacity(cells.len());
         let mut to_fetch: BTreeMap<(Endpoint, NaiveDate), Vec<CellDay>> = BTreeMap::new();
         {
@@ -295,7 +301,7 @@ impl WeatherClient {
             .collect();
         let mut results = futures::stream::iter(requests)
             .map(|(endpoint, day, cells)| async move {
-                let outcome = self.fetch_with_retries(endpoint, day, &cells).await;
+                let outcome = self.fetch_with_retries(endpoint, day, &cells, deadline).await;
                 (cells, outcome)
             })
             .buffer_unordered(self.cfg.concurrency);
@@ -338,6 +344,7 @@ impl WeatherClient {
         endpoint: Endpoint,
         day: NaiveDate,
         cells: &[CellDay],
+        deadline: Option<Instant>,
     ) -> Result<Vec<DaySeries>, FetchError> {
         let mut attempt = 0_u32;
         loop {
@@ -351,19 +358,33 @@ impl WeatherClient {
                 Ok(_) | Err(FetchError::OutOfRange(_)) => true,
                 Err(e) => !e.retryable() && !matches!(e, FetchError::Status { status: 401 | 403, .. }),
             });
-            match result {
+            let e = match result {
                 Ok(series) => return Ok(series),
-                Err(e) if e.retryable() && attempt < self.cfg.max_retries => {
+                Err(e) => e,
+            };
+            let wait = match &e {
+                // The server named its own wait: honour it, or give up now if it is longer than we may wait.
+                FetchError::Status { retry_after: Some(after), .. } if *after > self.cfg.backoff_cap => {
+                    self.open_breaker_for(*after);
+                    None
+                }
+                FetchError::Status { retry_after: Some(after), .. } => Some(*after),
+                _ => {
                     let ceiling = self.cfg.backoff_base.saturating_mul(1 << attempt.min(16)).min(self.cfg.backoff_cap);
-                    let wait = match &e {
-                        FetchError::Status { retry_after: Some(after), .. } => (*after).min(self.cfg.backoff_cap),
-                        _ => ceiling.mul_f64(fastrand::f64()),
-                    };
+                    Some(ceiling.mul_f64(fastrand::f64()))
+                }
+            };
+            // Another attempt must fit before the invocation's deadline, with a second to spare for writing.
+            let fits = |wait: Duration| {
+                deadline.is_none_or(|d| Instant::now() + wait + self.cfg.timeout + Duration::from_secs(1) < d)
+            };
+            match wait {
+                Some(wait) if e.retryable() && attempt < self.cfg.max_retries && fits(wait) => {
                     debug!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "weather request failed; retrying");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
-                Err(e) => {
+                _ => {
                     if !matches!(e, FetchError::OutOfRange(_)) {
                         self.counters.failed_requests.fetch_add(1, Ordering::Relaxed);
                     }
@@ -371,6 +392,16 @@ impl WeatherClient {
                 }
             }
         }
+    }
+
+    /// Opens the circuit for `wait` (a `Retry-After` longer than any backoff): no call until then.
+    fn open_breaker_for(&self, wait: Duration) {
+        let mut b = self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.open_until = Some(Instant::now() + wait);
+        warn!(
+            wait_s = wait.as_secs(),
+            "weather API asked to wait longer than the backoff cap; circuit opened until then"
+        );
     }
 
     fn breaker_allows(&self) -> bool {
@@ -431,12 +462,8 @@ impl WeatherClient {
         // The URL may carry the API key: errors are rendered without it.
         let resp = self.http.get(&url).send().await.map_err(|e| FetchError::Transport(describe(&e)))?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after =
+            resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
         let body = resp.bytes().await.map_err(|e| FetchError::Transport(describe(&e)))?;
         if status != 200 {
             let reason = serde_json::from_slice::<Value>(&body)
@@ -450,6 +477,16 @@ impl WeatherClient {
         }
         parse_response(&body, cells.len(), day).map_err(FetchError::Malformed)
     }
+}
+
+/// `Retry-After` as seconds (`120`) or as an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO))
 }
 
 /// A reqwest error without its URL (which may carry the API key).
@@ -588,6 +625,16 @@ mod tests {
         cfg.api_key = Some("s3cr3t".into());
         assert!(!format!("{cfg:?}").contains("s3cr3t"));
         assert_eq!(cfg.batch_size, 100);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        let got = parse_retry_after(&soon).unwrap();
+        assert!((Duration::from_secs(28)..=Duration::from_secs(30)).contains(&got), "{got:?}");
+        assert_eq!(parse_retry_after("Mon, 01 Jan 2001 00:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]

@@ -76,6 +76,19 @@ async fn an_object_that_is_not_gzip_is_the_objects_fault() {
     let err = lines.next_line().await.unwrap_err();
     assert!(matches!(err, Error::Read { .. }), "{err}");
     assert_eq!(err.fault(), Fault::Permanent, "{err}");
+
+    // A gzip stream cut short (an upload that stopped half-way) is the object's fault too: retrying cannot help.
+    let whole = gzip_lines((0..2_000).map(|_| b"{\"n\":1}".as_slice())).unwrap();
+    store.put("in/cut.ndjson.gz", whole[..whole.len() / 2].to_vec(), "application/gzip").await.unwrap();
+    let mut lines = store.gzip_lines("in/cut.ndjson.gz").await.unwrap();
+    let err = loop {
+        match lines.next_line().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("a truncated stream must not end cleanly"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.fault(), Fault::Permanent, "{err}");
 }
 
 #[tokio::test]

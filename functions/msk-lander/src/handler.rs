@@ -65,11 +65,7 @@ pub(crate) struct HandlerError(#[from] fleetlake::Error);
 
 impl From<HandlerError> for Diagnostic {
     fn from(e: HandlerError) -> Self {
-        let kind = match e.0.fault() {
-            fleetlake::error::Fault::Retryable => "Retryable",
-            fleetlake::error::Fault::Permanent => "Permanent",
-        };
-        Diagnostic { error_type: format!("fleetlake.{kind}"), error_message: e.to_string() }
+        Diagnostic { error_type: e.0.fault().error_type().to_owned(), error_message: e.to_string() }
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
 use flate2::{write::GzEncoder, Compression};
@@ -29,6 +30,24 @@ use crate::config::Config;
 
 /// Objects enriched at once within one invocation.
 const OBJECT_CONCURRENCY: usize = 4;
+
+/// User metadata of an enriched object: the ETag of the landed object it was made from.
+const SOURCE_ETAG: &str = "source-etag";
+
+/// The quarantine object's name for a landed object: its path below the `dt=` folder, without `.ndjson.gz`, and
+/// the source ETag when known — so two files of one name in different folders, or a file dropped again with
+/// other content, each keep their own quarantine object.
+fn quarantine_name(rel: &str, etag: Option<&str>) -> String {
+    let below_dt = match rel.split_once('/') {
+        Some((first, rest)) if first.starts_with("dt=") => rest,
+        _ => rel,
+    };
+    let name = below_dt.trim_end_matches(".ndjson.gz");
+    match etag {
+        Some(etag) => format!("{name}.{}", &etag[..etag.len().min(16)]),
+        None => name.to_owned(),
+    }
+}
 
 /// Clients and configuration built once at init; the weather cache lives as long as the execution environment.
 #[derive(Debug)]
@@ -59,11 +78,11 @@ pub(crate) enum HandlerError {
 
 impl From<HandlerError> for Diagnostic {
     fn from(e: HandlerError) -> Self {
-        let kind = match &e {
-            HandlerError::Lake(inner) if inner.fault() == Fault::Retryable => "Retryable",
-            _ => "Permanent",
+        let fault = match &e {
+            HandlerError::Lake(inner) => inner.fault(),
+            HandlerError::Event(_) => Fault::Permanent,
         };
-        Diagnostic { error_type: format!("fleetlake.{kind}"), error_message: e.to_string() }
+        Diagnostic { error_type: fault.error_type().to_owned(), error_message: e.to_string() }
     }
 }
 
@@ -110,10 +129,13 @@ pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &'static Deps) -> Re
     metrics.property("requestId", event.context.request_id.clone());
     let weather_before = deps.weather.stats();
     let trigger = parse_trigger(&event.payload).inspect_err(|e| error!(error = %e, "event not understood"))?;
+    // The invocation's deadline, as an Instant: no weather retry starts that could not finish before it.
+    let left_ms = event.context.deadline.saturating_sub(Utc::now().timestamp_millis().max(0) as u64);
+    let deadline = (event.context.deadline > 0).then(|| Instant::now() + Duration::from_millis(left_ms));
     let mut totals = Totals::default();
     let result = match trigger {
         Trigger::Direct(objects) | Trigger::EventBridge(objects) => {
-            let outcomes = process_all(objects.iter(), deps).await;
+            let outcomes = process_all(objects.iter(), deps, deadline).await;
             let mut first_error = None;
             for outcome in outcomes {
                 match outcome {
@@ -139,7 +161,7 @@ pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &'static Deps) -> Re
                     }
                 };
                 let mut failed = false;
-                for outcome in process_all(objects.iter(), deps).await {
+                for outcome in process_all(objects.iter(), deps, deadline).await {
                     match outcome {
                         Ok(o) => totals.add(&o),
                         Err(_) => failed = true,
@@ -179,10 +201,11 @@ fn emit_metrics(metrics: &mut Metrics, t: &Totals, before: WeatherStats, after: 
 async fn process_all<'a>(
     objects: impl Iterator<Item = &'a ObjectRef>,
     deps: &'static Deps,
+    deadline: Option<Instant>,
 ) -> Vec<Result<Outcome, fleetlake::Error>> {
     futures::stream::iter(objects.cloned())
         .map(|obj| async move {
-            tokio::spawn(async move { process(&obj, deps).await }).await.unwrap_or_else(|e| {
+            tokio::spawn(async move { process(&obj, deps, deadline).await }).await.unwrap_or_else(|e| {
                 // A panic in one object's task: report it as a failure of that object, which Lambda retries.
                 Err(fleetlake::Error::Encode(std::io::Error::other(format!("enrichment task failed: {e}"))))
             })
@@ -192,8 +215,8 @@ async fn process_all<'a>(
         .await
 }
 
-#[instrument(skip(deps), fields(key = %obj.key))]
-async fn process(obj: &ObjectRef, deps: &Deps) -> Result<Outcome, fleetlake::Error> {
+#[instrument(skip(deps, deadline), fields(key = %obj.key))]
+async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Result<Outcome, fleetlake::Error> {
     let cfg = &deps.config;
     let source_prefix = format!("{}locations/", cfg.lake.landing_prefix);
     let rel = match obj.key.strip_prefix(&source_prefix) {
@@ -207,13 +230,19 @@ async fn process(obj: &ObjectRef, deps: &Deps) -> Result<Outcome, fleetlake::Err
         }
     };
     let out_key = format!("{}locations/{rel}", cfg.enriched_prefix);
-    if deps.store.exists(&out_key).await? {
-        info!(out_key, "already enriched");
-        return Ok(Outcome::AlreadyEnriched);
-    }
+    // Done already, for this very content? The enriched object records the ETag of the object it came from; a
+    // file dropped again under the same key with other content is enriched again and replaces it.
+    let replace = match deps.store.metadata(&out_key).await? {
+        Some(meta) if obj.etag.is_none() || meta.get(SOURCE_ETAG) == obj.etag.as_ref() => {
+            info!(out_key, "already enriched");
+            return Ok(Outcome::AlreadyEnriched);
+        }
+        Some(_) => true,
+        None => false,
+    };
     let today = Utc::now().date_naive();
     let dt = key_date(&obj.key).unwrap_or(today);
-    let source_name = rel.rsplit('/').next().unwrap_or(rel).trim_end_matches(".ndjson.gz").to_owned();
+    let source_name = quarantine_name(rel, obj.etag.as_deref());
 
     let mut lines = match deps.store.gzip_lines(&obj.key).await {
         Ok(lines) => lines,
@@ -248,7 +277,7 @@ async fn process(obj: &ObjectRef, deps: &Deps) -> Result<Outcome, fleetlake::Err
             None => {}
         }
         if pending.len() >= cfg.chunk_records || (done && !pending.is_empty()) {
-            let (n, d) = enrich_chunk(&mut pending, &mut out, obj, &deps.weather, today).await?;
+            let (n, d) = enrich_chunk(&mut pending, &mut out, obj, &deps.weather, today, deadline).await?;
             records += n;
             degraded += d;
         }
@@ -260,7 +289,8 @@ async fn process(obj: &ObjectRef, deps: &Deps) -> Result<Outcome, fleetlake::Err
     deps.quarantine.write(dt, &source_name, &bad).await?;
     if records > 0 {
         let body = out.finish()?;
-        let outcome = deps.store.put_if_absent(&out_key, body, "application/gzip").await?;
+        let meta: Vec<(&str, &str)> = obj.etag.as_deref().map(|e| (SOURCE_ETAG, e)).into_iter().collect();
+        let outcome = deps.store.put_object(&out_key, body, "application/gzip", &meta, !replace).await?;
         info!(
             out_key,
             records,
@@ -280,9 +310,10 @@ async fn enrich_chunk(
     obj: &ObjectRef,
     weather: &WeatherClient,
     today: NaiveDate,
+    deadline: Option<Instant>,
 ) -> Result<(u64, u64), fleetlake::Error> {
     let cells: BTreeSet<_> = pending.iter().map(|p| p.cell).collect();
-    let answers = weather.lookup(&cells, today).await;
+    let answers = weather.lookup(&cells, today, deadline).await;
     let mut text = Vec::with_capacity(pending.iter().map(|p| p.line.len() + 160).sum());
     let mut degraded = 0;
     for p in pending.iter() {
@@ -321,6 +352,16 @@ mod tests {
         ("sqs.json", include_str!("../../../events/weather-enricher/sqs.json")),
         ("eventbridge.json", include_str!("../../../events/weather-enricher/eventbridge.json")),
     ];
+
+    #[test]
+    fn quarantine_names_keep_folders_and_content_apart() {
+        assert_eq!(quarantine_name("dt=2026-11-24/fleet.locations-0-1-9.ndjson.gz", None), "fleet.locations-0-1-9");
+        assert_eq!(
+            quarantine_name("dt=2026-11-24/a/x.ndjson.gz", Some("0ad3c6d1b1f2e3d4c5b6a7980a1b2c3d")),
+            "a/x.0ad3c6d1b1f2e3d4"
+        );
+        assert_eq!(quarantine_name("b/x.ndjson.gz", Some("e1")), "b/x.e1");
+    }
 
     #[test]
     fn every_sample_event_names_the_same_landed_object() {

@@ -28,7 +28,7 @@ async fn setup(extra: &[(&str, &str)]) -> Env {
         ("WEATHER_API_URL", url.as_str()),
         ("WEATHER_BACKOFF_BASE_MS", "10"),
         ("WEATHER_BACKOFF_CAP_MS", "100"),
-        ("WEATHER_TIMEOUT_MS", "400"),
+        ("WEATHER_TIMEOUT_MS", "5000"),
     ]
     .iter()
     .chain(extra)
@@ -106,7 +106,7 @@ async fn a_known_file_gets_exact_weather_and_a_rerun_changes_nothing() {
         "{not json".to_owned(),
         position("TU-2", &format!("{DAY}T23:59:59Z"), -33.91, 18.42),
         json!({"transport_unit_id": "TU-3", "ts": format!("{DAY}T12:00:00Z"), "lat": 91.0, "lon": 0.0}).to_string(),
-        position("TU-4", "2031-01-01T00:00:00Z", 10.0, 10.0),
+        position("TU-4", "2090-01-01T00:00:00Z", 10.0, 10.0),
     ];
     e.moto.s3().put_object().bucket(&e.bucket).key(&key).body(gzip(&lines).into()).send().await.unwrap();
 
@@ -207,12 +207,19 @@ async fn statuses(e: &Env, key: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_faults_flag_records_and_lose_none() {
-    // A breaker that never opens here: each fault is seen on its own.
-    let mut e = setup(&[("WEATHER_MAX_RETRIES", "2"), ("WEATHER_BREAKER_THRESHOLD", "1000")]).await;
+    // A breaker that never opens here: each fault is seen on its own. Retry-After: 1 (the stub's injected 429)
+    // fits under a 2 s backoff cap, so it is honoured.
+    let mut e = setup(&[
+        ("WEATHER_MAX_RETRIES", "2"),
+        ("WEATHER_BREAKER_THRESHOLD", "1000"),
+        ("WEATHER_TIMEOUT_MS", "1000"),
+        ("WEATHER_BACKOFF_CAP_MS", "2000"),
+    ])
+    .await;
     let faults = [
         ("http-500", Faults { failure_rate: 1.0, failure_status: 500, ..Faults::default() }),
         ("http-429", Faults { failure_rate: 1.0, failure_status: 429, ..Faults::default() }),
-        ("slow", Faults { latency_ms: 1_500, ..Faults::default() }),
+        ("slow", Faults { latency_ms: 3_000, ..Faults::default() }),
         ("garbage", Faults { garbage_rate: 1.0, ..Faults::default() }),
     ];
     for (i, (name, fault)) in faults.into_iter().enumerate() {
@@ -236,6 +243,17 @@ async fn api_faults_flag_records_and_lose_none() {
     e.enricher.invoke(&s3_event(&e.bucket, &[&key])).await.outcome.unwrap();
     assert_eq!(statuses(&e, &key).await, vec!["ok"; 7]);
     assert!(e.stub.stats().failures_injected > 0);
+
+    // A rate limit that asks for longer than the backoff cap (Retry-After: 60): no retry, and no call at all
+    // until then — the next object's records are flagged without touching the API.
+    e.stub.set_faults(Faults { rate_limit_per_minute: 1, ..Faults::default() });
+    let before = e.stub.stats();
+    for (name, base) in [("limited-1", 70.0), ("limited-2", 72.0), ("limited-3", 74.0)] {
+        let key = put_positions(&e, name, base, 2).await;
+        e.enricher.invoke(&s3_event(&e.bucket, &[&key])).await.outcome.unwrap();
+    }
+    let after = e.stub.stats();
+    assert_eq!((after.requests - before.requests, after.rate_limited - before.rate_limited), (2, 1), "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,4 +384,24 @@ async fn the_api_key_comes_from_ssm_and_never_reaches_the_logs() {
     let (code, stderr) = missing.wait_exit().await;
     assert_ne!(code, Some(0));
     assert!(stderr.contains("/fleetlake/nope"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_dropped_again_with_other_content_is_enriched_again() {
+    let mut e = setup(&[]).await;
+    let key = format!("landing/locations/dt={DAY}/again.ndjson.gz");
+    let event = |etag: &str| {
+        let mut ev = s3_event(&e.bucket, &[&key]);
+        ev["Records"][0]["s3"]["object"]["eTag"] = json!(etag);
+        ev
+    };
+    let v1 = vec![position("TU-1", &format!("{DAY}T01:00:00Z"), 1.0, 1.0)];
+    e.moto.s3().put_object().bucket(&e.bucket).key(&key).body(gzip(&v1).into()).send().await.unwrap();
+    assert_eq!(e.enricher.invoke(&event("etag-1")).await.outcome.unwrap()["objects_enriched"], json!(1));
+
+    let v2 = vec![v1[0].clone(), position("TU-2", &format!("{DAY}T02:00:00Z"), 2.0, 2.0)];
+    e.moto.s3().put_object().bucket(&e.bucket).key(&key).body(gzip(&v2).into()).send().await.unwrap();
+    assert_eq!(e.enricher.invoke(&event("etag-2")).await.outcome.unwrap()["objects_enriched"], json!(1));
+    assert_eq!(statuses(&e, &key).await.len(), 2, "the new content replaced the old");
+    assert_eq!(e.enricher.invoke(&event("etag-2")).await.outcome.unwrap()["objects_already_enriched"], json!(1));
 }

@@ -12,6 +12,8 @@ pub(crate) struct Config {
     pub(crate) enriched_prefix: Prefix,
     /// `CHUNK_RECORDS` (default 5000): records decoded, looked up and written per step; bounds memory.
     pub(crate) chunk_records: usize,
+    /// `QUARANTINE_PART_BYTES` (default 16 MiB): quarantine lines held before they are written as one part.
+    pub(crate) quarantine_part_bytes: usize,
     /// `WEATHER_*`.
     pub(crate) weather: WeatherConfig,
 }
@@ -26,6 +28,7 @@ impl Config {
             lake: LakeConfig::from_env(env)?,
             enriched_prefix: Prefix::parse("ENRICHED_PREFIX", env.get("ENRICHED_PREFIX").unwrap_or("enriched/"))?,
             chunk_records,
+            quarantine_part_bytes: env.parse_or("QUARANTINE_PART_BYTES", 16 << 20)?,
             weather: WeatherConfig::from_env(env)?,
         })
     }

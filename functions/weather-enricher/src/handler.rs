@@ -251,7 +251,8 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
     };
     // Level 1: these files are read once more, by delta-writer; speed matters more than the last bytes.
     let mut out = GzEncoder::new(Vec::new(), Compression::fast());
-    let (mut pending, mut bad) = (Vec::with_capacity(cfg.chunk_records), Vec::new());
+    let mut pending = Vec::with_capacity(cfg.chunk_records);
+    let mut bad = QuarantineParts::new(&deps.quarantine, dt, &source_name, cfg.quarantine_part_bytes);
     let (mut records, mut degraded) = (0_u64, 0_u64);
     loop {
         let next = match lines.next_line().await {
@@ -276,6 +277,7 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
             )),
             None => {}
         }
+        bad.flush_if_full().await?;
         if pending.len() >= cfg.chunk_records || (done && !pending.is_empty()) {
             let (n, d) = enrich_chunk(&mut pending, &mut out, obj, &deps.weather, today, deadline).await?;
             records += n;
@@ -286,21 +288,67 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
         }
     }
     // Quarantine first: once the enriched object exists a redelivery does nothing, so it must come last.
-    deps.quarantine.write(dt, &source_name, &bad).await?;
+    let quarantined = bad.finish().await?;
     if records > 0 {
         let body = out.finish()?;
         let meta: Vec<(&str, &str)> = obj.etag.as_deref().map(|e| (SOURCE_ETAG, e)).into_iter().collect();
         let outcome = deps.store.put_object(&out_key, body, "application/gzip", &meta, !replace).await?;
-        info!(
-            out_key,
-            records,
-            degraded,
-            quarantined = bad.len(),
-            already = outcome == PutOutcome::AlreadyExists,
-            "enriched"
-        );
+        info!(out_key, records, degraded, quarantined, already = outcome == PutOutcome::AlreadyExists, "enriched");
     }
-    Ok(Outcome::Enriched { records, degraded, quarantined: bad.len() as u64 })
+    Ok(Outcome::Enriched { records, degraded, quarantined })
+}
+
+/// The quarantine lines of one object, written in parts of about `part_bytes` so that an object full of bad lines
+/// never sits in memory whole: `<name>.ndjson`, then `<name>.part-2.ndjson`, `<name>.part-3.ndjson`, … The cut
+/// points depend only on the input, so a retry writes the same parts (create-only, as every quarantine object).
+struct QuarantineParts<'a> {
+    writer: &'a QuarantineWriter,
+    dt: NaiveDate,
+    name: &'a str,
+    part_bytes: usize,
+    lines: Vec<QuarantineLine>,
+    bytes: usize,
+    parts: u32,
+    total: u64,
+}
+
+impl<'a> QuarantineParts<'a> {
+    fn new(writer: &'a QuarantineWriter, dt: NaiveDate, name: &'a str, part_bytes: usize) -> Self {
+        Self { writer, dt, name, part_bytes, lines: Vec::new(), bytes: 0, parts: 0, total: 0 }
+    }
+
+    fn push(&mut self, line: QuarantineLine) {
+        self.bytes += line.reason.len() + line.raw.as_ref().map_or(0, String::len) + 64;
+        self.lines.push(line);
+    }
+
+    async fn flush_if_full(&mut self) -> Result<(), fleetlake::Error> {
+        if self.bytes >= self.part_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), fleetlake::Error> {
+        let name = match self.parts {
+            0 => self.name.to_owned(),
+            n => format!("{}.part-{}", self.name, n + 1),
+        };
+        self.writer.write(self.dt, &name, &self.lines).await?;
+        self.parts += 1;
+        self.total += self.lines.len() as u64;
+        self.lines.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+
+    /// Writes what is left; returns how many lines were quarantined in all.
+    async fn finish(mut self) -> Result<u64, fleetlake::Error> {
+        if !self.lines.is_empty() {
+            self.flush().await?;
+        }
+        Ok(self.total)
+    }
 }
 
 /// Looks up the weather of a chunk, adds it, and gzips the lines into `out`; returns (records, degraded).

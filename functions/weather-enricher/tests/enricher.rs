@@ -405,3 +405,33 @@ async fn a_file_dropped_again_with_other_content_is_enriched_again() {
     assert_eq!(statuses(&e, &key).await.len(), 2, "the new content replaced the old");
     assert_eq!(e.enricher.invoke(&event("etag-2")).await.outcome.unwrap()["objects_already_enriched"], json!(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_bad_lines_are_quarantined_in_parts_and_none_is_lost() {
+    let mut e = setup(&[("QUARANTINE_PART_BYTES", "2000"), ("CHUNK_RECORDS", "10")]).await;
+    let key = format!("landing/locations/dt={DAY}/noisy.ndjson.gz");
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            if i % 3 == 0 {
+                position(&format!("TU-{i}"), &format!("{DAY}T03:00:00Z"), 5.0, 5.0)
+            } else {
+                format!("{{broken {i}")
+            }
+        })
+        .collect();
+    e.moto.s3().put_object().bucket(&e.bucket).key(&key).body(gzip(&lines).into()).send().await.unwrap();
+    let out = e.enricher.invoke(&s3_event(&e.bucket, &[&key])).await.outcome.unwrap();
+    assert_eq!((&out["records_enriched"], &out["records_quarantined"]), (&json!(100), &json!(200)));
+    let parts = e.moto.keys(&e.bucket, &format!("quarantine/weather-enricher/dt={DAY}/noisy")).await;
+    assert!(parts.len() > 1, "{parts:?}");
+    let mut quarantined: Vec<u64> = Vec::new();
+    for part in &parts {
+        let text = String::from_utf8(e.moto.get(&e.bucket, part).await).unwrap();
+        quarantined.extend(
+            text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["source"]["line"].as_u64().unwrap()),
+        );
+    }
+    quarantined.sort_unstable();
+    let want: Vec<u64> = (1..=300).filter(|n| (n - 1) % 3 != 0).collect();
+    assert_eq!(quarantined, want, "every bad line once, across {} parts", parts.len());
+}

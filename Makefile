@@ -17,7 +17,7 @@ LAMBDA_PORT ?= 9000
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv lint fmt-check clippy test test-rust test-infra template-check demo down bench build sam-build clean-local
+.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra template-check demo down bench build sam-build clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), functions under cargo lambda watch, sample batches, summary"
@@ -25,6 +25,19 @@ help:
 	@echo "make bench  - weather-enricher on 1,000,000 generated records against moto and the stub (release build)"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
+
+# The pinned toolchain (rust-toolchain.toml). A machine whose stable toolchain is that version gets it linked
+# under the pinned name instead of a download; otherwise rustup installs it.
+toolchain:
+	@channel=$$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml); \
+	if ! rustup run "$$channel" rustc --version >/dev/null 2>&1; then \
+	  if rustup run stable rustc --version 2>/dev/null | grep -q " $$channel "; then \
+	    echo "linking the installed stable toolchain as $$channel"; \
+	    rustup toolchain link "$$channel" "$$(rustup run stable rustc --print sysroot)"; \
+	  else \
+	    rustup toolchain install "$$channel" --profile minimal --component rustfmt --component clippy; \
+	  fi; \
+	fi
 
 venv: $(VENV_STAMP)
 $(VENV_STAMP): $(REQUIREMENTS)
@@ -35,15 +48,15 @@ $(VENV_STAMP): $(REQUIREMENTS)
 
 lint: fmt-check clippy
 
-fmt-check:
+fmt-check: toolchain
 	cargo fmt --all -- --check
 
-clippy:
+clippy: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test: lint template-check test-infra test-rust
 
-test-rust: venv
+test-rust: toolchain venv
 	cargo test --workspace
 
 test-infra: venv
@@ -55,24 +68,25 @@ template-check: venv
 	$(PY) infra/policy/check_template.py
 	$(PY) infra/local/stack.py check-template
 
-demo: venv
+demo: toolchain venv
 	cargo build -p weather-stub -p msk-lander -p weather-enricher
 	$(PY) infra/local/stack.py up --moto-port $(MOTO_PORT) --weather-port $(WEATHER_PORT) --weather-stub $(TARGET_DIR)/debug/weather-stub
 	LAMBDA_PORT=$(LAMBDA_PORT) infra/local/demo.sh
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 
-bench: venv
+bench: toolchain venv
 	cargo build --release -p weather-enricher -p fleetlake-bench
 	$(TARGET_DIR)/release/bench-enricher --enricher $(TARGET_DIR)/release/weather-enricher $(BENCH_ARGS)
 
 down: venv
 	$(PY) infra/local/stack.py down
 
-build: venv
-	cargo lambda build --release --arm64 --workspace --exclude weather-stub --exclude fleetlake-testkit
+# cargo lambda cross-compiles with zig from the venv; it adds the aarch64 Rust target through rustup when missing.
+build: toolchain venv
+	cargo lambda build --release --arm64 --workspace --exclude weather-stub --exclude fleetlake-testkit --exclude fleetlake-bench
 
-sam-build: venv
+sam-build: toolchain venv
 	sam build --template template.yaml
 
 clean-local: down

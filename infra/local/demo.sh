@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 port=${LAMBDA_PORT:-9000}
 log=.local/cargo-lambda-watch.log
+if ! .venv/bin/python -c 'import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
+  echo "port $port is in use (another cargo lambda watch?): stop it or run make demo LAMBDA_PORT=<free port>" >&2
+  exit 1
+fi
 
 cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$port" --env-file .local/stack.env --ignore-changes \
   >"$log" 2>&1 &

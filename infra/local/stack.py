@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,9 +107,11 @@ def bootstrap(endpoint):
             **{f"TABLE_{t['logical_id']}": resolve(t["name"], loc) for t in d["tables"]}}
 
 
-def wait_http(url, what, seconds=60):
+def wait_http(url, what, seconds=60, proc=None, log=None):
     deadline = time.time() + seconds
     while True:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{what} exited ({proc.returncode}) while starting; see .local/{log}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -120,10 +123,27 @@ def wait_http(url, what, seconds=60):
             time.sleep(0.2)
 
 
-def start(cmd, log, env=None):
+def port_free(port):
+    """Whether nothing listens on the port (connections of a stopped server in TIME_WAIT do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def start(cmd, log, port):
+    """Starts a server in its own session and records its pid at once, so `down` finds it whatever happens next."""
+    if not port_free(port):
+        raise SystemExit(f"port {port} is already taken (a local stack still up? `make down`, or choose another port)")
     STATE.mkdir(exist_ok=True)
     out = open(STATE / log, "ab")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(STATE / "pids", "a") as pids:
+        pids.write(f"{proc.pid}\n")
+    return proc
 
 
 def up(args):
@@ -131,17 +151,14 @@ def up(args):
     moto_bin = ROOT / ".venv" / "bin" / "moto_server"
     if not moto_bin.exists():
         raise SystemExit(f"{moto_bin} is missing: run `make venv`")
-    moto = start([str(moto_bin), "-H", "127.0.0.1", "-p", str(args.moto_port)], "moto.log")
+    moto = start([str(moto_bin), "-H", "127.0.0.1", "-p", str(args.moto_port)], "moto.log", args.moto_port)
     endpoint = f"http://127.0.0.1:{args.moto_port}"
-    wait_http(endpoint + "/moto-api/", "moto server")
-    pids = [moto.pid]
+    wait_http(endpoint + "/moto-api/", "moto server", proc=moto, log="moto.log")
     weather_url = ""
     if args.weather_stub:
-        stub = start([args.weather_stub, "--port", str(args.weather_port)], "weather-stub.log")
+        stub = start([args.weather_stub, "--port", str(args.weather_port)], "weather-stub.log", args.weather_port)
         weather_url = f"http://127.0.0.1:{args.weather_port}"
-        wait_http(weather_url + "/health", "weather stub")
-        pids.append(stub.pid)
-    (STATE / "pids").write_text("\n".join(map(str, pids)) + "\n")
+        wait_http(weather_url + "/health", "weather stub", proc=stub, log="weather-stub.log")
     names = bootstrap(endpoint)
     env = {"AWS_ENDPOINT_URL": endpoint, **CREDENTIALS, **names}
     if weather_url:
@@ -155,11 +172,25 @@ def down(quiet=False):
     pid_file = STATE / "pids"
     if not pid_file.exists():
         return
-    for pid in pid_file.read_text().split():
+    pids = [int(p) for p in pid_file.read_text().split()]
+    for pid in pids:
         try:
-            os.killpg(int(pid), signal.SIGTERM)
+            os.killpg(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
+    deadline = time.time() + 10
+    for pid in pids:  # wait until each is gone, so its port is free again
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.1)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     pid_file.unlink()
     if not quiet:
         print("local stack stopped")

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{Days, NaiveDate};
 use futures::StreamExt;
 use serde_json::Value;
-use tracing::{debug, warn};
+use tracing::{debug, instrument, warn};
 
 use crate::config::{ConfigError, Env};
 
@@ -269,6 +269,7 @@ impl WeatherClient {
 
     /// Weather for every cell-day in `cells`; `today` decides forecast, archive or out of range. No retry is
     /// started that could not finish before `deadline` (the invocation's).
+    #[instrument(skip_all, fields(cells = cells.len()))]
     pub async fn lookup(
         &self,
         cells: &BTreeSet<CellDay>,
@@ -339,6 +340,7 @@ impl WeatherClient {
         }
     }
 
+    #[instrument(skip(self, cells, deadline), fields(cells = cells.len()))]
     async fn fetch_with_retries(
         &self,
         endpoint: Endpoint,

@@ -87,7 +87,11 @@ pub(crate) async fn handle(event: LambdaEvent<MskEvent>, deps: &Deps) -> Result<
         .buffer_unordered(WRITE_CONCURRENCY)
         .try_collect()
         .await
-        .inspect_err(|e| tracing::error!(error = %e, "batch not landed; Lambda will retry it"))?;
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "batch not landed; Lambda will retry it");
+            metrics.add("invocations_failed", 1);
+            metrics.emit();
+        })?;
 
     let mut summary = Summary::default();
     for WrittenSlice { slice, landed, quarantine_key } in written {

@@ -6,7 +6,7 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, warn};
 
 use crate::ndjson::{Line, LineReader};
 use crate::{Error, Result};
@@ -146,6 +146,170 @@ impl S3Store {
 
     fn read_error(&self, key: &str, source: std::io::Error) -> Error {
         Error::Read { bucket: self.bucket.clone(), key: key.to_owned(), source }
+    }
+}
+
+/// Smallest part S3 accepts in a multipart upload (all parts but the last).
+pub const MIN_PART_BYTES: usize = 5 << 20;
+
+/// Writes one gzip object to S3 as it is produced: compressed bytes go out in multipart parts of `part_bytes`, so
+/// memory holds one part whatever the object's size. A small object is sent as one PutObject. Create-only writes
+/// use `If-None-Match: *` on the final request (PutObject or CompleteMultipartUpload); a write that fails or is
+/// dropped half-way aborts its upload, so no part lingers (the bucket's lifecycle rule also removes strays).
+pub struct GzipUpload {
+    store: S3Store,
+    key: String,
+    content_type: String,
+    metadata: Vec<(String, String)>,
+    create_only: bool,
+    part_bytes: usize,
+    encoder: flate2::write::GzEncoder<Vec<u8>>,
+    upload_id: Option<String>,
+    parts: Vec<aws_sdk_s3::types::CompletedPart>,
+}
+
+impl std::fmt::Debug for GzipUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GzipUpload").field("key", &self.key).field("parts", &self.parts.len()).finish_non_exhaustive()
+    }
+}
+
+impl GzipUpload {
+    /// An upload of `key`; `part_bytes` is raised to S3's minimum part size if lower.
+    pub fn new(
+        store: &S3Store,
+        key: &str,
+        content_type: &str,
+        metadata: &[(&str, &str)],
+        create_only: bool,
+        part_bytes: usize,
+    ) -> Self {
+        Self {
+            store: store.clone(),
+            key: key.to_owned(),
+            content_type: content_type.to_owned(),
+            metadata: metadata.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            create_only,
+            part_bytes: part_bytes.max(MIN_PART_BYTES),
+            encoder: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()),
+            upload_id: None,
+            parts: Vec::new(),
+        }
+    }
+
+    /// Compresses `bytes` into the object; sends a part when a full one is buffered.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        self.encoder.write_all(bytes)?;
+        if self.encoder.get_ref().len() >= self.part_bytes {
+            let part = std::mem::take(self.encoder.get_mut());
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the gzip stream and the object.
+    pub async fn finish(mut self) -> Result<PutOutcome> {
+        let tail = std::mem::replace(
+            &mut self.encoder,
+            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()),
+        )
+        .finish()?;
+        let Some(upload_id) = self.upload_id.clone() else {
+            let meta: Vec<(&str, &str)> = self.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            return self.store.put_object(&self.key, tail, &self.content_type, &meta, self.create_only).await;
+        };
+        if let Err(e) = self.send_part(tail).await {
+            self.abort().await;
+            return Err(e);
+        }
+        let client = self.store.client();
+        let mut req = client
+            .complete_multipart_upload()
+            .bucket(self.store.bucket())
+            .key(&self.key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build(),
+            );
+        if self.create_only {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e)
+                if self.create_only
+                    && (e.code() == Some("PreconditionFailed")
+                        || e.raw_response().is_some_and(|r| r.status().as_u16() == 412)) =>
+            {
+                self.abort().await;
+                Ok(PutOutcome::AlreadyExists)
+            }
+            Err(e) => {
+                let err = self.store.error("CompleteMultipartUpload", &self.key, e);
+                self.abort().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn send_part(&mut self, body: Vec<u8>) -> Result<()> {
+        let client = self.store.client().clone();
+        let bucket = self.store.bucket().to_owned();
+        let upload_id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let mut req =
+                    client.create_multipart_upload().bucket(&bucket).key(&self.key).content_type(&self.content_type);
+                for (k, v) in &self.metadata {
+                    req = req.metadata(k, v);
+                }
+                let out = req.send().await.map_err(|e| self.store.error("CreateMultipartUpload", &self.key, e))?;
+                let id = out.upload_id().unwrap_or_default().to_owned();
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        let number = self.parts.len() as i32 + 1;
+        let sent = client
+            .upload_part()
+            .bucket(&bucket)
+            .key(&self.key)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                self.parts
+                    .push(aws_sdk_s3::types::CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build());
+                Ok(())
+            }
+            Err(e) => {
+                let err = self.store.error("UploadPart", &self.key, e);
+                self.abort().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Abandons the upload (best effort: the bucket's lifecycle rule removes what this cannot).
+    pub async fn abort(&mut self) {
+        if let Some(id) = self.upload_id.take() {
+            let sent = self
+                .store
+                .client()
+                .abort_multipart_upload()
+                .bucket(self.store.bucket())
+                .key(&self.key)
+                .upload_id(id)
+                .send()
+                .await;
+            if let Err(e) = sent {
+                warn!(key = %self.key, error = %DisplayErrorContext(&e), "could not abort a multipart upload");
+            }
+        }
     }
 }
 

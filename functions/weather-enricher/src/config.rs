@@ -12,6 +12,9 @@ pub(crate) struct Config {
     pub(crate) enriched_prefix: Prefix,
     /// `CHUNK_RECORDS` (default 5000): records decoded, looked up and written per step; bounds memory.
     pub(crate) chunk_records: usize,
+    /// `OUTPUT_PART_BYTES` (default 8 MiB, at least 5 MiB): compressed output buffered before it is sent as
+    /// one multipart part.
+    pub(crate) output_part_bytes: usize,
     /// `QUARANTINE_PART_BYTES` (default 16 MiB): quarantine lines held before they are written as one part.
     pub(crate) quarantine_part_bytes: usize,
     /// `WEATHER_*`.
@@ -28,6 +31,12 @@ impl Config {
             lake: LakeConfig::from_env(env)?,
             enriched_prefix: Prefix::parse("ENRICHED_PREFIX", env.get("ENRICHED_PREFIX").unwrap_or("enriched/"))?,
             chunk_records,
+            output_part_bytes: match env.parse_or("OUTPUT_PART_BYTES", 8 << 20)? {
+                n if n < fleetlake::s3::MIN_PART_BYTES => {
+                    return Err(ConfigError::new("OUTPUT_PART_BYTES", "must be at least 5242880 (S3's smallest part)"))
+                }
+                n => n,
+            },
             quarantine_part_bytes: env.parse_or("QUARANTINE_PART_BYTES", 16 << 20)?,
             weather: WeatherConfig::from_env(env)?,
         })

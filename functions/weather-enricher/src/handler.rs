@@ -7,16 +7,14 @@
 //! retry can skip the quarantine. Weather that cannot be had flags the record (`weather_status`), never fails it.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
-use flate2::{write::GzEncoder, Compression};
 use fleetlake::enrich::{key_date, prepare, write_enriched, LineSource, Pending, WeatherStatus, STAGE};
 use fleetlake::error::Fault;
 use fleetlake::ndjson::{Line, MAX_LINE_BYTES};
 use fleetlake::quarantine::{QuarantineLine, QuarantineWriter};
-use fleetlake::s3::{PutOutcome, S3Store};
+use fleetlake::s3::{GzipUpload, ObjectLines, PutOutcome, S3Store};
 use fleetlake::s3event::{parse_trigger, EventError, ObjectRef, Trigger};
 use fleetlake::telemetry::Metrics;
 use fleetlake::weather::{WeatherClient, WeatherStats};
@@ -249,15 +247,58 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
         Err(e) if e.fault() == Fault::Permanent => return unreadable(obj, &e, dt, &source_name, deps).await,
         Err(e) => return Err(e),
     };
-    // Level 1: these files are read once more, by delta-writer; speed matters more than the last bytes.
-    let mut out = GzEncoder::new(Vec::new(), Compression::fast());
-    let mut pending = Vec::with_capacity(cfg.chunk_records);
+    // The enriched object streams out in multipart parts as chunks are enriched; it becomes visible only when
+    // completed, after the quarantine parts are written.
+    let meta: Vec<(&str, &str)> = obj.etag.as_deref().map(|e| (SOURCE_ETAG, e)).into_iter().collect();
+    let mut out = GzipUpload::new(&deps.store, &out_key, "application/gzip", &meta, !replace, cfg.output_part_bytes);
     let mut bad = QuarantineParts::new(&deps.quarantine, dt, &source_name, cfg.quarantine_part_bytes);
+    let streamed = enrich_lines(obj, deps, &mut lines, &mut out, &mut bad, today, deadline).await;
+    let (records, degraded) = match streamed {
+        Ok(Ok(counts)) => counts,
+        Ok(Err(unreadable_error)) => {
+            out.abort().await;
+            return unreadable(obj, &unreadable_error, dt, &source_name, deps).await;
+        }
+        Err(e) => {
+            out.abort().await;
+            return Err(e);
+        }
+    };
+    // Quarantine first: once the enriched object exists a redelivery does nothing, so it must come last.
+    let quarantined = match bad.finish().await {
+        Ok(n) => n,
+        Err(e) => {
+            out.abort().await;
+            return Err(e);
+        }
+    };
+    if records > 0 {
+        let outcome = out.finish().await?;
+        info!(out_key, records, degraded, quarantined, already = outcome == PutOutcome::AlreadyExists, "enriched");
+    } else {
+        out.abort().await;
+    }
+    Ok(Outcome::Enriched { records, degraded, quarantined })
+}
+
+/// Reads, validates and enriches every line of an object into `out`; bad lines go to `bad`. The inner error is
+/// an object that turned out unreadable (not gzip, truncated); the outer one an environment failure.
+async fn enrich_lines(
+    obj: &ObjectRef,
+    deps: &Deps,
+    lines: &mut ObjectLines,
+    out: &mut GzipUpload,
+    bad: &mut QuarantineParts<'_>,
+    today: NaiveDate,
+    deadline: Option<Instant>,
+) -> Result<Result<(u64, u64), fleetlake::Error>, fleetlake::Error> {
+    let cfg = &deps.config;
+    let mut pending = Vec::with_capacity(cfg.chunk_records);
     let (mut records, mut degraded) = (0_u64, 0_u64);
     loop {
         let next = match lines.next_line().await {
             Ok(next) => next,
-            Err(e) if e.fault() == Fault::Permanent => return unreadable(obj, &e, dt, &source_name, deps).await,
+            Err(e) if e.fault() == Fault::Permanent => return Ok(Err(e)),
             Err(e) => return Err(e),
         };
         let done = next.is_none();
@@ -279,23 +320,14 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
         }
         bad.flush_if_full().await?;
         if pending.len() >= cfg.chunk_records || (done && !pending.is_empty()) {
-            let (n, d) = enrich_chunk(&mut pending, &mut out, obj, &deps.weather, today, deadline).await?;
+            let (n, d) = enrich_chunk(&mut pending, out, obj, &deps.weather, today, deadline).await?;
             records += n;
             degraded += d;
         }
         if done {
-            break;
+            return Ok(Ok((records, degraded)));
         }
     }
-    // Quarantine first: once the enriched object exists a redelivery does nothing, so it must come last.
-    let quarantined = bad.finish().await?;
-    if records > 0 {
-        let body = out.finish()?;
-        let meta: Vec<(&str, &str)> = obj.etag.as_deref().map(|e| (SOURCE_ETAG, e)).into_iter().collect();
-        let outcome = deps.store.put_object(&out_key, body, "application/gzip", &meta, !replace).await?;
-        info!(out_key, records, degraded, quarantined, already = outcome == PutOutcome::AlreadyExists, "enriched");
-    }
-    Ok(Outcome::Enriched { records, degraded, quarantined })
 }
 
 /// The quarantine lines of one object, written in parts of about `part_bytes` so that an object full of bad lines
@@ -354,7 +386,7 @@ impl<'a> QuarantineParts<'a> {
 /// Looks up the weather of a chunk, adds it, and gzips the lines into `out`; returns (records, degraded).
 async fn enrich_chunk(
     pending: &mut Vec<Pending>,
-    out: &mut GzEncoder<Vec<u8>>,
+    out: &mut GzipUpload,
     obj: &ObjectRef,
     weather: &WeatherClient,
     today: NaiveDate,
@@ -369,7 +401,7 @@ async fn enrich_chunk(
             degraded += 1;
         }
     }
-    out.write_all(&text)?;
+    out.write(&text).await?;
     let n = pending.len() as u64;
     pending.clear();
     Ok((n, degraded))

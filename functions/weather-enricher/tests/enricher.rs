@@ -435,3 +435,42 @@ async fn many_bad_lines_are_quarantined_in_parts_and_none_is_lost() {
     let want: Vec<u64> = (1..=300).filter(|n| (n - 1) % 3 != 0).collect();
     assert_eq!(quarantined, want, "every bad line once, across {} parts", parts.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_object_streams_out_in_multipart_parts() {
+    let mut e = setup(&[("OUTPUT_PART_BYTES", "5242880")]).await;
+    // GIVEN 150,000 positions whose enriched form compresses to more than one 5 MiB part
+    let key = format!("landing/locations/dt={DAY}/large.ndjson.gz");
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let lines: Vec<String> = (0..150_000)
+        .map(|i| {
+            let r = next();
+            json!({"transport_unit_id": format!("TU-{:06}", r % 100_000), "ts": format!("{DAY}T{:02}:{:02}:00Z", i % 24, (i % 4) * 15),
+                   "lat": (r % 1_000) as f64 / 100.0, "lon": ((r >> 20) % 1_000) as f64 / 100.0, "trace": format!("{:016x}", next())})
+            .to_string()
+        })
+        .collect();
+    e.moto.s3().put_object().bucket(&e.bucket).key(&key).body(gzip(&lines).into()).send().await.unwrap();
+
+    let out = e.enricher.invoke(&s3_event(&e.bucket, &[&key])).await.outcome.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(out["records_enriched"], json!(150_000));
+
+    // THEN the output was a multipart upload (its ETag ends in -<parts>) holding every record once, in order
+    let out_key = format!("enriched/locations/dt={DAY}/large.ndjson.gz");
+    let head = e.moto.s3().head_object().bucket(&e.bucket).key(&out_key).send().await.unwrap();
+    let etag = head.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+    let parts: u32 = etag.rsplit_once('-').and_then(|(_, n)| n.parse().ok()).unwrap_or(1);
+    assert!(parts >= 2, "ETag {etag}");
+    let records = gunzip(&e.moto.get(&e.bucket, &out_key).await);
+    assert_eq!(records.len(), 150_000);
+    assert!(records.iter().zip(&lines).all(|(r, l)| r["trace"] == serde_json::from_str::<Value>(l).unwrap()["trace"]));
+    assert!(records.iter().all(|r| r["weather_status"] == json!("ok")));
+    let uploads = e.moto.s3().list_multipart_uploads().bucket(&e.bucket).send().await.unwrap();
+    assert!(uploads.uploads().is_empty(), "no upload left open");
+}

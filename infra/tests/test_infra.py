@@ -74,6 +74,16 @@ class IamRules(unittest.TestCase):
         self.assertEqual(check_template.iam_findings(check_template.translate(ROOT / "template.yaml")), [])
 
 
+class Ports(unittest.TestCase):
+    def test_a_listening_port_is_reported_taken_and_a_closed_one_free(self):
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            self.assertFalse(stack.port_free(port))
+        self.assertTrue(stack.port_free(port))
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -87,10 +87,16 @@ impl From<HandlerError> for Diagnostic {
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
-    Enriched { records: u64, degraded: u64, quarantined: u64 },
+    Enriched {
+        records: u64,
+        degraded: u64,
+        quarantined: u64,
+    },
     AlreadyEnriched,
-    Ignored(String),
-    Unreadable(String),
+    /// Not a landed positions object of the lake (logged).
+    Ignored,
+    /// Gone or not gzip: quarantined by reference.
+    Unreadable,
 }
 
 /// Counts of one invocation, returned for direct and EventBridge triggers.
@@ -115,8 +121,8 @@ impl Totals {
                 self.records_quarantined += quarantined;
             }
             Outcome::AlreadyEnriched => self.objects_already_enriched += 1,
-            Outcome::Ignored(_) => self.objects_ignored += 1,
-            Outcome::Unreadable(_) => self.objects_unreadable += 1,
+            Outcome::Ignored => self.objects_ignored += 1,
+            Outcome::Unreadable => self.objects_unreadable += 1,
         }
     }
 }
@@ -184,6 +190,7 @@ fn emit_metrics(metrics: &mut Metrics, t: &Totals, before: WeatherStats, after: 
     metrics.add("objects_enriched", t.objects_enriched);
     metrics.add("objects_already_enriched", t.objects_already_enriched);
     metrics.add("objects_unreadable", t.objects_unreadable);
+    metrics.add("objects_ignored", t.objects_ignored);
     metrics.add("records_enriched", t.records_enriched);
     metrics.add("records_degraded", t.records_degraded);
     metrics.add("records_quarantined", t.records_quarantined);
@@ -220,11 +227,8 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
     let rel = match obj.key.strip_prefix(&source_prefix) {
         Some(rel) if obj.bucket == cfg.lake.bucket.as_str() && rel.ends_with(".ndjson.gz") => rel,
         _ => {
-            warn!(bucket = %obj.bucket, "not a landed positions object of the lake; ignored");
-            return Ok(Outcome::Ignored(format!(
-                "s3://{}/{} is not under {source_prefix}*.ndjson.gz",
-                obj.bucket, obj.key
-            )));
+            warn!(bucket = %obj.bucket, expected = %source_prefix, "not a landed positions object of the lake; ignored");
+            return Ok(Outcome::Ignored);
         }
     };
     let out_key = format!("{}locations/{rel}", cfg.enriched_prefix);
@@ -420,7 +424,7 @@ async fn unreadable(
     let line =
         QuarantineLine::new(format!("object unreadable: {e}"), STAGE, &json!({"key": obj.key, "etag": obj.etag}), None);
     deps.quarantine.write(dt, source_name, std::slice::from_ref(&line)).await?;
-    Ok(Outcome::Unreadable(e.to_string()))
+    Ok(Outcome::Unreadable)
 }
 
 #[cfg(test)]

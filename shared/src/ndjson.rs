@@ -21,16 +21,6 @@ pub fn gzip_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> std::io::Res
     gz.finish()
 }
 
-/// Plain NDJSON bytes of already-serialised lines.
-pub fn join_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in lines {
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    out
-}
-
 /// One line read from a stream: its 1-based number and its bytes, or the fact that it was too long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {

@@ -50,11 +50,6 @@ impl Metrics {
         }
     }
 
-    /// The counter `name`, 0 if never added to.
-    pub fn get(&self, name: &str) -> u64 {
-        self.counts.iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| *v)
-    }
-
     /// A property logged with the metrics but not a metric itself (request id, Delta version, …).
     pub fn property(&mut self, name: &str, value: impl Into<Value>) {
         self.properties.insert(name.to_owned(), value.into());

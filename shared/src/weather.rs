@@ -249,11 +249,6 @@ impl WeatherClient {
         })
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &WeatherConfig {
-        &self.cfg
-    }
-
     /// Counters so far.
     pub fn stats(&self) -> WeatherStats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -162,11 +162,6 @@ impl LambdaHarness {
         tokio::time::sleep(Duration::from_millis(50)).await;
         (status.and_then(|s| s.code()), self.stderr())
     }
-
-    /// The init error the function posted, if any.
-    pub fn init_error(&self) -> Option<Value> {
-        self.shared.init_error.lock().expect("lock").clone()
-    }
 }
 
 fn collect_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(pipe: Option<R>) -> Arc<Mutex<Vec<String>>> {

@@ -284,6 +284,11 @@ def check_template(args):
             got = [({r["Name"]: r["Value"] for r in e.get("Filter", {}).get("S3Key", {}).get("Rules", [])}, e.get("Bucket")) for e in s3_events]
             want = ({"prefix": f["s3_trigger"]["prefix"], "suffix": f["s3_trigger"]["suffix"]}, {"Ref": d["bucket"]["logical_id"]})
             expect(f"{f['logical_id']} S3 trigger", got, [want])
+        if "sqs_trigger" in f:
+            sqs_events = [e["Properties"] for e in p.get("Events", {}).values() if e.get("Type") == "SQS"]
+            got = [(e.get("Queue"), "ReportBatchItemFailures" in e.get("FunctionResponseTypes", [])) for e in sqs_events]
+            want = ({"Fn::GetAtt": [f["sqs_trigger"]["queue"], "Arn"]}, f["sqs_trigger"]["report_batch_item_failures"])
+            expect(f"{f['logical_id']} SQS trigger (queue, batch item failures)", got, [want])
         for k, v in env.items():
             if isinstance(v, str) and k.endswith("_PREFIX") and v not in prefixes:
                 problems.append(f"{f['logical_id']} {k}={v} is not a lake prefix of stack.json {sorted(prefixes)}")

@@ -1,0 +1,422 @@
+//! delta-writer's handler: S3 notifications (on SQS) → objects → one exactly-once append per bronze table.
+//!
+//! Per invocation: the notified objects are grouped by table (`enriched/locations/` → `locations`,
+//! `landing/performance_stats/` → `performance_stats`, `landing/transport_units/` → `transport_units`). Each
+//! table's objects are streamed line by line, converted in chunks of `CHUNK_RECORDS` rows, checked for records the
+//! table already holds, written as Parquet and committed as one Delta version (see `fleetlake::delta` for the
+//! rule). A line that does not fit the schema goes to `quarantine/delta-writer/…` with its reason. An object that
+//! cannot be read fails only the SQS messages that named it (`batchItemFailures`); the rest commit.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::Utc;
+use fleetlake::bronze::{Converter, LineOrigin, TableSpec, Zone};
+use fleetlake::delta::{open_or_create, AppendStats, Appender, DeltaError};
+use fleetlake::enrich::key_date;
+use fleetlake::error::Fault;
+use fleetlake::ndjson::Line;
+use fleetlake::quarantine::{QuarantineLine, QuarantineWriter};
+use fleetlake::s3::S3Store;
+use fleetlake::s3event::{parse_trigger, EventError, ObjectRef, Trigger};
+use fleetlake::telemetry::Metrics;
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tracing::{error, info, instrument, warn};
+
+use crate::config::Config;
+
+/// The stage name in quarantine keys, logs and metrics.
+pub(crate) const STAGE: &str = "delta-writer";
+
+/// Times one table's append is redone after a concurrent writer committed some of the same records.
+const MAX_REDOS: u32 = 3;
+
+/// Clients, configuration and the open tables, built once at init and kept across invocations (a warm
+/// invocation only reads the log entries committed since).
+#[derive(Debug)]
+pub(crate) struct Deps {
+    config: Config,
+    store: S3Store,
+    quarantine: QuarantineWriter,
+    tables: Mutex<HashMap<&'static str, deltalake::DeltaTable>>,
+}
+
+impl Deps {
+    pub(crate) fn new(config: Config, s3: aws_sdk_s3::Client) -> Self {
+        let store = S3Store::new(s3, config.lake.bucket.as_str());
+        let quarantine = QuarantineWriter::new(store.clone(), config.lake.quarantine_prefix.clone(), STAGE);
+        Self { config, store, quarantine, tables: Mutex::new(HashMap::new()) }
+    }
+}
+
+/// The invocation failed as a whole: an unrecognised event (permanent), or, for a trigger that cannot report
+/// single failures, any failure.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandlerError {
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error("{failed} object(s) not appended; first error: {first}")]
+    Objects { failed: usize, first: String, fault: Fault },
+}
+
+impl From<HandlerError> for Diagnostic {
+    fn from(e: HandlerError) -> Self {
+        let fault = match &e {
+            HandlerError::Event(_) => Fault::Permanent,
+            HandlerError::Objects { fault, .. } => *fault,
+        };
+        Diagnostic { error_type: fault.error_type().to_owned(), error_message: e.to_string() }
+    }
+}
+
+/// Why an object was not appended.
+#[derive(Debug, Clone)]
+struct ObjectFailure {
+    message: String,
+    fault: Fault,
+}
+
+/// Counts of one table's append.
+#[derive(Debug, Default)]
+struct TableResult {
+    version: Option<u64>,
+    stats: AppendStats,
+    quarantined: u64,
+    /// Objects (by key) that could not be appended.
+    failed: BTreeMap<String, ObjectFailure>,
+}
+
+#[instrument(skip_all)]
+pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &Deps) -> Result<Value, HandlerError> {
+    let mut metrics = Metrics::new(STAGE);
+    metrics.property("requestId", event.context.request_id.clone());
+    let trigger = parse_trigger(&event.payload).inspect_err(|e| error!(error = %e, "event not understood"))?;
+    // Every object with the messages that named it (a message may name several; an object may be named twice).
+    let mut named: BTreeMap<String, (ObjectRef, Vec<String>)> = BTreeMap::new();
+    let mut bad_messages = Vec::new();
+    let (messages, reports_items) = match trigger {
+        Trigger::Sqs(messages) => (messages, true),
+        Trigger::Direct(objects) | Trigger::EventBridge(objects) => {
+            (vec![fleetlake::s3event::SqsMessage { message_id: String::new(), objects: Ok(objects) }], false)
+        }
+    };
+    for msg in messages {
+        match msg.objects {
+            Ok(objects) => {
+                for obj in objects {
+                    named.entry(obj.key.clone()).or_insert_with(|| (obj, Vec::new())).1.push(msg.message_id.clone());
+                }
+            }
+            Err(reason) => {
+                // Not an S3 notification: retried until it reaches the dead-letter queue, never dropped.
+                error!(message_id = %msg.message_id, reason, "SQS message not understood");
+                bad_messages.push(msg.message_id);
+            }
+        }
+    }
+
+    // Objects by table; anything else is logged and let go.
+    let mut by_table: BTreeMap<&'static str, (&'static TableSpec, Vec<ObjectRef>)> = BTreeMap::new();
+    for (obj, _) in named.values() {
+        match table_for(&deps.config, obj) {
+            Some(spec) => by_table.entry(spec.name).or_insert_with(|| (spec, Vec::new())).1.push(obj.clone()),
+            None => {
+                warn!(bucket = %obj.bucket, key = %obj.key, "not an input object of a bronze table; ignored");
+                metrics.add("objects_ignored", 1);
+            }
+        }
+    }
+
+    let mut failed: BTreeMap<String, ObjectFailure> = BTreeMap::new();
+    for (name, (spec, objects)) in by_table {
+        // Boxed: deltalake's futures are deep and large.
+        let result = Box::pin(append_table(deps, spec, &objects)).await;
+        metrics.add("records_in", result.stats.rows_in);
+        metrics.add("records_written", result.stats.rows_written);
+        metrics.add("records_duplicate", result.stats.duplicates);
+        metrics.add("records_quarantined", result.quarantined);
+        metrics.add("files_checked", result.stats.files_checked);
+        metrics.add("objects_failed", result.failed.len() as u64);
+        metrics.add("objects_appended", (objects.len() - result.failed.len()) as u64);
+        if let Some(v) = result.version {
+            metrics.add("commits", 1);
+            metrics.property(&format!("{name}_version"), v);
+        }
+        info!(table = name, version = ?result.version, stats = ?result.stats, quarantined = result.quarantined,
+              failed = result.failed.len(), "table done");
+        failed.extend(result.failed);
+    }
+
+    let mut failures: Vec<String> = bad_messages;
+    for (key, f) in &failed {
+        if let Some((_, ids)) = named.get(key) {
+            failures.extend(ids.iter().cloned());
+        }
+        warn!(key, error = %f.message, "object not appended");
+    }
+    failures.sort();
+    failures.dedup();
+    metrics.add("messages_failed", failures.len() as u64);
+    metrics.emit();
+    if reports_items {
+        return Ok(json!({
+            "batchItemFailures": failures.iter().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>()
+        }));
+    }
+    match failed.values().next() {
+        None => Ok(json!({"objects": named.len()})),
+        Some(first) => Err(HandlerError::Objects {
+            failed: failed.len(),
+            first: first.message.clone(),
+            fault: if failed.values().any(|f| f.fault == Fault::Retryable) {
+                Fault::Retryable
+            } else {
+                Fault::Permanent
+            },
+        }),
+    }
+}
+
+/// The table an object feeds: `<enriched>locations/…` or `<landing><dataset>/…`, `.ndjson.gz`, in the lake bucket.
+fn table_for(cfg: &Config, obj: &ObjectRef) -> Option<&'static TableSpec> {
+    if obj.bucket != cfg.lake.bucket.as_str() || !obj.key.ends_with(".ndjson.gz") {
+        return None;
+    }
+    let (zone, rest) = if let Some(rest) = obj.key.strip_prefix(cfg.enriched_prefix.as_str()) {
+        (Zone::Enriched, rest)
+    } else {
+        (Zone::Landing, obj.key.strip_prefix(cfg.lake.landing_prefix.as_str())?)
+    };
+    let dataset = rest.split('/').next()?;
+    TableSpec::for_input(zone, dataset)
+}
+
+/// Appends one table's objects, redoing the append if a concurrent writer committed some of the same records.
+#[instrument(skip(deps, objects), fields(table = spec.name, objects = objects.len()))]
+async fn append_table(deps: &Deps, spec: &'static TableSpec, objects: &[ObjectRef]) -> TableResult {
+    let mut failed: BTreeMap<String, ObjectFailure> = BTreeMap::new();
+    let mut redo = 0;
+    loop {
+        match Box::pin(try_append(deps, spec, objects, &mut failed)).await {
+            Ok(mut result) => {
+                result.failed.append(&mut failed);
+                return result;
+            }
+            Err(DeltaError::Overlap { .. }) if redo < MAX_REDOS => {
+                redo += 1;
+                warn!(redo, "a concurrent commit holds some of these records; redoing the append");
+            }
+            Err(e) => {
+                // The table itself failed (storage, contention): every object not yet failed fails with it.
+                error!(error = %e, "append failed");
+                let failure = ObjectFailure { message: e.to_string(), fault: e.fault() };
+                for obj in objects {
+                    failed.entry(obj.key.clone()).or_insert_with(|| failure.clone());
+                }
+                return TableResult { failed, ..TableResult::default() };
+            }
+        }
+    }
+}
+
+/// One attempt at a table's append. Objects that fail are added to `failed` and left out; an object that fails
+/// after some of its rows were written makes the attempt start over without it.
+async fn try_append(
+    deps: &Deps,
+    spec: &'static TableSpec,
+    objects: &[ObjectRef],
+    failed: &mut BTreeMap<String, ObjectFailure>,
+) -> Result<TableResult, DeltaError> {
+    'attempt: loop {
+        let table = take_table(deps, spec).await?;
+        let mut appender = Appender::new(spec, table, deps.config.target_file_bytes)?;
+        let mut quarantined = 0;
+        for obj in objects {
+            if failed.contains_key(&obj.key) {
+                continue;
+            }
+            match append_object(deps, spec, obj, &mut appender).await {
+                Ok(q) => quarantined += q,
+                Err(ObjectError::Delta(e)) => return Err(e),
+                Err(ObjectError::Object { failure, rows_written }) => {
+                    warn!(key = %obj.key, error = %failure.message, rows_written, "object failed");
+                    failed.insert(obj.key.clone(), failure);
+                    if rows_written {
+                        // Some of its rows are in this attempt's files: start over without it (those files are
+                        // never committed).
+                        continue 'attempt;
+                    }
+                }
+            }
+        }
+        let metadata = vec![
+            ("fleetlake.writer".to_owned(), json!(STAGE)),
+            ("fleetlake.objects".to_owned(), json!(objects.len() - failed.len())),
+        ];
+        let committed = Box::pin(appender.commit(metadata)).await?;
+        // Keep the table open for the next invocation.
+        deps.tables.lock().await.insert(spec.name, committed.table);
+        return Ok(TableResult {
+            version: committed.version,
+            stats: committed.stats,
+            quarantined,
+            failed: BTreeMap::new(),
+        });
+    }
+}
+
+/// The table, brought up to date: the one kept from an earlier invocation, or opened (created) now.
+async fn take_table(deps: &Deps, spec: &'static TableSpec) -> Result<deltalake::DeltaTable, DeltaError> {
+    let kept = deps.tables.lock().await.remove(spec.name);
+    match kept {
+        Some(mut table) => match table.update_incremental(None).await {
+            Ok(()) => Ok(table),
+            Err(e) => {
+                warn!(error = %e, "reloading the kept table failed; opening it again");
+                open_or_create(&deps.config.delta, spec).await
+            }
+        },
+        None => open_or_create(&deps.config.delta, spec).await,
+    }
+}
+
+enum ObjectError {
+    Delta(DeltaError),
+    Object { failure: ObjectFailure, rows_written: bool },
+}
+
+/// Streams one object into the append; returns the lines quarantined.
+#[instrument(skip(deps, spec, appender), fields(key = %obj.key))]
+async fn append_object(
+    deps: &Deps,
+    spec: &'static TableSpec,
+    obj: &ObjectRef,
+    appender: &mut Appender,
+) -> Result<u64, ObjectError> {
+    let object_error = |e: fleetlake::Error, rows_written: bool| ObjectError::Object {
+        failure: ObjectFailure { message: e.to_string(), fault: e.fault() },
+        rows_written,
+    };
+    let mut lines = deps.store.gzip_lines(&obj.key).await.map_err(|e| object_error(e, false))?;
+    let etag = obj.etag.as_deref().unwrap_or_default();
+    let mut converter = Converter::new(spec);
+    let mut bad = Vec::new();
+    let mut rows_written = false;
+    loop {
+        let line = match lines.next_line().await {
+            Ok(line) => line,
+            Err(e) => return Err(object_error(e, rows_written)),
+        };
+        let Some(line) = line else { break };
+        match line {
+            Line::Text { number, bytes } => {
+                let origin = LineOrigin { key: &obj.key, etag, line: number };
+                if let Err(reason) = converter.push(&bytes, origin) {
+                    bad.push(QuarantineLine::new(
+                        reason.to_string(),
+                        STAGE,
+                        &json!({"key": obj.key, "line": number}),
+                        Some(String::from_utf8_lossy(&bytes).into_owned()),
+                    ));
+                }
+            }
+            Line::TooLong { number, head } => bad.push(QuarantineLine::new(
+                format!("line longer than {} bytes", fleetlake::ndjson::MAX_LINE_BYTES),
+                STAGE,
+                &json!({"key": obj.key, "line": number}),
+                Some(String::from_utf8_lossy(&head).into_owned()),
+            )),
+        }
+        if converter.len() >= deps.config.chunk_records {
+            flush(&mut converter, appender).await?;
+            rows_written = true;
+        }
+    }
+    if !converter.is_empty() {
+        flush(&mut converter, appender).await?;
+    }
+    // The quarantine is written before the commit: a failed write fails the object, never loses the lines.
+    let quarantined = bad.len() as u64;
+    let dt = key_date(&obj.key).unwrap_or_else(|| Utc::now().date_naive());
+    deps.quarantine
+        .write(dt, &quarantine_name(&obj.key, obj.etag.as_deref()), &bad)
+        .await
+        .map_err(|e| object_error(e, true))?;
+    Ok(quarantined)
+}
+
+async fn flush(converter: &mut Converter, appender: &mut Appender) -> Result<(), ObjectError> {
+    let (batch, ids) = converter.finish().map_err(|e| {
+        ObjectError::Delta(DeltaError::Data {
+            table: appender.table_name(),
+            message: format!("building a record batch: {e}"),
+        })
+    })?;
+    appender.write(batch, ids).await.map_err(ObjectError::Delta)?;
+    Ok(())
+}
+
+/// The quarantine object's name for an input object: its path below the `dt=` folder (or its file name),
+/// without `.ndjson.gz`, and the first 16 characters of its ETag when known.
+fn quarantine_name(key: &str, etag: Option<&str>) -> String {
+    let below_dt = key.split_once("/dt=").and_then(|(_, rest)| rest.split_once('/')).map(|(_, rest)| rest);
+    let name = below_dt.unwrap_or_else(|| key.rsplit('/').next().unwrap_or(key)).trim_end_matches(".ndjson.gz");
+    match etag {
+        Some(etag) => format!("{name}.{}", &etag[..etag.len().min(16)]),
+        None => name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetlake::config::Env;
+
+    fn cfg() -> Config {
+        Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake")])).unwrap()
+    }
+
+    fn obj(key: &str) -> ObjectRef {
+        ObjectRef { bucket: "lake".into(), key: key.into(), etag: None }
+    }
+
+    #[test]
+    fn objects_map_to_their_tables() {
+        let cfg = cfg();
+        let name = |k: &str| table_for(&cfg, &obj(k)).map(|t| t.name);
+        assert_eq!(name("enriched/locations/dt=2026-11-24/fleet.locations-0-1-9.ndjson.gz"), Some("locations"));
+        assert_eq!(name("landing/performance_stats/dt=2026-11-24/x.ndjson.gz"), Some("performance_stats"));
+        assert_eq!(name("landing/transport_units/dt=2026-11-24/x.ndjson.gz"), Some("transport_units"));
+        assert_eq!(name("landing/locations/dt=2026-11-24/x.ndjson.gz"), None, "raw positions go through enrichment");
+        assert_eq!(name("enriched/locations/dt=2026-11-24/x.json"), None);
+        let other = ObjectRef { bucket: "other".into(), ..obj("enriched/locations/dt=2026-11-24/x.ndjson.gz") };
+        assert_eq!(table_for(&cfg, &other), None);
+    }
+
+    #[test]
+    fn the_sample_event_names_two_tables_and_a_test_event() {
+        let event: Value = serde_json::from_str(include_str!("../../../events/delta-writer/sqs.json")).unwrap();
+        let Trigger::Sqs(messages) = parse_trigger(&event).unwrap() else { panic!("not an SQS event") };
+        let mut cfg = cfg();
+        cfg.lake.bucket = fleetlake::config::BucketName::parse("B", "fleetlake-lake-123456789012-us-east-1").unwrap();
+        let tables: Vec<Vec<&str>> = messages
+            .iter()
+            .map(|m| m.objects.as_ref().unwrap().iter().filter_map(|o| table_for(&cfg, o)).map(|t| t.name).collect())
+            .collect();
+        // A real S3 notification, a moto one (every character encoded, no sequencer), and S3's test event.
+        assert_eq!(tables, [vec!["locations"], vec!["performance_stats"], vec![]]);
+    }
+
+    #[test]
+    fn quarantine_names_keep_the_path_below_dt() {
+        assert_eq!(
+            quarantine_name(
+                "landing/transport_units/dt=2026-11-24/pg.public.transport_units-0-1-3.ndjson.gz",
+                Some("0123456789abcdef0123")
+            ),
+            "pg.public.transport_units-0-1-3.0123456789abcdef"
+        );
+        assert_eq!(quarantine_name("enriched/locations/x.ndjson.gz", None), "x");
+    }
+}

@@ -1,0 +1,400 @@
+//! delta-writer end to end: the real binary behind a Lambda runtime API, moto's S3, and the Python `deltalake`
+//! package reading the tables back.
+#![allow(clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use fleetlake_testkit::{venv_bin, workspace_root, LambdaHarness, Moto};
+use serde_json::{json, Value};
+
+const DAY: &str = "2026-11-24";
+
+struct Env {
+    moto: Moto,
+    bucket: String,
+    env: Vec<(String, String)>,
+}
+
+impl Env {
+    async fn new(extra: &[(&str, &str)]) -> Env {
+        let moto = Moto::start().await;
+        let bucket = moto.bucket("lake").await;
+        let mut env = moto.env();
+        for (k, v) in [("LAKE_BUCKET", bucket.as_str()), ("CHUNK_RECORDS", "1000")].iter().chain(extra) {
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        Env { moto, bucket, env }
+    }
+
+    async fn writer(&self) -> LambdaHarness {
+        LambdaHarness::start(Path::new(env!("CARGO_BIN_EXE_delta-writer")), "delta-writer", &self.env).await
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>) {
+        self.moto.s3().put_object().bucket(&self.bucket).key(key).body(body.into()).send().await.unwrap();
+    }
+
+    /// The table as the Python `deltalake` package reads it.
+    fn read(&self, table: &str) -> Value {
+        let endpoint = self.env.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL").unwrap().1.clone();
+        let out = std::process::Command::new(venv_bin("python"))
+            .arg(workspace_root().join("infra/testkit/py/read_delta.py"))
+            .arg(endpoint)
+            .arg(format!("s3://{}/bronze/{table}", self.bucket))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "python deltalake failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn sqs(&self, messages: &[(&str, &[&str])]) -> Value {
+        let records: Vec<Value> = messages
+            .iter()
+            .map(|(id, keys)| {
+                let body = s3_notification(&self.bucket, keys);
+                json!({"messageId": id, "eventSource": "aws:sqs", "body": body.to_string()})
+            })
+            .collect();
+        json!({"Records": records})
+    }
+}
+
+/// An S3 notification as moto sends it: every reserved character of the key encoded, no sequencer.
+fn s3_notification(bucket: &str, keys: &[&str]) -> Value {
+    let encode = |key: &str| -> String {
+        key.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let records: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            json!({"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+                   "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": encode(k), "size": 1}}})
+        })
+        .collect();
+    json!({"Records": records})
+}
+
+fn gzip(lines: &[String]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for l in lines {
+        gz.write_all(l.as_bytes()).unwrap();
+        gz.write_all(b"\n").unwrap();
+    }
+    gz.finish().unwrap()
+}
+
+/// An enriched position from Kafka partition `partition` at `offset`.
+fn enriched(partition: i64, offset: i64) -> String {
+    json!({
+        "transport_unit_id": format!("TU-{:06}", offset % 50), "ts": format!("{DAY}T{:02}:{:02}:00Z", (offset / 4) % 24, (offset % 4) * 15),
+        "lat": 50.0 + (offset % 10) as f64 / 10.0, "lon": 8.25, "transport_type": "terrestrial", "speed_kmh": 80.5,
+        "heading_deg": 90.0, "altitude_m": null,
+        "_source": {"topic": "fleet.locations", "partition": partition, "offset": offset, "timestamp": 1_795_507_200_000_i64 + offset},
+        "_ingested_at": "2026-11-24T08:00:00Z",
+        "temperature_c": 4.5, "wind_speed_kmh": 12.0, "precipitation_mm": 0.2, "weather_code": 61, "weather_status": "ok"
+    })
+    .to_string()
+}
+
+fn enriched_key(partition: i64, first: i64, last: i64) -> String {
+    format!("enriched/locations/dt={DAY}/fleet.locations-{partition}-{first}-{last}.ndjson.gz")
+}
+
+async fn put_positions(env: &Env, partition: i64, offsets: std::ops::RangeInclusive<i64>) -> String {
+    let key = enriched_key(partition, *offsets.start(), *offsets.end());
+    let lines: Vec<String> = offsets.map(|o| enriched(partition, o)).collect();
+    env.put(&key, gzip(&lines)).await;
+    key
+}
+
+/// The (partition, offset) identities in a table read back, sorted.
+fn kafka_ids(table: &Value) -> Vec<(i64, i64)> {
+    let mut ids: Vec<(i64, i64)> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["_source_partition"].as_i64().unwrap(), r["_source_offset"].as_i64().unwrap()))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+fn expected_ids(parts: &[(i64, std::ops::RangeInclusive<i64>)]) -> Vec<(i64, i64)> {
+    let mut ids: Vec<(i64, i64)> = parts.iter().flat_map(|(p, r)| r.clone().map(move |o| (*p, o))).collect();
+    ids.sort_unstable();
+    ids
+}
+
+fn failures(out: &Value) -> Vec<String> {
+    out["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_and_changes_become_tables_an_independent_reader_opens() {
+    let env = Env::new(&[]).await;
+    let positions = put_positions(&env, 0, 0..=9).await;
+    // A bad record and an unknown field in the same object.
+    let mut lines: Vec<String> = (10..=12).map(|o| enriched(0, o)).collect();
+    lines.push(json!({"transport_unit_id": "TU-1", "ts": "yesterday", "lat": 1, "lon": 2}).to_string());
+    let mut with_extra: Value = serde_json::from_str(&enriched(0, 13)).unwrap();
+    with_extra["flight_level"] = json!("FL350");
+    lines.push(with_extra.to_string());
+    let mixed = enriched_key(0, 10, 13);
+    env.put(&mixed, gzip(&lines)).await;
+    let perf = format!("landing/performance_stats/dt={DAY}/pg.public.performance_stats-0-5-6.ndjson.gz");
+    env.put(&perf, gzip(&[
+        json!({"op": "c", "ts_ms": 1_795_507_195_000_i64, "lsn": 24_023_128, "row": {"transport_unit_id": "TU-000042", "stat_date": "2026-11-23", "distance_km": 512.4, "fuel_used_l": 3120.5, "engine_hours": 21.5},
+               "_source": {"topic": "pg.public.performance_stats", "partition": 0, "offset": 5, "timestamp": 1_795_507_196_000_i64}, "_ingested_at": "2026-11-24T08:00:00Z"}).to_string(),
+        // Debezium's default encoding of a PostgreSQL date: days since 1970-01-01 (20415 = 2025-11-23).
+        json!({"op": "u", "ts_ms": 1_795_507_197_000_i64, "lsn": 24_023_512, "row": {"transport_unit_id": "TU-000042", "stat_date": 20415, "distance_km": 1.0, "fuel_used_l": 2.0, "engine_hours": 3.0},
+               "_source": {"topic": "pg.public.performance_stats", "partition": 0, "offset": 6, "timestamp": 1_795_507_198_000_i64}, "_ingested_at": "2026-11-24T08:00:00Z"}).to_string(),
+    ])).await;
+    let units = format!("landing/transport_units/dt={DAY}/pg.public.transport_units-0-1-2.ndjson.gz");
+    env.put(&units, gzip(&[
+        json!({"op": "r", "ts_ms": 1_795_507_191_000_i64, "lsn": 24_020_000, "row": {"transport_unit_id": "TU-000042", "transport_type": "maritime", "name": "MV Elbe Trader", "capacity_t": 8200, "flag": "DE"},
+               "_source": {"topic": "pg.public.transport_units", "partition": 0, "offset": 1, "timestamp": 1_795_507_192_000_i64}, "_ingested_at": "2026-11-24T08:00:00Z"}).to_string(),
+        json!({"op": "d", "ts_ms": 1_795_507_199_000_i64, "lsn": 24_024_000, "row": {"transport_unit_id": "TU-000999"},
+               "_source": {"topic": "pg.public.transport_units", "partition": 0, "offset": 2, "timestamp": 1_795_507_199_100_i64}, "_ingested_at": "2026-11-24T08:00:00Z"}).to_string(),
+    ])).await;
+
+    let mut writer = env.writer().await;
+    let event =
+        env.sqs(&[("m1", &[positions.as_str(), mixed.as_str()]), ("m2", &[perf.as_str()]), ("m3", &[units.as_str()])]);
+    let out = writer.invoke(&event).await.outcome.unwrap();
+    assert_eq!(failures(&out), Vec::<String>::new());
+
+    let locations = env.read("locations");
+    assert_eq!(locations["partition_columns"], json!(["event_date"]));
+    assert_eq!(kafka_ids(&locations), expected_ids(&[(0, 0..=13)]), "every good line once, the bad one not at all");
+    let row = locations["rows"].as_array().unwrap().iter().find(|r| r["_source_offset"] == json!(13)).unwrap();
+    assert_eq!(row["_extra"], json!(r#"{"flight_level":"FL350"}"#), "unknown fields are kept");
+    assert_eq!(row["ts"], json!(format!("{DAY}T03:15:00+00:00")));
+    assert_eq!(row["event_date"], json!(DAY));
+    assert_eq!(row["weather_code"], json!(61));
+    assert_eq!(row["_file"], json!(mixed));
+    assert_eq!(row["_line"], json!(5));
+    assert!(locations["configuration"]["delta.checkpointInterval"].is_string());
+
+    let perf_table = env.read("performance_stats");
+    let mut stat_dates: Vec<&str> =
+        perf_table["rows"].as_array().unwrap().iter().map(|r| r["stat_date"].as_str().unwrap()).collect();
+    stat_dates.sort_unstable();
+    assert_eq!(stat_dates, ["2025-11-23", "2026-11-23"]);
+    let units_table = env.read("transport_units");
+    let rows = units_table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let deleted = rows.iter().find(|r| r["op"] == json!("d")).unwrap();
+    assert_eq!(deleted["transport_unit_id"], json!("TU-000999"));
+    assert_eq!(deleted["lsn"], json!(24_024_000));
+    let read = rows.iter().find(|r| r["op"] == json!("r")).unwrap();
+    assert_eq!(read["capacity_t"], json!(8200.0));
+    assert_eq!(read["_extra"], json!(r#"{"flag":"DE"}"#));
+
+    // The bad line is in quarantine with its reason.
+    let q = env.moto.keys(&env.bucket, "quarantine/delta-writer/").await;
+    assert_eq!(q.len(), 1, "{q:?}");
+    let line: Value =
+        serde_json::from_slice(env.moto.get(&env.bucket, &q[0]).await.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert!(line["reason"].as_str().unwrap().starts_with("ts: not an RFC 3339 timestamp"), "{line}");
+    assert_eq!(line["source"], json!({"key": mixed, "line": 4}));
+    let _ = BTreeMap::<i32, i32>::new();
+}
+
+/// The EMF metrics line of an invocation.
+fn metric(inv: &fleetlake_testkit::Invocation, name: &str) -> u64 {
+    inv.stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|m| m.get(name).and_then(Value::as_u64))
+        .unwrap_or_else(|| panic!("no metric {name} in {:?}", inv.stdout))
+}
+
+/// Versions in the table's log, in order.
+async fn log_versions(env: &Env, table: &str) -> Vec<u64> {
+    env.moto
+        .keys(&env.bucket, &format!("bronze/{table}/_delta_log/"))
+        .await
+        .iter()
+        .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".json")?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_reordered_and_recut_batches_land_each_record_once() {
+    let env = Env::new(&[]).await;
+    let mut writer = env.writer().await;
+    let a = put_positions(&env, 0, 100..=199).await;
+    let b = put_positions(&env, 0, 200..=299).await;
+
+    // GIVEN the later slice arrives first (S3 notifications on SQS are unordered)
+    let inv = writer.invoke(&env.sqs(&[("m-b", &[b.as_str()])])).await;
+    assert_eq!(failures(inv.outcome.as_ref().unwrap()), Vec::<String>::new());
+    assert_eq!(metric(&inv, "files_checked"), 0, "new offsets above the watermark need no lookup");
+    // WHEN the earlier slice follows: it is below the watermark, so it is checked, and lands
+    let inv = writer.invoke(&env.sqs(&[("m-a", &[a.as_str()])])).await;
+    assert_eq!(metric(&inv, "records_written"), 100);
+    assert_eq!(kafka_ids(&env.read("locations")), expected_ids(&[(0, 100..=299)]));
+    let versions = log_versions(&env, "locations").await;
+
+    // WHEN both are delivered again, one of them twice in the same batch
+    let inv =
+        writer.invoke(&env.sqs(&[("m-a2", &[a.as_str()]), ("m-b2", &[b.as_str()]), ("m-b3", &[b.as_str()])])).await;
+    assert_eq!(failures(inv.outcome.as_ref().unwrap()), Vec::<String>::new());
+    assert_eq!(metric(&inv, "records_duplicate"), 200);
+    // THEN nothing is committed
+    assert_eq!(log_versions(&env, "locations").await, versions, "a pure redelivery commits nothing");
+
+    // WHEN a retried MSK batch was cut at other offsets: 150–249 (all in) and 250–349 (half new)
+    let c = put_positions(&env, 0, 150..=249).await;
+    let d = put_positions(&env, 0, 250..=349).await;
+    let inv = writer.invoke(&env.sqs(&[("m-c", &[c.as_str(), d.as_str()])])).await;
+    assert_eq!(metric(&inv, "records_written"), 50);
+    // AND a fresh execution environment (nothing cached) sees the same table
+    drop(writer);
+    let mut fresh = env.writer().await;
+    let inv = fresh.invoke(&env.sqs(&[("m-all", &[a.as_str(), b.as_str(), c.as_str(), d.as_str()])])).await;
+    assert_eq!(metric(&inv, "records_written"), 0);
+    // THEN every record is in the table exactly once
+    let table = env.read("locations");
+    assert_eq!(kafka_ids(&table), expected_ids(&[(0, 100..=349)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_writing_files_and_committing_loses_and_doubles_nothing() {
+    use fleetlake::bronze::{Converter, LineOrigin, LOCATIONS};
+    use fleetlake::delta::{open_or_create, Appender, DeltaSettings};
+
+    let env = Env::new(&[]).await;
+    let key = put_positions(&env, 3, 0..=499).await;
+    let endpoint = env.env.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL").unwrap().1.clone();
+    let settings = DeltaSettings {
+        bronze_url: format!("s3://{}/bronze/", env.bucket).parse().unwrap(),
+        storage_options: [
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        checkpoint_interval: 100,
+        log_retention: "interval 30 days".into(),
+        txn_retention: "interval 7 days".into(),
+    };
+    // GIVEN an invocation that wrote the Parquet files of the object and crashed before committing
+    let table = open_or_create(&settings, &LOCATIONS).await.unwrap();
+    let mut appender = Appender::new(&LOCATIONS, table, 128 << 20).unwrap();
+    let mut converter = Converter::new(&LOCATIONS);
+    for o in 0..=499 {
+        converter.push(enriched(3, o).as_bytes(), LineOrigin { key: &key, etag: "", line: o as u64 + 1 }).unwrap();
+    }
+    let (batch, ids) = converter.finish().unwrap();
+    appender.write(batch, ids).await.unwrap();
+    let prepared = appender.prepare().await.unwrap();
+    let orphans: Vec<String> = prepared.files().iter().map(|a| a.path.clone()).collect();
+    assert!(!orphans.is_empty());
+    drop(prepared);
+
+    // WHEN Lambda retries the message
+    let mut writer = env.writer().await;
+    let inv = writer.invoke(&env.sqs(&[("m1", &[key.as_str()])])).await;
+    assert_eq!(failures(inv.outcome.as_ref().unwrap()), Vec::<String>::new());
+
+    // THEN the table holds each record once and none of the crashed attempt's files
+    let table = env.read("locations");
+    assert_eq!(kafka_ids(&table), expected_ids(&[(3, 0..=499)]));
+    let files: Vec<&str> = table["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(orphans.iter().all(|o| files.iter().all(|f| !f.ends_with(o.as_str()))), "{orphans:?} vs {files:?}");
+    let stored = env.moto.keys(&env.bucket, "bronze/locations/event_date=").await;
+    assert!(stored.len() > files.len(), "the crashed attempt's files are still in storage, unreferenced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_writers_commit_every_row_once_with_contiguous_versions() {
+    let env = Env::new(&[]).await;
+    let mut keys = Vec::new();
+    for p in 0..6 {
+        keys.push(put_positions(&env, p, 0..=299).await);
+    }
+    // Six distinct objects, and two of them a second time: 8 invocations of 8 execution environments at once.
+    let mut jobs = keys.clone();
+    jobs.push(keys[0].clone());
+    jobs.push(keys[1].clone());
+    let mut writers = Vec::new();
+    for _ in &jobs {
+        writers.push(env.writer().await);
+    }
+    let runs = writers.iter_mut().zip(&jobs).enumerate().map(|(i, (w, key))| {
+        let event = env.sqs(&[(&format!("m{i}"), &[key.as_str()])]);
+        async move { w.invoke(&event).await }
+    });
+    let results = futures::future::join_all(runs).await;
+    for inv in &results {
+        assert_eq!(failures(inv.outcome.as_ref().unwrap()), Vec::<String>::new());
+    }
+    let table = env.read("locations");
+    let parts: Vec<(i64, std::ops::RangeInclusive<i64>)> = (0..6).map(|p| (p, 0..=299)).collect();
+    assert_eq!(kafka_ids(&table), expected_ids(&parts), "every row once");
+    let versions = log_versions(&env, "locations").await;
+    assert_eq!(versions, (0..versions.len() as u64).collect::<Vec<_>>(), "versions are contiguous");
+    assert!((7..=9).contains(&versions.len()), "create + 6 to 8 appends: {versions:?}");
+    let written: u64 = results.iter().map(|inv| metric(inv, "records_written")).sum();
+    assert_eq!(written, 1800, "the repeated objects added nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_objects_fail_only_their_messages() {
+    let env = Env::new(&[]).await;
+    let good = put_positions(&env, 1, 0..=49).await;
+    let not_gzip = enriched_key(1, 50, 99);
+    env.put(&not_gzip, b"this is not gzip".to_vec()).await;
+    let gone = enriched_key(1, 100, 149);
+    let mut writer = env.writer().await;
+    let mut event =
+        env.sqs(&[("ok", &[good.as_str()]), ("bad-gzip", &[not_gzip.as_str()]), ("gone", &[gone.as_str()])]);
+    event["Records"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"messageId": "not-s3", "eventSource": "aws:sqs", "body": "hello"}));
+    let inv = writer.invoke(&event).await;
+    let mut failed = failures(inv.outcome.as_ref().unwrap());
+    failed.sort();
+    assert_eq!(failed, ["bad-gzip", "gone", "not-s3"]);
+    assert_eq!(kafka_ids(&env.read("locations")), expected_ids(&[(1, 0..=49)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_written_every_interval() {
+    let env = Env::new(&[("CHECKPOINT_INTERVAL", "2")]).await;
+    let mut writer = env.writer().await;
+    for i in 0..4 {
+        let key = put_positions(&env, 2, i * 10..=i * 10 + 9).await;
+        writer.invoke(&env.sqs(&[("m", &[key.as_str()])])).await.outcome.unwrap();
+    }
+    // deltalake counts commits from 1: with an interval of 2, versions 1 and 3 (the 2nd and 4th commits).
+    let log = env.moto.keys(&env.bucket, "bronze/locations/_delta_log/").await;
+    let checkpoints: Vec<&String> = log.iter().filter(|k| k.ends_with(".checkpoint.parquet")).collect();
+    assert_eq!(checkpoints.len(), 2, "{log:?}");
+    for want in
+        ["00000000000000000001.checkpoint.parquet", "00000000000000000003.checkpoint.parquet", "_last_checkpoint"]
+    {
+        assert!(log.iter().any(|k| k.ends_with(want)), "{want} missing from {log:?}");
+    }
+    let table = env.read("locations");
+    assert_eq!(table["version"], json!(4));
+    assert_eq!(kafka_ids(&table), expected_ids(&[(2, 0..=39)]));
+}

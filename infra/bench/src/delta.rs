@@ -1,0 +1,264 @@
+//! `bench-delta`: delta-writer end to end — enriched objects in moto's S3, the release binary behind a Lambda
+//! runtime API, one SQS-triggered invocation naming every object — beside the Python baseline on the same objects
+//! and an in-memory ceiling. Not a test: it measures.
+//!
+//! usage: bench-delta --writer PATH [--records 1000000] [--files 100] [--runs 3] [--peers DIR] [--idioms pyarrow,awswrangler]
+//! - delta-writer: each run is a fresh process writing a fresh table; records/s = records / invocation wall time.
+//! - ceiling: the same records, already in memory, gunzipped, parsed into Arrow with delta-writer's converter and
+//!   encoded to Parquet (snappy) in memory with arrow-rs: no S3, no Delta log.
+//! - baseline: `peer_convert.py` (convert-only mode) from `--peers` (default `../shared/peers` beside the project),
+//!   each idiom in its own process; its peak RSS is read with getrusage.
+//!
+//! Prints one JSON line per measurement and a summary with medians and ratios.
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line tool that reports on stdout
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use deltalake::parquet::arrow::ArrowWriter;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use fleetlake::bronze::{Converter, LineOrigin, LOCATIONS};
+use fleetlake_testkit::{venv_bin, workspace_root, LambdaHarness, Moto};
+use serde_json::{json, Value};
+
+struct Args {
+    writer: PathBuf,
+    records: usize,
+    files: usize,
+    runs: usize,
+    peers: PathBuf,
+    idioms: Vec<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        writer: PathBuf::new(),
+        records: 1_000_000,
+        files: 100,
+        runs: 3,
+        peers: workspace_root().join("../shared/peers"),
+        idioms: vec!["pyarrow".into(), "awswrangler".into()],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let n = || v.parse::<usize>().unwrap_or_else(|_| panic!("{flag} {v}: not a number"));
+        match flag.as_str() {
+            "--writer" => a.writer = PathBuf::from(&v),
+            "--records" => a.records = n(),
+            "--files" => a.files = n(),
+            "--runs" => a.runs = n(),
+            "--peers" => a.peers = PathBuf::from(&v),
+            "--idioms" => a.idioms = v.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(a.writer.exists(), "--writer {} does not exist (make bench builds it)", a.writer.display());
+    a
+}
+
+/// One enriched object: the shape of `peer/gen_enriched.py` (2,000 units, two UTC days, six Kafka partitions).
+fn enriched_object(file: usize, per_file: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(file as u64);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let types = ["aerial", "maritime", "terrestrial"];
+    for i in 0..per_file {
+        let off = file * per_file + i;
+        let line = json!({
+            "transport_unit_id": format!("TU-{:06}", off % 2000), "transport_type": types[off % 3],
+            "ts": format!("2026-11-{:02}T{:02}:{:02}:00Z", 23 + (off / 96_000) % 2, (off / 4000) % 24, (off % 4) * 15),
+            "lat": ((rng.f64() * 160.0 - 80.0) * 1e5).round() / 1e5, "lon": ((rng.f64() * 340.0 - 170.0) * 1e5).round() / 1e5,
+            "speed_kmh": (rng.f64() * 90_000.0).round() / 100.0, "heading_deg": (rng.f64() * 3600.0).round() / 10.0, "altitude_m": null,
+            "_source": {"topic": "fleet.locations", "partition": file % 6, "offset": off, "timestamp": 1_763_892_900_000_u64 + off as u64},
+            "_ingested_at": "2026-11-24T00:00:00Z",
+            "temperature_c": ((rng.f64() * 60.0 - 20.0) * 100.0).round() / 100.0, "wind_speed_kmh": (rng.f64() * 8000.0).round() / 100.0,
+            "precipitation_mm": (rng.f64() * 500.0).round() / 100.0, "weather_code": rng.u32(0..100), "weather_status": "ok"
+        });
+        serde_json::to_writer(&mut gz, &line).unwrap();
+        gz.write_all(b"\n").unwrap();
+    }
+    gz.finish().unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+/// The ceiling: gunzip, convert and encode to Parquet in memory; returns (records, seconds, parquet bytes).
+fn ceiling(objects: &[(String, Vec<u8>)]) -> (usize, f64, usize) {
+    let started = Instant::now();
+    let mut converter = Converter::new(&LOCATIONS);
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let mut writer = ArrowWriter::try_new(Vec::new(), LOCATIONS.arrow_schema(), Some(props)).unwrap();
+    let mut records = 0;
+    for (key, gz) in objects {
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(gz.as_slice()).read_to_string(&mut text).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            converter.push(line.as_bytes(), LineOrigin { key, etag: "", line: i as u64 + 1 }).unwrap();
+            if converter.len() == 20_000 {
+                let (batch, _) = converter.finish().unwrap();
+                records += batch.num_rows();
+                writer.write(&batch).unwrap();
+            }
+        }
+    }
+    let (batch, _) = converter.finish().unwrap();
+    records += batch.num_rows();
+    writer.write(&batch).unwrap();
+    let bytes = writer.into_inner().unwrap().len();
+    (records, started.elapsed().as_secs_f64(), bytes)
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let moto = Moto::start().await;
+    let bucket = moto.bucket("bench").await;
+    let s3 = moto.s3();
+    let per_file = a.records / a.files;
+    let t = Instant::now();
+    let mut objects = Vec::new();
+    for f in 0..a.files {
+        let key = format!("enriched/locations/dt=2026-11-23/fleet.locations-{}-{f}.ndjson.gz", f % 6);
+        let body = enriched_object(f, per_file);
+        s3.put_object().bucket(&bucket).key(&key).body(body.clone().into()).send().await.expect("upload");
+        objects.push((key, body));
+    }
+    let gz_bytes: usize = objects.iter().map(|(_, b)| b.len()).sum();
+    let records = per_file * a.files;
+    eprintln!(
+        "generated {records} records in {} objects ({:.1} MB gzip) in {:.1} s",
+        a.files,
+        gz_bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+
+    let (mut rates, mut rss, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..a.runs {
+        let prefix = format!("bronze-run{run}/");
+        let mut env = moto.env();
+        for (k, v) in [("LAKE_BUCKET", bucket.as_str()), ("BRONZE_PREFIX", prefix.as_str()), ("RUST_LOG", "warn")] {
+            env.push((k.to_owned(), v.to_owned()));
+        }
+        let mut f = LambdaHarness::start(&a.writer, "delta-writer", &env).await;
+        let messages: Vec<Value> = objects
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _))| {
+                let s3_event = json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                                                    "s3": {"bucket": {"name": bucket}, "object": {"key": key.replace('=', "%3D")}}}]});
+                json!({"messageId": format!("m{i}"), "eventSource": "aws:sqs", "body": s3_event.to_string()})
+            })
+            .collect();
+        let started = Instant::now();
+        let out = f.invoke(&json!({"Records": messages})).await;
+        let wall = started.elapsed().as_secs_f64();
+        assert_eq!(
+            out.outcome.as_ref().ok(),
+            Some(&json!({"batchItemFailures": []})),
+            "{:?}\n{}",
+            out.outcome,
+            f.stderr()
+        );
+        let metrics = out
+            .stdout
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v.get("_aws").is_some())
+            .unwrap();
+        let written = metrics["records_written"].as_u64().unwrap();
+        assert_eq!(written, records as u64, "every record written");
+        let files = moto.keys(&bucket, &format!("{prefix}locations/event_date=")).await;
+        let mut parquet_bytes = 0;
+        for key in &files {
+            let head = s3.head_object().bucket(&bucket).key(key).send().await.unwrap();
+            parquet_bytes += head.content_length().unwrap_or(0);
+        }
+        let commits = moto
+            .keys(&bucket, &format!("{prefix}locations/_delta_log/"))
+            .await
+            .iter()
+            .filter(|k| k.ends_with(".json"))
+            .count()
+            - 1;
+        let peak = f.peak_rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+        let cpu_s = f.cpu_seconds().unwrap_or(0.0);
+        let rate = written as f64 / wall;
+        println!(
+            "{}",
+            json!({"what": "delta-writer", "run": run, "records": written, "wall_s": round(wall, 3),
+                              "records_per_s": rate.round(), "peak_rss_mib": round(peak, 1), "function_cpu_s": cpu_s,
+                              "parquet_files": files.len(), "parquet_bytes": parquet_bytes, "commits": commits})
+        );
+        rates.push(rate);
+        rss.push(peak);
+        cpu.push(cpu_s);
+    }
+
+    let mut ceilings = Vec::new();
+    for run in 0..a.runs {
+        let (n, secs, bytes) = ceiling(&objects);
+        println!(
+            "{}",
+            json!({"what": "ceiling", "run": run, "records": n, "wall_s": round(secs, 3), "records_per_s": (n as f64 / secs).round(), "parquet_bytes": bytes})
+        );
+        ceilings.push(n as f64 / secs);
+    }
+
+    let mut peers = Vec::new();
+    let peer_script = a.peers.join("peer_convert.py");
+    if peer_script.exists() {
+        for idiom in &a.idioms {
+            // Peak RSS of the child process, from getrusage.
+            let launcher = "import json,resource,subprocess,sys\nr=subprocess.run(sys.argv[1:],capture_output=True,text=True)\nsys.stderr.write(r.stderr)\nprint(json.dumps({'out':r.stdout.strip(),'code':r.returncode,'peak_rss_mib':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))";
+            let out = tokio::process::Command::new(venv_bin("python"))
+                .args(["-c", launcher])
+                .arg(venv_bin("python"))
+                .arg(&peer_script)
+                .args(["--endpoint", &moto.endpoint, "--bucket", &bucket, "--prefix", "enriched/locations/"])
+                .args(["--table", &format!("s3://{bucket}/peer-{idiom}/locations"), "--idiom", idiom])
+                .output()
+                .await
+                .expect("run the Python baseline");
+            let wrapper: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            let Ok(result) = serde_json::from_str::<Value>(wrapper["out"].as_str().unwrap_or("")) else {
+                eprintln!("Python baseline ({idiom}) failed: {}", String::from_utf8_lossy(&out.stderr));
+                continue;
+            };
+            let rate = result["records_per_s"].as_f64().unwrap_or(f64::NAN);
+            let peak = wrapper["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{}",
+                json!({"what": format!("python-{idiom}"), "records": result["records"], "wall_s": result["wall_s"], "records_per_s": rate, "peak_rss_mib": round(peak, 1)})
+            );
+            peers.push((idiom.clone(), rate, peak));
+        }
+    } else {
+        eprintln!("no Python baseline at {} (pass --peers DIR)", peer_script.display());
+    }
+
+    let (rate, peak, ceil) = (median(rates), median(rss), median(ceilings));
+    println!(
+        "delta-writer, {records} enriched records in {} objects, one invocation, {} runs (median): {rate:.0} records/s, peak RSS {peak:.1} MiB, function CPU {:.2} s; in-memory ceiling {ceil:.0} records/s (delta-writer at {:.0}% of it)",
+        a.files,
+        a.runs,
+        median(cpu),
+        100.0 * rate / ceil
+    );
+    for (idiom, prate, ppeak) in peers {
+        println!(
+            "Python baseline ({idiom}), same objects, same run: {prate:.0} records/s, peak RSS {ppeak:.1} MiB; delta-writer is {:.1}x its records/s with {:.2}x its peak RSS",
+            rate / prate,
+            peak / ppeak
+        );
+    }
+}

@@ -1,0 +1,921 @@
+//! The bronze tables, defined once: their columns, partitioning and record identity, and the conversion of landed
+//! and enriched JSON lines into Arrow record batches of exactly that schema. No I/O.
+//!
+//! # Rules every table follows
+//! - **Columns.** A table has the record's own columns (for CDC tables: `op`, `ts_ms`, `lsn`, then the row's
+//!   columns), then `_extra`, then the lineage columns, then a derived partition column if it has one.
+//! - **Unknown fields are kept, never dropped.** A field the schema does not name goes into `_extra`, a JSON object
+//!   of the unknown fields with their values as received. Promoting one to a column is a change to the schema
+//!   below; the writer then adds it to the table (a new nullable column, Delta schema evolution), and rows written
+//!   before keep it in `_extra`.
+//! - **A record that does not fit is quarantined**, with the field and the problem: a required field missing, a
+//!   value of the wrong JSON type, a value out of range, a timestamp or date that is not one.
+//! - **Identity.** Every row carries the identity of the record it came from, which is what exactly-once means:
+//!   - a Kafka record is `(topic, partition, offset)` (`_source_topic`, `_source_partition`, `_source_offset`);
+//!   - a Debezium change is `(op, primary key, lsn)`: a connector that crashes re-emits changes at new offsets,
+//!     with the same LSN;
+//!   - a record of a file dropped straight into the lake is `(key, etag, line)` of that file.
+//!
+//!   Each identity has a sequence column (`_source_offset`, `lsn`, `_line`) whose file statistics let a writer find
+//!   the few existing data files that could hold a record again.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, NaiveDate};
+use deltalake::arrow::array::{
+    ArrayRef, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::error::ArrowError;
+use deltalake::arrow::record_batch::RecordBatch;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Days from 0001-01-01 (chrono's day numbering) to 1970-01-01.
+const UNIX_EPOCH_DAYS_CE: i32 = 719_163;
+
+/// The type of a column, and how its JSON value is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A JSON string.
+    Utf8,
+    /// A JSON number.
+    Float64,
+    /// A JSON integer that fits in 32 bits.
+    Int32,
+    /// A JSON integer.
+    Int64,
+    /// An RFC 3339 string, stored as UTC microseconds.
+    Timestamp,
+    /// An integer of epoch milliseconds, stored as a UTC microsecond timestamp.
+    EpochMillis,
+    /// A `YYYY-MM-DD` string or an integer of days since 1970-01-01 (Debezium's `io.debezium.time.Date`).
+    Date,
+}
+
+impl Kind {
+    /// The Arrow type of the column.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            Kind::Utf8 => DataType::Utf8,
+            Kind::Float64 => DataType::Float64,
+            Kind::Int32 => DataType::Int32,
+            Kind::Int64 => DataType::Int64,
+            Kind::Timestamp | Kind::EpochMillis => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Kind::Date => DataType::Date32,
+        }
+    }
+
+    /// The Hive/Glue type of the column, as Athena reads it from Parquet.
+    pub fn hive_type(self) -> &'static str {
+        match self {
+            Kind::Utf8 => "string",
+            Kind::Float64 => "double",
+            Kind::Int32 => "int",
+            Kind::Int64 => "bigint",
+            Kind::Timestamp | Kind::EpochMillis => "timestamp",
+            Kind::Date => "date",
+        }
+    }
+}
+
+/// A check on a value beyond its type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Check {
+    /// Any value of the type.
+    None,
+    /// A number in `lo..=hi`.
+    Range(f64, f64),
+    /// A string of `min..=max` characters.
+    Len(usize, usize),
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+}
+
+/// One column of a bronze table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Column {
+    /// Column name, also the JSON field it is read from.
+    pub name: &'static str,
+    /// Type.
+    pub kind: Kind,
+    /// Whether a row without it is refused.
+    pub required: bool,
+    /// Further check on its value.
+    pub check: Check,
+}
+
+const fn col(name: &'static str, kind: Kind) -> Column {
+    Column { name, kind, required: false, check: Check::None }
+}
+
+const fn req(name: &'static str, kind: Kind, check: Check) -> Column {
+    Column { name, kind, required: true, check }
+}
+
+/// How a line of the source dataset is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The record's fields at the top level (positions).
+    Record,
+    /// A landed Debezium change `{op, ts_ms, lsn, row}`: the row's fields under `row`.
+    Change {
+        /// The source table's primary key columns, part of a change's identity.
+        key: &'static [&'static str],
+    },
+}
+
+/// Where a table's partition column comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitioning {
+    /// The partition column.
+    pub column: &'static str,
+    /// The data column it is the UTC date of (the same column for a date column).
+    pub from: &'static str,
+}
+
+/// A bronze table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TableSpec {
+    /// Table name: the folder below the bronze prefix and the Glue table name.
+    pub name: &'static str,
+    /// The lake zone prefix variable its input lives under (`enriched` or `landing`) and the dataset folder.
+    pub input: (Zone, &'static str),
+    /// Line layout.
+    pub layout: Layout,
+    /// The record's (or the changed row's) own columns.
+    pub data: &'static [Column],
+    /// Partitioning, if any.
+    pub partitioning: Option<Partitioning>,
+}
+
+/// A lake zone a table reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    /// `landing/`.
+    Landing,
+    /// `enriched/`.
+    Enriched,
+}
+
+/// `op`, `ts_ms`, `lsn`: the columns of a change before the row's own.
+pub const CHANGE_COLUMNS: [Column; 3] = [
+    req("op", Kind::Utf8, Check::OneOf(&["c", "u", "d", "r"])),
+    req("ts_ms", Kind::EpochMillis, Check::None),
+    req("lsn", Kind::Int64, Check::None),
+];
+
+/// `_extra`: the unknown fields, as a JSON object (null when there were none).
+pub const EXTRA: &str = "_extra";
+
+/// Lineage columns, after `_extra`. `_file` and `_line` are where delta-writer read the row.
+pub const LINEAGE_COLUMNS: [Column; 9] = [
+    col("_source_topic", Kind::Utf8),
+    col("_source_partition", Kind::Int32),
+    col("_source_offset", Kind::Int64),
+    col("_source_timestamp", Kind::EpochMillis),
+    col("_source_key", Kind::Utf8),
+    col("_source_etag", Kind::Utf8),
+    col("_ingested_at", Kind::Timestamp),
+    req("_file", Kind::Utf8, Check::None),
+    req("_line", Kind::Int64, Check::None),
+];
+
+/// `bronze/locations`: enriched positions, partitioned by the UTC date of `ts`.
+pub const LOCATIONS: TableSpec = TableSpec {
+    name: "locations",
+    input: (Zone::Enriched, "locations"),
+    layout: Layout::Record,
+    data: &[
+        req("transport_unit_id", Kind::Utf8, Check::Len(1, 64)),
+        req("ts", Kind::Timestamp, Check::None),
+        req("lat", Kind::Float64, Check::Range(-90.0, 90.0)),
+        req("lon", Kind::Float64, Check::Range(-180.0, 180.0)),
+        Column {
+            name: "transport_type",
+            kind: Kind::Utf8,
+            required: false,
+            check: Check::OneOf(&["aerial", "maritime", "terrestrial"]),
+        },
+        Column { name: "speed_kmh", kind: Kind::Float64, required: false, check: Check::Range(0.0, f64::MAX) },
+        Column { name: "heading_deg", kind: Kind::Float64, required: false, check: Check::Range(0.0, 360.0) },
+        col("altitude_m", Kind::Float64),
+        col("temperature_c", Kind::Float64),
+        col("wind_speed_kmh", Kind::Float64),
+        col("precipitation_mm", Kind::Float64),
+        col("weather_code", Kind::Int32),
+        col("weather_status", Kind::Utf8),
+    ],
+    partitioning: Some(Partitioning { column: "event_date", from: "ts" }),
+};
+
+/// `bronze/performance_stats`: the change log of PostgreSQL `performance_stats`, partitioned by `stat_date`.
+pub const PERFORMANCE_STATS: TableSpec = TableSpec {
+    name: "performance_stats",
+    input: (Zone::Landing, "performance_stats"),
+    layout: Layout::Change { key: &["transport_unit_id", "stat_date"] },
+    data: &[
+        req("transport_unit_id", Kind::Utf8, Check::Len(1, 64)),
+        req("stat_date", Kind::Date, Check::None),
+        col("distance_km", Kind::Float64),
+        col("fuel_used_l", Kind::Float64),
+        col("engine_hours", Kind::Float64),
+    ],
+    partitioning: Some(Partitioning { column: "stat_date", from: "stat_date" }),
+};
+
+/// `bronze/transport_units`: the change log of PostgreSQL `transport_units`, unpartitioned.
+pub const TRANSPORT_UNITS: TableSpec = TableSpec {
+    name: "transport_units",
+    input: (Zone::Landing, "transport_units"),
+    layout: Layout::Change { key: &["transport_unit_id"] },
+    data: &[
+        req("transport_unit_id", Kind::Utf8, Check::Len(1, 64)),
+        col("transport_type", Kind::Utf8),
+        col("name", Kind::Utf8),
+        col("capacity_t", Kind::Float64),
+    ],
+    partitioning: None,
+};
+
+/// Every bronze table.
+pub const TABLES: [&TableSpec; 3] = [&LOCATIONS, &PERFORMANCE_STATS, &TRANSPORT_UNITS];
+
+impl TableSpec {
+    /// Every column in table order, `_extra` included, as (name, kind, nullable).
+    pub fn columns(&self) -> Vec<(&'static str, Kind, bool)> {
+        let mut out = Vec::new();
+        if matches!(self.layout, Layout::Change { .. }) {
+            out.extend(CHANGE_COLUMNS.iter().map(|c| (c.name, c.kind, !c.required)));
+        }
+        out.extend(self.data.iter().map(|c| (c.name, c.kind, !c.required)));
+        out.push((EXTRA, Kind::Utf8, true));
+        out.extend(LINEAGE_COLUMNS.iter().map(|c| (c.name, c.kind, !c.required)));
+        if let Some(p) = self.partitioning.filter(|p| p.column != p.from) {
+            out.push((p.column, Kind::Date, false));
+        }
+        out
+    }
+
+    /// The Arrow schema of the table.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .columns()
+            .into_iter()
+            .map(|(name, kind, nullable)| Field::new(name, kind.arrow_type(), nullable))
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Partition columns (none or one).
+    pub fn partition_columns(&self) -> Vec<String> {
+        self.partitioning.map(|p| vec![p.column.to_owned()]).unwrap_or_default()
+    }
+
+    /// The table reading objects under `zone`/`dataset`.
+    pub fn for_input(zone: Zone, dataset: &str) -> Option<&'static TableSpec> {
+        TABLES.into_iter().find(|t| t.input == (zone, dataset))
+    }
+}
+
+/// Why a line was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError(pub String);
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn invalid(field: &str, problem: impl fmt::Display) -> RowError {
+    RowError(format!("{field}: {problem}"))
+}
+
+/// The kind of a row's identity; its sequence is in the column [`IdKind::seq_column`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdKind {
+    /// `(topic, partition)` + offset.
+    Kafka,
+    /// `(op, key)` + LSN.
+    Change,
+    /// `(key, etag)` of a dropped file + line.
+    File,
+}
+
+impl IdKind {
+    /// The column holding the identity's sequence number.
+    pub fn seq_column(self) -> &'static str {
+        match self {
+            IdKind::Kafka => "_source_offset",
+            IdKind::Change => "lsn",
+            IdKind::File => "_line",
+        }
+    }
+
+    /// Every kind.
+    pub const ALL: [IdKind; 3] = [IdKind::Kafka, IdKind::Change, IdKind::File];
+}
+
+/// A record identity: the kind, the group it belongs to (a topic-partition, a change's op and key, a file), and
+/// its sequence number within the group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// Kind.
+    pub kind: IdKind,
+    /// Group text, e.g. `fleet.locations|3`.
+    pub group: String,
+    /// Offset, LSN or line.
+    pub seq: i64,
+}
+
+/// Group text of a Kafka identity.
+pub fn kafka_group(topic: &str, partition: i32) -> String {
+    format!("{topic}|{partition}")
+}
+
+/// Group text of a dropped file's identity.
+pub fn file_group(key: &str, etag: &str) -> String {
+    format!("{key}|{etag}")
+}
+
+/// Group text of a change's identity: op and the key values as text (dates as `YYYY-MM-DD`).
+pub fn change_group<'a>(op: &str, key: impl IntoIterator<Item = &'a str>) -> String {
+    let mut g = op.to_owned();
+    for part in key {
+        g.push('|');
+        g.push_str(part);
+    }
+    g
+}
+
+/// Formats days since 1970-01-01 as `YYYY-MM-DD`.
+pub fn date_text(days: i32) -> String {
+    NaiveDate::from_num_days_from_ce_opt(days.saturating_add(UNIX_EPOCH_DAYS_CE))
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| days.to_string())
+}
+
+/// Where a line was read: the object and its ETag, and the line's 1-based number.
+#[derive(Debug, Clone, Copy)]
+pub struct LineOrigin<'a> {
+    /// Object key.
+    pub key: &'a str,
+    /// Object ETag (without quotes).
+    pub etag: &'a str,
+    /// 1-based line number.
+    pub line: u64,
+}
+
+/// A top-level JSON object as (key, raw value) pairs, borrowing from the line.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(24));
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    // A repeated key: the last one wins, as in every JSON map.
+                    out.retain(|(k, _): &(Cow<'de, str>, &RawValue)| k != &key);
+                    out.push((key, value));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> Fields<'a> {
+    fn parse(text: &'a str) -> Result<Self, RowError> {
+        serde_json::from_str(text).map_err(|e| RowError(format!("not a JSON object: {e}")))
+    }
+
+    fn take(&mut self, name: &str) -> Option<&'a RawValue> {
+        let i = self.0.iter().position(|(k, _)| k == name)?;
+        Some(self.0.remove(i).1)
+    }
+}
+
+/// A typed value read from JSON.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell<'a> {
+    Null,
+    Str(Cow<'a, str>),
+    F64(f64),
+    I64(i64),
+    /// Microseconds since the epoch.
+    Micros(i64),
+    /// Days since the epoch.
+    Days(i32),
+}
+
+fn json_kind(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+fn raw_str<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    let inner = &text[1..text.len() - 1];
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+fn read_cell<'a>(c: &Column, raw: Option<&'a RawValue>) -> Result<Cell<'a>, RowError> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return if c.required { Err(invalid(c.name, "required")) } else { Ok(Cell::Null) };
+    };
+    let text = raw.get();
+    let wrong = |want: &str| invalid(c.name, format!("expected {want}, got {}", json_kind(text)));
+    let cell = match c.kind {
+        Kind::Utf8 => Cell::Str(raw_str(raw).ok_or_else(|| wrong("a string"))?),
+        Kind::Float64 => {
+            if json_kind(text) != "a number" {
+                return Err(wrong("a number"));
+            }
+            let v: f64 = text.parse().map_err(|_| wrong("a number"))?;
+            if !v.is_finite() {
+                return Err(invalid(c.name, "not a finite number"));
+            }
+            Cell::F64(v)
+        }
+        Kind::Int32 | Kind::Int64 => {
+            let v: i64 = text.parse().map_err(|_| wrong("an integer"))?;
+            if c.kind == Kind::Int32 && i32::try_from(v).is_err() {
+                return Err(invalid(c.name, format!("{v} does not fit in 32 bits")));
+            }
+            Cell::I64(v)
+        }
+        Kind::EpochMillis => {
+            let ms: i64 = text.parse().map_err(|_| wrong("integer epoch milliseconds"))?;
+            Cell::Micros(ms.checked_mul(1000).ok_or_else(|| invalid(c.name, "out of range"))?)
+        }
+        Kind::Timestamp => {
+            let s = raw_str(raw).ok_or_else(|| wrong("an RFC 3339 timestamp string"))?;
+            let t = DateTime::parse_from_rfc3339(&s)
+                .map_err(|e| invalid(c.name, format!("not an RFC 3339 timestamp ({e}): {s:?}")))?;
+            Cell::Micros(t.timestamp_micros())
+        }
+        Kind::Date => match raw_str(raw) {
+            Some(s) => {
+                let d = NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+                    .map_err(|e| invalid(c.name, format!("not a YYYY-MM-DD date ({e}): {s:?}")))?;
+                Cell::Days(d.num_days_from_ce() - UNIX_EPOCH_DAYS_CE)
+            }
+            None => {
+                let days: i32 = text.parse().map_err(|_| wrong("a YYYY-MM-DD string or epoch days"))?;
+                Cell::Days(days)
+            }
+        },
+    };
+    check(c, &cell)?;
+    Ok(cell)
+}
+
+fn check(c: &Column, cell: &Cell<'_>) -> Result<(), RowError> {
+    match (c.check, cell) {
+        (Check::Range(lo, hi), Cell::F64(v)) if !(lo..=hi).contains(v) => {
+            Err(invalid(c.name, format!("{v} is outside {lo}..={hi}")))
+        }
+        (Check::Len(lo, hi), Cell::Str(s)) if !(lo..=hi).contains(&s.chars().count()) => {
+            Err(invalid(c.name, format!("must be {lo} to {hi} characters")))
+        }
+        (Check::OneOf(allowed), Cell::Str(s)) if !allowed.contains(&s.as_ref()) => {
+            Err(invalid(c.name, format!("{s:?} is not one of {allowed:?}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// One column's builder.
+#[derive(Debug)]
+enum Builder {
+    Utf8(StringBuilder),
+    F64(Float64Builder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    Ts(TimestampMicrosecondBuilder),
+    Date(Date32Builder),
+}
+
+impl Builder {
+    fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Utf8 => Builder::Utf8(StringBuilder::new()),
+            Kind::Float64 => Builder::F64(Float64Builder::new()),
+            Kind::Int32 => Builder::I32(Int32Builder::new()),
+            Kind::Int64 => Builder::I64(Int64Builder::new()),
+            Kind::Timestamp | Kind::EpochMillis => Builder::Ts(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+            Kind::Date => Builder::Date(Date32Builder::new()),
+        }
+    }
+
+    fn append(&mut self, cell: &Cell<'_>) {
+        match (self, cell) {
+            (Builder::Utf8(b), Cell::Str(s)) => b.append_value(s),
+            (Builder::F64(b), Cell::F64(v)) => b.append_value(*v),
+            (Builder::F64(b), Cell::I64(v)) => b.append_value(*v as f64),
+            // Int32 cells were range-checked when read.
+            (Builder::I32(b), Cell::I64(v)) => b.append_option(i32::try_from(*v).ok()),
+            (Builder::I64(b), Cell::I64(v)) => b.append_value(*v),
+            (Builder::Ts(b), Cell::Micros(v)) => b.append_value(*v),
+            (Builder::Date(b), Cell::Days(v)) => b.append_value(*v),
+            (b, _) => b.append_null(),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Builder::Utf8(b) => b.append_null(),
+            Builder::F64(b) => b.append_null(),
+            Builder::I32(b) => b.append_null(),
+            Builder::I64(b) => b.append_null(),
+            Builder::Ts(b) => b.append_null(),
+            Builder::Date(b) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Utf8(b) => Arc::new(b.finish()),
+            Builder::F64(b) => Arc::new(b.finish()),
+            Builder::I32(b) => Arc::new(b.finish()),
+            Builder::I64(b) => Arc::new(b.finish()),
+            Builder::Ts(b) => Arc::new(b.finish()),
+            Builder::Date(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// The `_source` lineage object as landed: Kafka coordinates, or the key and ETag of a dropped file.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Source<'a> {
+    #[serde(borrow, default)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(default)]
+    partition: Option<i64>,
+    #[serde(default)]
+    offset: Option<i64>,
+    #[serde(default)]
+    timestamp: Option<i64>,
+    #[serde(borrow, default)]
+    key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    etag: Option<Cow<'a, str>>,
+}
+
+/// Converts lines of one table's input into record batches of the table's schema, keeping each row's identity.
+#[derive(Debug)]
+pub struct Converter {
+    spec: &'static TableSpec,
+    schema: SchemaRef,
+    builders: Vec<Builder>,
+    ids: Vec<Identity>,
+    rows: usize,
+}
+
+impl Converter {
+    /// A converter for `spec`.
+    pub fn new(spec: &'static TableSpec) -> Self {
+        let schema = spec.arrow_schema();
+        let builders = spec.columns().into_iter().map(|(_, kind, _)| Builder::new(kind)).collect();
+        Self { spec, schema, builders, ids: Vec::new(), rows: 0 }
+    }
+
+    /// The table's schema.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Rows converted since the last [`Converter::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Converts one line: the row is added, or the reason it was refused is returned (and nothing is added).
+    pub fn push(&mut self, line: &[u8], origin: LineOrigin<'_>) -> Result<(), RowError> {
+        let text = std::str::from_utf8(line).map_err(|e| RowError(format!("not UTF-8: {e}")))?;
+        let mut top = Fields::parse(text)?;
+        let mut cells: Vec<Cell<'_>> = Vec::with_capacity(self.builders.len());
+        let mut key_text: Vec<String> = Vec::new();
+        let source_raw = top.take("_source");
+        let ingested_raw = top.take("_ingested_at");
+        let extra = match self.spec.layout {
+            Layout::Record => {
+                for c in self.spec.data {
+                    cells.push(read_cell(c, top.take(c.name))?);
+                }
+                extra_json(&top, None)
+            }
+            Layout::Change { key } => {
+                for c in &CHANGE_COLUMNS {
+                    cells.push(read_cell(c, top.take(c.name))?);
+                }
+                let row_raw =
+                    top.take("row").filter(|r| r.get() != "null").ok_or_else(|| invalid("row", "required"))?;
+                let mut row = Fields::parse(row_raw.get()).map_err(|e| invalid("row", e))?;
+                for c in self.spec.data {
+                    let cell = read_cell(c, row.take(c.name))?;
+                    if key.contains(&c.name) {
+                        key_text.push(match &cell {
+                            Cell::Str(s) => s.to_string(),
+                            Cell::Days(d) => date_text(*d),
+                            Cell::F64(v) => v.to_string(),
+                            Cell::I64(v) | Cell::Micros(v) => v.to_string(),
+                            Cell::Null => String::new(),
+                        });
+                    }
+                    cells.push(cell);
+                }
+                // Unknown fields of the row go to `_extra`; unknown fields of the change line itself (none today)
+                // go there too, under `_change`.
+                let top_extra = extra_json(&top, None);
+                extra_json(&row, top_extra.as_deref().map(|t| ("_change", t)))
+            }
+        };
+        let source: Source<'_> = match source_raw.filter(|r| r.get() != "null") {
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| invalid("_source", e))?,
+            None => Source::default(),
+        };
+        let partition = match source.partition {
+            Some(p) => Some(i32::try_from(p).map_err(|_| invalid("_source.partition", "does not fit in 32 bits"))?),
+            None => None,
+        };
+        let ingested = read_cell(&LINEAGE_COLUMNS[6], ingested_raw)?;
+
+        // The row's identity.
+        let line_no = i64::try_from(origin.line).unwrap_or(i64::MAX);
+        let id = match (self.spec.layout, &source.topic, partition, source.offset) {
+            (Layout::Change { .. }, ..) => {
+                let op = match &cells[0] {
+                    Cell::Str(s) => s.to_string(),
+                    _ => String::new(),
+                };
+                let lsn = match cells[2] {
+                    Cell::I64(v) => v,
+                    _ => 0,
+                };
+                Identity {
+                    kind: IdKind::Change,
+                    group: change_group(&op, key_text.iter().map(String::as_str)),
+                    seq: lsn,
+                }
+            }
+            (Layout::Record, Some(topic), Some(p), Some(offset)) => {
+                Identity { kind: IdKind::Kafka, group: kafka_group(topic, p), seq: offset }
+            }
+            (Layout::Record, ..) => Identity {
+                kind: IdKind::File,
+                group: file_group(
+                    source.key.as_deref().unwrap_or(origin.key),
+                    source.etag.as_deref().unwrap_or(origin.etag),
+                ),
+                seq: line_no,
+            },
+        };
+        // A row without Kafka coordinates records the file it is identified by, so the identity can be rebuilt
+        // from the table.
+        let (src_key, src_etag) = if id.kind == IdKind::File {
+            (
+                Some(source.key.unwrap_or(Cow::Borrowed(origin.key))),
+                Some(source.etag.unwrap_or(Cow::Borrowed(origin.etag))),
+            )
+        } else {
+            (source.key, source.etag)
+        };
+
+        // The derived partition value.
+        let derived = match self.spec.partitioning.filter(|p| p.column != p.from) {
+            Some(p) => {
+                let i = self.spec.data.iter().position(|c| c.name == p.from).unwrap_or(0);
+                let offset = if matches!(self.spec.layout, Layout::Change { .. }) { CHANGE_COLUMNS.len() } else { 0 };
+                match cells[offset + i] {
+                    Cell::Micros(us) => Some(Cell::Days(us.div_euclid(86_400_000_000) as i32)),
+                    _ => return Err(invalid(p.from, "required for the partition")),
+                }
+            }
+            None => None,
+        };
+
+        // All checks passed: append.
+        let mut b = self.builders.iter_mut();
+        for cell in &cells {
+            if let Some(b) = b.next() {
+                b.append(cell);
+            }
+        }
+        let lineage = [
+            source.topic.map_or(Cell::Null, Cell::Str),
+            partition.map_or(Cell::Null, |p| Cell::I64(i64::from(p))),
+            source.offset.map_or(Cell::Null, Cell::I64),
+            source.timestamp.map_or(Cell::Null, |ms| Cell::Micros(ms.saturating_mul(1000))),
+            src_key.map_or(Cell::Null, Cell::Str),
+            src_etag.map_or(Cell::Null, Cell::Str),
+            ingested,
+            Cell::Str(Cow::Borrowed(origin.key)),
+            Cell::I64(line_no),
+        ];
+        let extra = extra.map_or(Cell::Null, |e| Cell::Str(Cow::Owned(e)));
+        for cell in std::iter::once(&extra).chain(lineage.iter()).chain(derived.iter()) {
+            if let Some(b) = b.next() {
+                b.append(cell);
+            }
+        }
+        self.ids.push(id);
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// The rows converted so far as one record batch, with their identities in row order; the converter starts
+    /// over empty.
+    pub fn finish(&mut self) -> Result<(RecordBatch, Vec<Identity>), ArrowError> {
+        let columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        self.rows = 0;
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        Ok((batch, std::mem::take(&mut self.ids)))
+    }
+}
+
+/// The unknown fields left in `fields` (and `nested`, a further member) as a JSON object's text, or `None` when
+/// there are none.
+fn extra_json(fields: &Fields<'_>, nested: Option<(&str, &str)>) -> Option<String> {
+    if fields.0.is_empty() && nested.is_none() {
+        return None;
+    }
+    let mut out = String::from("{");
+    let members = fields.0.iter().map(|(k, v)| (k.as_ref(), v.get())).chain(nested);
+    for (i, (k, v)) in members.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k).unwrap_or_default());
+        out.push(':');
+        out.push_str(v);
+    }
+    out.push('}');
+    Some(out)
+}
+
+/// Identity columns present in a table, by kind: the columns that rebuild an [`Identity`] from stored rows.
+pub fn identity_columns(spec: &TableSpec) -> Vec<&'static str> {
+    match spec.layout {
+        Layout::Record => {
+            vec!["_source_topic", "_source_partition", "_source_offset", "_source_key", "_source_etag", "_line"]
+        }
+        Layout::Change { key } => {
+            let mut cols = vec!["op", "lsn"];
+            cols.extend_from_slice(key);
+            cols
+        }
+    }
+}
+
+/// Quick lookup from a column name to its kind.
+pub fn column_kinds(spec: &TableSpec) -> HashMap<&'static str, Kind> {
+    spec.columns().into_iter().map(|(n, k, _)| (n, k)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::{AsArray, Float64Array};
+    use deltalake::arrow::datatypes::{Date32Type, Int64Type, TimestampMicrosecondType};
+
+    fn origin(line: u64) -> LineOrigin<'static> {
+        LineOrigin { key: "enriched/locations/dt=2026-11-24/f.ndjson.gz", etag: "e1", line }
+    }
+
+    const POSITION: &str = r#"{"transport_unit_id":"TU-1","ts":"2026-11-24T23:45:00+01:00","lat":53.5,"lon":9.9,"speed_kmh":12,"_source":{"topic":"fleet.locations","partition":2,"offset":7,"timestamp":1795507200001},"_ingested_at":"2026-11-24T08:00:00Z","weather_code":61,"flight_level":"FL350","tags":["a"]}"#;
+
+    #[test]
+    fn a_position_becomes_one_typed_row_with_lineage_and_identity() {
+        let mut c = Converter::new(&LOCATIONS);
+        c.push(POSITION.as_bytes(), origin(3)).unwrap();
+        let (batch, ids) = c.finish().unwrap();
+        assert_eq!(batch.num_rows(), 1);
+        let ts = batch.column_by_name("ts").unwrap().as_primitive::<TimestampMicrosecondType>().value(0);
+        assert_eq!(ts, 1_795_560_300_000_000, "the offset is applied: 22:45 UTC");
+        let day = batch.column_by_name("event_date").unwrap().as_primitive::<Date32Type>().value(0);
+        assert_eq!(date_text(day), "2026-11-24", "the UTC date of ts");
+        let speed =
+            batch.column_by_name("speed_kmh").unwrap().as_any().downcast_ref::<Float64Array>().unwrap().value(0);
+        assert_eq!(speed, 12.0, "an integer is a valid number");
+        assert_eq!(
+            batch.column_by_name("_extra").unwrap().as_string::<i32>().value(0),
+            r#"{"flight_level":"FL350","tags":["a"]}"#
+        );
+        let src_ts =
+            batch.column_by_name("_source_timestamp").unwrap().as_primitive::<TimestampMicrosecondType>().value(0);
+        assert_eq!(src_ts, 1_795_507_200_001_000, "milliseconds kept");
+        assert_eq!(batch.column_by_name("_line").unwrap().as_primitive::<Int64Type>().value(0), 3);
+        assert!(batch.column_by_name("_source_key").unwrap().is_null(0), "a Kafka record names no file");
+        assert_eq!(ids, [Identity { kind: IdKind::Kafka, group: "fleet.locations|2".into(), seq: 7 }]);
+        assert_eq!(batch.schema(), LOCATIONS.arrow_schema());
+    }
+
+    #[test]
+    fn a_record_of_a_dropped_file_is_identified_by_file_and_line() {
+        let mut c = Converter::new(&LOCATIONS);
+        let line = r#"{"transport_unit_id":"TU-1","ts":"2026-11-24T10:00:00Z","lat":1,"lon":2,"_source":{"key":"landing/locations/dt=2026-11-24/drop.ndjson.gz","etag":"abc"}}"#;
+        c.push(line.as_bytes(), origin(9)).unwrap();
+        let (_, ids) = c.finish().unwrap();
+        assert_eq!(
+            ids,
+            [Identity {
+                kind: IdKind::File,
+                group: "landing/locations/dt=2026-11-24/drop.ndjson.gz|abc".into(),
+                seq: 9
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_records_are_refused_with_the_field_and_nothing_is_added() {
+        let cases = [
+            (r#"{"ts":"2026-11-24T10:00:00Z","lat":1,"lon":2}"#, "transport_unit_id: required"),
+            (r#"{"transport_unit_id":"T","ts":"2026-11-24","lat":1,"lon":2}"#, "ts: not an RFC 3339 timestamp"),
+            (r#"{"transport_unit_id":"T","ts":"2026-11-24T10:00:00Z","lat":91,"lon":2}"#, "lat: 91 is outside"),
+            (
+                r#"{"transport_unit_id":"T","ts":"2026-11-24T10:00:00Z","lat":"1","lon":2}"#,
+                "lat: expected a number, got a string",
+            ),
+            (
+                r#"{"transport_unit_id":"T","ts":"2026-11-24T10:00:00Z","lat":1,"lon":2,"weather_code":1.5}"#,
+                "weather_code: expected an integer",
+            ),
+            (
+                r#"{"transport_unit_id":"T","ts":"2026-11-24T10:00:00Z","lat":1,"lon":2,"transport_type":"rail"}"#,
+                "transport_type: \"rail\" is not one of",
+            ),
+            (r#"[1,2]"#, "not a JSON object"),
+            (r#"{"transport_unit_id":"T","#, "not a JSON object"),
+        ];
+        let mut c = Converter::new(&LOCATIONS);
+        for (line, want) in cases {
+            let err = c.push(line.as_bytes(), origin(1)).unwrap_err();
+            assert!(err.0.starts_with(want), "{line}: {err}");
+        }
+        assert!(c.is_empty());
+        c.push(POSITION.as_bytes(), origin(2)).unwrap();
+        let (batch, ids) = c.finish().unwrap();
+        assert_eq!((batch.num_rows(), ids.len()), (1, 1), "columns stay aligned after refusals");
+    }
+
+    #[test]
+    fn changes_carry_op_lsn_and_a_key_identity_and_accept_debezium_dates() {
+        let mut c = Converter::new(&PERFORMANCE_STATS);
+        let line = r#"{"op":"u","ts_ms":1795507197000,"lsn":24023512,"row":{"transport_unit_id":"TU-42","stat_date":20415,"distance_km":1.5,"note":"x"},"_source":{"topic":"pg.public.performance_stats","partition":0,"offset":6,"timestamp":1}}"#;
+        c.push(line.as_bytes(), origin(1)).unwrap();
+        let (batch, ids) = c.finish().unwrap();
+        assert_eq!(ids, [Identity { kind: IdKind::Change, group: "u|TU-42|2025-11-23".into(), seq: 24_023_512 }]);
+        assert_eq!(batch.column_by_name("_extra").unwrap().as_string::<i32>().value(0), r#"{"note":"x"}"#);
+        assert!(batch.column_by_name("fuel_used_l").unwrap().is_null(0));
+        let missing_key = r#"{"op":"d","ts_ms":1,"lsn":2,"row":{"transport_unit_id":"TU-42"}}"#;
+        assert_eq!(c.push(missing_key.as_bytes(), origin(2)).unwrap_err().0, "stat_date: required");
+        let bad_op = r#"{"op":"x","ts_ms":1,"lsn":2,"row":{"transport_unit_id":"TU-42","stat_date":"2026-11-23"}}"#;
+        assert!(c.push(bad_op.as_bytes(), origin(3)).unwrap_err().0.starts_with("op: \"x\" is not one of"));
+    }
+
+    #[test]
+    fn every_table_indexes_its_identity_columns_in_file_statistics() {
+        // deltalake collects statistics for the first 32 columns; the identity's sequence columns must be among them.
+        for t in TABLES {
+            let names: Vec<&str> = t.columns().iter().map(|c| c.0).collect();
+            for col in ["_source_offset", "_source_partition", "_line"]
+                .into_iter()
+                .chain(matches!(t.layout, Layout::Change { .. }).then_some("lsn"))
+            {
+                let i = names.iter().position(|n| *n == col).unwrap();
+                assert!(i < 32, "{} {col} is column {i}", t.name);
+            }
+        }
+    }
+}

@@ -1,8 +1,9 @@
 //! fleetlake's shared core: record validation and landing logic, typed config, S3 and quarantine adapters, telemetry.
 //!
 //! The modules split into a functional core that does no I/O (`records`, `cdc`, `landing`, `enrich`, `lake`, `ndjson`, `s3event`)
-//! and thin adapters around the AWS SDK (`aws`, `s3`, `quarantine`, `weather`). With the `delta` feature: the bronze
-//! tables' schemas and JSON → Arrow conversion (`bronze`, no I/O) and the Delta Lake adapter (`delta`) and the process (`config`, `telemetry`).
+//! and thin adapters around the AWS SDK (`aws`, `s3`, `quarantine`, `weather`) and the process (`config`, `telemetry`).
+//! With the `delta` feature: the bronze tables' schemas and JSON → Arrow conversion (`bronze`, no I/O) and the Delta
+//! Lake adapter (`delta`).
 
 pub mod aws;
 #[cfg(feature = "delta")]

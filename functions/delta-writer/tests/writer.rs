@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use fleetlake_testkit::{venv_bin, workspace_root, LambdaHarness, Moto};
@@ -82,12 +81,7 @@ fn s3_notification(bucket: &str, keys: &[&str]) -> Value {
 }
 
 fn gzip(lines: &[String]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    for l in lines {
-        gz.write_all(l.as_bytes()).unwrap();
-        gz.write_all(b"\n").unwrap();
-    }
-    gz.finish().unwrap()
+    fleetlake::ndjson::gzip_lines(lines.iter().map(|l| l.as_bytes())).unwrap()
 }
 
 /// An enriched position from Kafka partition `partition` at `offset`.

@@ -17,12 +17,12 @@ LAMBDA_PORT ?= 9000
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra template-check demo down bench bench-enricher bench-delta build sam-build clean-local
+.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra template-check demo down bench bench-enricher bench-delta bench-sync build sam-build clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), functions under cargo lambda watch, sample batches, summary"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
-	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines (release build)"
+	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency (release build)"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
 
@@ -75,11 +75,15 @@ demo: toolchain venv
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 
-bench: bench-enricher bench-delta
+bench: bench-enricher bench-delta bench-sync
 
 bench-enricher: toolchain venv
 	cargo build --release -p weather-enricher -p fleetlake-bench
 	$(TARGET_DIR)/release/bench-enricher --enricher $(TARGET_DIR)/release/weather-enricher $(BENCH_ARGS)
+
+bench-sync: toolchain venv
+	cargo build --release -p partition-sync -p fleetlake-bench
+	$(TARGET_DIR)/release/bench-sync --sync $(TARGET_DIR)/release/partition-sync $(BENCH_SYNC_ARGS)
 
 bench-delta: toolchain venv
 	cargo build --release -p delta-writer -p fleetlake-bench

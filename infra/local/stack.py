@@ -102,9 +102,39 @@ def bootstrap(endpoint):
         c["glue"].create_database(DatabaseInput={"Name": db, "Description": "fleetlake bronze tables (Delta Lake on S3)"})
     except c["glue"].exceptions.AlreadyExistsException:
         pass
+    for t in d.get("glue_tables", []):
+        table_input = glue_table_input(t, bucket, d["bucket"]["prefixes"]["bronze"])
+        try:
+            c["glue"].create_table(DatabaseName=db, TableInput=table_input)
+        except c["glue"].exceptions.AlreadyExistsException:
+            c["glue"].update_table(DatabaseName=db, TableInput=table_input)
     return {"LAKE_BUCKET": bucket, "GLUE_DATABASE": db,
             **{f"QUEUE_{q['logical_id']}": resolve(q["name"], loc) for q in d["queues"]},
             **{f"TABLE_{t['logical_id']}": resolve(t["name"], loc) for t in d["tables"]}}
+
+
+MANIFEST_FOLDER = "_symlink_format_manifest"
+SYMLINK_INPUT = "org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat"
+HIVE_TEXT_OUTPUT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+
+
+def glue_table_input(t, bucket, bronze_prefix):
+    """A Glue table over a bronze table's symlink manifests, as template.yaml defines it."""
+    return {
+        "Name": t["name"],
+        "Description": f"bronze/{t['bronze_table']} (Delta Lake) through its symlink manifests, kept by partition-sync",
+        "TableType": "EXTERNAL_TABLE",
+        "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE"},
+        "PartitionKeys": [{"Name": n, "Type": ty} for n, ty in t["partition_keys"]],
+        "StorageDescriptor": {
+            "Location": f"s3://{bucket}/{bronze_prefix}{t['bronze_table']}/{MANIFEST_FOLDER}/",
+            "InputFormat": SYMLINK_INPUT,
+            "OutputFormat": HIVE_TEXT_OUTPUT,
+            "SerdeInfo": {"SerializationLibrary": PARQUET_SERDE},
+            "Columns": [{"Name": n, "Type": ty} for n, ty in t["columns"]],
+        },
+    }
 
 
 def wait_http(url, what, seconds=60, proc=None, log=None):
@@ -268,6 +298,18 @@ def check_template(args):
 
     g = resource(d["glue_database"]["logical_id"], "AWS::Glue::Database")
     expect("Glue database name", sub_text(g.get("DatabaseInput", {}).get("Name")), d["glue_database"]["name"])
+    for gt in d.get("glue_tables", []):
+        p = resource(gt["logical_id"], "AWS::Glue::Table")
+        ti = p.get("TableInput", {})
+        want = glue_table_input(gt, d["bucket"]["name"], d["bucket"]["prefixes"]["bronze"])
+        expect(f"{gt['logical_id']} name", ti.get("Name"), want["Name"])
+        expect(f"{gt['logical_id']} database", p.get("DatabaseName"), {"Ref": d["glue_database"]["logical_id"]})
+        expect(f"{gt['logical_id']} partition keys", ti.get("PartitionKeys"), want["PartitionKeys"])
+        sd = ti.get("StorageDescriptor", {})
+        for k in ("InputFormat", "OutputFormat", "Columns"):
+            expect(f"{gt['logical_id']} {k}", sd.get(k), want["StorageDescriptor"][k])
+        expect(f"{gt['logical_id']} SerDe", sd.get("SerdeInfo"), want["StorageDescriptor"]["SerdeInfo"])
+        expect(f"{gt['logical_id']} location", sub_text(sd.get("Location")), want["StorageDescriptor"]["Location"])
 
     for f in d["functions"]:
         r = res.get(f["logical_id"], {})
@@ -297,6 +339,7 @@ def check_template(args):
         print("template.yaml and infra/local/stack.json disagree:", *problems, sep="\n  - ")
         sys.exit(1)
     print(f"template.yaml agrees with stack.json ({len(d['queues'])} queues, {len(d['tables'])} tables, "
+          f"{len(d.get('glue_tables', []))} Glue tables, "
           f"{len(want_notifications)} notifications, {len(d['functions'])} functions)")
 
 

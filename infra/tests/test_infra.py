@@ -1,6 +1,7 @@
 """Checks of the infrastructure definitions: template agreement, IAM rules, and the local stack on moto."""
 import copy
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -42,6 +43,19 @@ class TemplateAgreement(unittest.TestCase):
         r = self.run_check(moved)
         self.assertEqual(r.returncode, 1)
         self.assertIn("LANDING_PREFIX", r.stdout)
+
+
+class AthenaDdl(unittest.TestCase):
+    def test_the_shipped_ddl_has_the_glue_tables_columns(self):
+        ddl = (ROOT / "infra/athena/bronze_tables.sql").read_text()
+        tables = json.loads((ROOT / "infra/local/stack.json").read_text())["glue_tables"]
+        for t in tables:
+            m = re.search(r"CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake\." + t["name"] + r" \((.*?)\)\n(PARTITIONED BY \((.*?)\)\n)?", ddl, re.S)
+            self.assertIsNotNone(m, t["name"])
+            cols = [c.strip().replace("`", "").split() for c in m.group(1).split(",")]
+            self.assertEqual(cols, t["columns"], t["name"])
+            keys = [c.strip().split() for c in m.group(3).split(",")] if m.group(3) else []
+            self.assertEqual(keys, t["partition_keys"], t["name"])
 
 
 class IamRules(unittest.TestCase):
@@ -113,6 +127,9 @@ class LocalStackOnMoto(unittest.TestCase):
         self.assertEqual(c["dynamodb"].describe_table(TableName="fleetlake-predictions")["Table"]["KeySchema"][0]["AttributeName"],
                          "transport_unit_id")
         self.assertEqual(c["glue"].get_database(Name="fleetlake")["Database"]["Name"], "fleetlake")
+        loc = c["glue"].get_table(DatabaseName="fleetlake", Name="bronze_locations")["Table"]
+        self.assertEqual([k["Name"] for k in loc["PartitionKeys"]], ["event_date"])
+        self.assertEqual(loc["StorageDescriptor"]["Location"], f"s3://{bucket}/bronze/locations/_symlink_format_manifest/")
         queue = c["sqs"].get_queue_url(QueueName="fleetlake-delta-writer")["QueueUrl"]
         redrive = json.loads(c["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
         self.assertTrue(redrive["deadLetterTargetArn"].endswith(":fleetlake-delta-writer-dlq"))

@@ -136,6 +136,37 @@ impl DeltaSettings {
     }
 }
 
+/// deltalake storage options from the standard environment: the endpoint (`AWS_ENDPOINT_URL_S3` or
+/// `AWS_ENDPOINT_URL`, with `allow_http` for `http://`), the region, and request deadlines. Credentials are read
+/// by the object store from the environment itself.
+pub fn storage_options(env: &crate::config::Env) -> HashMap<String, String> {
+    let mut options = HashMap::from([
+        // Every request has a deadline; the object store retries within it.
+        ("timeout".to_owned(), "30s".to_owned()),
+        ("connect_timeout".to_owned(), "5s".to_owned()),
+    ]);
+    if let Some(endpoint) = env.get("AWS_ENDPOINT_URL_S3").or(env.get("AWS_ENDPOINT_URL")) {
+        options.insert("AWS_ENDPOINT_URL".to_owned(), endpoint.to_owned());
+        if endpoint.starts_with("http://") {
+            options.insert("AWS_ALLOW_HTTP".to_owned(), "true".to_owned());
+        }
+    }
+    if let Some(region) = env.get("AWS_REGION").or(env.get("AWS_DEFAULT_REGION")) {
+        options.insert("AWS_REGION".to_owned(), region.to_owned());
+    }
+    options
+}
+
+/// Opens an existing table at `url` (latest version); never creates one.
+pub async fn open_existing(
+    spec: &'static TableSpec,
+    url: Url,
+    storage_options: HashMap<String, String>,
+) -> Result<DeltaTable, DeltaError> {
+    let err = |source| DeltaError::Delta { table: spec.name, source };
+    DeltaTableBuilder::from_url(url).map_err(err)?.with_storage_options(storage_options).load().await.map_err(err)
+}
+
 fn delta_type(kind: Kind) -> DataType {
     match kind {
         Kind::Utf8 => DataType::STRING,
@@ -290,16 +321,23 @@ struct IdSet {
 struct Interner {
     ids: HashMap<String, u32>,
     names: Vec<String>,
+    /// The last group interned: consecutive rows nearly always share it.
+    last: Option<u32>,
 }
 
 impl Interner {
     fn intern(&mut self, group: &str) -> u32 {
+        if let Some(last) = self.last.filter(|&l| self.names[l as usize] == group) {
+            return last;
+        }
         if let Some(&id) = self.ids.get(group) {
+            self.last = Some(id);
             return id;
         }
         let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
         self.ids.insert(group.to_owned(), id);
         self.names.push(group.to_owned());
+        self.last = Some(id);
         id
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! The modules split into a functional core that does no I/O (`records`, `cdc`, `landing`, `enrich`, `lake`, `ndjson`, `s3event`)
 //! and thin adapters around the AWS SDK (`aws`, `s3`, `quarantine`, `weather`) and the process (`config`, `telemetry`).
-//! With the `delta` feature: the bronze tables' schemas and JSON → Arrow conversion (`bronze`, no I/O) and the Delta
-//! Lake adapter (`delta`).
+//! With the `delta` feature: the bronze tables' schemas and JSON → Arrow conversion (`bronze`, no I/O), the Delta
+//! Lake adapter (`delta`) and commits → partitions and manifests (`partitions`, no I/O); with `glue`, the Glue
+//! Data Catalog adapter (`glue`).
 
 pub mod aws;
 #[cfg(feature = "delta")]
@@ -14,9 +15,13 @@ pub mod config;
 pub mod delta;
 pub mod enrich;
 pub mod error;
+#[cfg(feature = "glue")]
+pub mod glue;
 pub mod lake;
 pub mod landing;
 pub mod ndjson;
+#[cfg(feature = "delta")]
+pub mod partitions;
 pub mod quarantine;
 pub mod records;
 pub mod s3;

@@ -119,6 +119,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_truncated_gzip_stream_is_an_error_not_a_short_read() {
+        let lines: Vec<Vec<u8>> =
+            (0..3000).map(|i| format!("{{\"n\":{i},\"pad\":\"{i:0>40}\"}}").into_bytes()).collect();
+        let gz = gzip_lines(lines.iter().map(Vec::as_slice)).unwrap();
+        let cut = &gz[..gz.len() * 9 / 10];
+        let mut decoder = GzipDecoder::new(BufReader::new(cut));
+        decoder.multiple_members(true);
+        let mut reader = LineReader::new(BufReader::new(decoder));
+        let mut read = 0;
+        let end = loop {
+            match reader.next_line().await {
+                Ok(Some(_)) => read += 1,
+                other => break other,
+            }
+        };
+        assert!(end.is_err(), "read {read} lines, then {end:?}");
+    }
+
+    #[tokio::test]
     async fn the_limit_is_exact() {
         for (len, accepted) in [(MAX_LINE_BYTES, true), (MAX_LINE_BYTES + 1, false), (MAX_LINE_BYTES + 2, false)] {
             let mut text = vec![b'y'; len];

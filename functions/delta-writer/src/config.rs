@@ -1,7 +1,5 @@
 //! delta-writer's configuration, read once at init.
 
-use std::collections::HashMap;
-
 use fleetlake::config::{ConfigError, Env, LakeConfig, Prefix};
 use fleetlake::delta::DeltaSettings;
 use url::Url;
@@ -64,20 +62,7 @@ impl Config {
         }
         let bronze_url = Url::parse(&format!("s3://{}/{}", lake.bucket, bronze_prefix))
             .map_err(|e| ConfigError::new("BRONZE_PREFIX", format!("not usable in a URL: {e}")))?;
-        let mut storage_options = HashMap::from([
-            // Every request has a deadline; the object store retries within it.
-            ("timeout".to_owned(), "30s".to_owned()),
-            ("connect_timeout".to_owned(), "5s".to_owned()),
-        ]);
-        if let Some(endpoint) = env.get("AWS_ENDPOINT_URL_S3").or(env.get("AWS_ENDPOINT_URL")) {
-            storage_options.insert("AWS_ENDPOINT_URL".to_owned(), endpoint.to_owned());
-            if endpoint.starts_with("http://") {
-                storage_options.insert("AWS_ALLOW_HTTP".to_owned(), "true".to_owned());
-            }
-        }
-        if let Some(region) = env.get("AWS_REGION").or(env.get("AWS_DEFAULT_REGION")) {
-            storage_options.insert("AWS_REGION".to_owned(), region.to_owned());
-        }
+        let storage_options = fleetlake::delta::storage_options(env);
         Ok(Self {
             enriched_prefix: Prefix::parse("ENRICHED_PREFIX", env.get("ENRICHED_PREFIX").unwrap_or("enriched/"))?,
             chunk_records,

@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
+use deltalake::arrow::record_batch::RecordBatch;
+use fleetlake::bronze::Identity;
 use fleetlake::bronze::{Converter, LineOrigin, TableSpec, Zone};
 use fleetlake::delta::{open_or_create, AppendStats, Appender, DeltaError};
 use fleetlake::enrich::key_date;
@@ -21,7 +23,7 @@ use fleetlake::s3event::{parse_trigger, EventError, ObjectRef, Trigger};
 use fleetlake::telemetry::Metrics;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 use tracing::{error, info, instrument, warn};
 
 use crate::config::Config;
@@ -88,7 +90,7 @@ struct TableResult {
 }
 
 #[instrument(skip_all)]
-pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &Deps) -> Result<Value, HandlerError> {
+pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &'static Deps) -> Result<Value, HandlerError> {
     let mut metrics = Metrics::new(STAGE);
     metrics.property("requestId", event.context.request_id.clone());
     let trigger = parse_trigger(&event.payload).inspect_err(|e| error!(error = %e, "event not understood"))?;
@@ -194,7 +196,7 @@ fn table_for(cfg: &Config, obj: &ObjectRef) -> Option<&'static TableSpec> {
 
 /// Appends one table's objects, redoing the append if a concurrent writer committed some of the same records.
 #[instrument(skip(deps, objects), fields(table = spec.name, objects = objects.len()))]
-async fn append_table(deps: &Deps, spec: &'static TableSpec, objects: &[ObjectRef]) -> TableResult {
+async fn append_table(deps: &'static Deps, spec: &'static TableSpec, objects: &[ObjectRef]) -> TableResult {
     let mut failed: BTreeMap<String, ObjectFailure> = BTreeMap::new();
     let mut redo = 0;
     loop {
@@ -222,8 +224,11 @@ async fn append_table(deps: &Deps, spec: &'static TableSpec, objects: &[ObjectRe
 
 /// One attempt at a table's append. Objects that fail are added to `failed` and left out; an object that fails
 /// after some of its rows were written makes the attempt start over without it.
+///
+/// Objects are read and converted on a task of their own while this one checks and encodes the previous chunk:
+/// the two CPU-heavy halves run on two cores when the function has them.
 async fn try_append(
-    deps: &Deps,
+    deps: &'static Deps,
     spec: &'static TableSpec,
     objects: &[ObjectRef],
     failed: &mut BTreeMap<String, ObjectFailure>,
@@ -231,23 +236,41 @@ async fn try_append(
     'attempt: loop {
         let table = take_table(deps, spec).await?;
         let mut appender = Appender::new(spec, table, deps.config.target_file_bytes)?;
+        let todo: Vec<ObjectRef> = objects.iter().filter(|o| !failed.contains_key(&o.key)).cloned().collect();
+        let (tx, mut rx) = mpsc::channel(PIPELINE_CHUNKS);
+        // One converting task per core (objects dealt round-robin), all feeding this one.
+        let tasks = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, todo.len().max(1));
+        let producers: Vec<AbortOnDrop> = (0..tasks)
+            .map(|k| {
+                let share: Vec<(usize, ObjectRef)> = todo.iter().cloned().enumerate().skip(k).step_by(tasks).collect();
+                AbortOnDrop(tokio::spawn(convert_objects(deps, spec, share, tx.clone())))
+            })
+            .collect();
+        drop(tx);
         let mut quarantined = 0;
-        for obj in objects {
-            if failed.contains_key(&obj.key) {
-                continue;
-            }
-            match append_object(deps, spec, obj, &mut appender).await {
-                Ok(q) => quarantined += q,
-                Err(ObjectError::Delta(e)) => return Err(e),
-                Err(ObjectError::Object { failure, rows_written }) => {
-                    warn!(key = %obj.key, error = %failure.message, rows_written, "object failed");
-                    failed.insert(obj.key.clone(), failure);
-                    if rows_written {
+        let mut with_rows = vec![false; todo.len()];
+        while let Some(produced) = rx.recv().await {
+            match produced {
+                Produced::Chunk { object, batch, ids } => {
+                    appender.write(batch, ids).await?;
+                    with_rows[object] = true;
+                }
+                Produced::Done { quarantine } => quarantined += quarantine,
+                Produced::Failed { object, failure } => {
+                    warn!(key = %todo[object].key, error = %failure.message, "object failed");
+                    failed.insert(todo[object].key.clone(), failure);
+                    if with_rows[object] {
                         // Some of its rows are in this attempt's files: start over without it (those files are
                         // never committed).
                         continue 'attempt;
                     }
                 }
+            }
+        }
+        for producer in producers {
+            if let Err(e) = producer.join().await {
+                // A panic while converting: fail the table's objects, which Lambda retries.
+                return Err(DeltaError::Data { table: spec.name, message: format!("conversion task failed: {e}") });
             }
         }
         let metadata = vec![
@@ -266,6 +289,58 @@ async fn try_append(
     }
 }
 
+/// Converted chunks in flight between the converting task and the writing one.
+const PIPELINE_CHUNKS: usize = 2;
+
+/// What the converting task hands over.
+enum Produced {
+    /// Rows of the `object`-th object.
+    Chunk { object: usize, batch: RecordBatch, ids: Vec<Identity> },
+    /// An object was read to its end; its bad lines (this many) are in quarantine.
+    Done { quarantine: u64 },
+    /// An object could not be read, or its quarantine not written.
+    Failed { object: usize, failure: ObjectFailure },
+}
+
+/// A task that is aborted when the handle is dropped (the writing side gave up).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> Result<(), tokio::task::JoinError> {
+        let handle = std::mem::replace(&mut self.0, tokio::spawn(async {}));
+        handle.await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads and converts the objects (each with its index) in order, sending chunks of rows; stops when the receiver
+/// is gone.
+async fn convert_objects(
+    deps: &'static Deps,
+    spec: &'static TableSpec,
+    objects: Vec<(usize, ObjectRef)>,
+    tx: mpsc::Sender<Produced>,
+) {
+    for (i, obj) in &objects {
+        let i = *i;
+        let sent = match convert_object(deps, spec, i, obj, &tx).await {
+            Ok(quarantine) => tx.send(Produced::Done { quarantine }).await,
+            Err(e) => {
+                let failure = ObjectFailure { message: e.to_string(), fault: e.fault() };
+                tx.send(Produced::Failed { object: i, failure }).await
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
 /// The table, brought up to date: the one kept from an earlier invocation, or opened (created) now.
 async fn take_table(deps: &Deps, spec: &'static TableSpec) -> Result<deltalake::DeltaTable, DeltaError> {
     let kept = deps.tables.lock().await.remove(spec.name);
@@ -281,34 +356,27 @@ async fn take_table(deps: &Deps, spec: &'static TableSpec) -> Result<deltalake::
     }
 }
 
-enum ObjectError {
-    Delta(DeltaError),
-    Object { failure: ObjectFailure, rows_written: bool },
-}
-
-/// Streams one object into the append; returns the lines quarantined.
-#[instrument(skip(deps, spec, appender), fields(key = %obj.key))]
-async fn append_object(
+/// Streams the `index`-th object into chunks of rows; returns the lines quarantined. A closed channel ends it
+/// quietly (the writing side gave up).
+#[instrument(skip(deps, spec, tx), fields(key = %obj.key))]
+async fn convert_object(
     deps: &Deps,
     spec: &'static TableSpec,
+    index: usize,
     obj: &ObjectRef,
-    appender: &mut Appender,
-) -> Result<u64, ObjectError> {
-    let object_error = |e: fleetlake::Error, rows_written: bool| ObjectError::Object {
-        failure: ObjectFailure { message: e.to_string(), fault: e.fault() },
-        rows_written,
-    };
-    let mut lines = deps.store.gzip_lines(&obj.key).await.map_err(|e| object_error(e, false))?;
+    tx: &mpsc::Sender<Produced>,
+) -> Result<u64, fleetlake::Error> {
+    let mut lines = deps.store.gzip_lines(&obj.key).await?;
     let etag = obj.etag.as_deref().unwrap_or_default();
     let mut converter = Converter::new(spec);
     let mut bad = Vec::new();
-    let mut rows_written = false;
-    loop {
-        let line = match lines.next_line().await {
-            Ok(line) => line,
-            Err(e) => return Err(object_error(e, rows_written)),
-        };
-        let Some(line) = line else { break };
+    let send = |converter: &mut Converter| -> Result<Produced, fleetlake::Error> {
+        let (batch, ids) = converter
+            .finish()
+            .map_err(|e| fleetlake::Error::Encode(std::io::Error::other(format!("building a record batch: {e}"))))?;
+        Ok(Produced::Chunk { object: index, batch, ids })
+    };
+    while let Some(line) = lines.next_line().await? {
         match line {
             Line::Text { number, bytes } => {
                 let origin = LineOrigin { key: &obj.key, etag, line: number };
@@ -328,33 +396,17 @@ async fn append_object(
                 Some(String::from_utf8_lossy(&head).into_owned()),
             )),
         }
-        if converter.len() >= deps.config.chunk_records {
-            flush(&mut converter, appender).await?;
-            rows_written = true;
+        if converter.len() >= deps.config.chunk_records && tx.send(send(&mut converter)?).await.is_err() {
+            return Ok(0);
         }
     }
-    if !converter.is_empty() {
-        flush(&mut converter, appender).await?;
+    if !converter.is_empty() && tx.send(send(&mut converter)?).await.is_err() {
+        return Ok(0);
     }
     // The quarantine is written before the commit: a failed write fails the object, never loses the lines.
-    let quarantined = bad.len() as u64;
     let dt = key_date(&obj.key).unwrap_or_else(|| Utc::now().date_naive());
-    deps.quarantine
-        .write(dt, &quarantine_name(&obj.key, obj.etag.as_deref()), &bad)
-        .await
-        .map_err(|e| object_error(e, true))?;
-    Ok(quarantined)
-}
-
-async fn flush(converter: &mut Converter, appender: &mut Appender) -> Result<(), ObjectError> {
-    let (batch, ids) = converter.finish().map_err(|e| {
-        ObjectError::Delta(DeltaError::Data {
-            table: appender.table_name(),
-            message: format!("building a record batch: {e}"),
-        })
-    })?;
-    appender.write(batch, ids).await.map_err(ObjectError::Delta)?;
-    Ok(())
+    deps.quarantine.write(dt, &quarantine_name(&obj.key, obj.etag.as_deref()), &bad).await?;
+    Ok(bad.len() as u64)
 }
 
 /// The quarantine object's name for an input object: its path below the `dt=` folder (or its file name),

@@ -12,6 +12,7 @@ async fn main() -> Result<(), Error> {
     let config = config::Config::from_env(&Env::process())
         .inspect_err(|e| tracing::error!(error = %e, "invalid configuration"))?;
     let sdk = fleetlake::aws::load_sdk_config().await;
-    let deps = handler::Deps::new(config, fleetlake::aws::s3_client(&sdk));
-    run(service_fn(|event| handler::handle(event, &deps))).await
+    // Lives as long as the execution environment; 'static so objects can be converted on a task of their own.
+    let deps: &'static handler::Deps = Box::leak(Box::new(handler::Deps::new(config, fleetlake::aws::s3_client(&sdk))));
+    run(service_fn(move |event| handler::handle(event, deps))).await
 }

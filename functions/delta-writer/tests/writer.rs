@@ -357,9 +357,17 @@ async fn unreadable_objects_fail_only_their_messages() {
     let not_gzip = enriched_key(1, 50, 99);
     env.put(&not_gzip, b"this is not gzip".to_vec()).await;
     let gone = enriched_key(1, 100, 149);
+    // A truncated object long enough that chunks of it are converted before the stream breaks.
+    let truncated = enriched_key(1, 1000, 3999);
+    let whole = gzip(&(1000..=3999).map(|o| enriched(1, o)).collect::<Vec<_>>());
+    env.put(&truncated, whole[..whole.len() * 9 / 10].to_vec()).await;
     let mut writer = env.writer().await;
-    let mut event =
-        env.sqs(&[("ok", &[good.as_str()]), ("bad-gzip", &[not_gzip.as_str()]), ("gone", &[gone.as_str()])]);
+    let mut event = env.sqs(&[
+        ("ok", &[good.as_str()]),
+        ("bad-gzip", &[not_gzip.as_str()]),
+        ("gone", &[gone.as_str()]),
+        ("truncated", &[truncated.as_str()]),
+    ]);
     event["Records"]
         .as_array_mut()
         .unwrap()
@@ -367,8 +375,8 @@ async fn unreadable_objects_fail_only_their_messages() {
     let inv = writer.invoke(&event).await;
     let mut failed = failures(inv.outcome.as_ref().unwrap());
     failed.sort();
-    assert_eq!(failed, ["bad-gzip", "gone", "not-s3"]);
-    assert_eq!(kafka_ids(&env.read("locations")), expected_ids(&[(1, 0..=49)]));
+    assert_eq!(failed, ["bad-gzip", "gone", "not-s3", "truncated"]);
+    assert_eq!(kafka_ids(&env.read("locations")), expected_ids(&[(1, 0..=49)]), "none of the truncated object's rows");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,87 @@
+//! partition-sync's configuration, read once at init.
+
+use std::collections::HashMap;
+
+use fleetlake::bronze::TABLES;
+use fleetlake::config::{BucketName, ConfigError, Env, Prefix};
+
+/// Everything partition-sync reads from its environment.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// `LAKE_BUCKET` (required).
+    pub(crate) bucket: BucketName,
+    /// `BRONZE_PREFIX` (default `bronze/`): where the Delta tables live.
+    pub(crate) bronze_prefix: Prefix,
+    /// `GLUE_DATABASE` (required): the Glue database of the bronze tables.
+    pub(crate) glue_database: String,
+    /// `GLUE_TABLES` (default `locations=bronze_locations,performance_stats=bronze_performance_stats,
+    /// transport_units=bronze_transport_units`): the Glue table of each bronze table.
+    pub(crate) glue_tables: HashMap<&'static str, String>,
+    /// deltalake storage options from `AWS_ENDPOINT_URL` and `AWS_REGION`.
+    pub(crate) storage_options: HashMap<String, String>,
+}
+
+/// The default Glue table names: `bronze_<table>`.
+pub(crate) const DEFAULT_GLUE_TABLES: &str =
+    "locations=bronze_locations,performance_stats=bronze_performance_stats,transport_units=bronze_transport_units";
+
+fn glue_name_ok(name: &str) -> bool {
+    (1..=255).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl Config {
+    pub(crate) fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let glue_database = env.required("GLUE_DATABASE")?.to_owned();
+        if !glue_name_ok(&glue_database.replace('-', "_")) {
+            return Err(ConfigError::new("GLUE_DATABASE", format!("{glue_database:?} is not a Glue database name")));
+        }
+        let mut glue_tables = HashMap::new();
+        for pair in env.get("GLUE_TABLES").unwrap_or(DEFAULT_GLUE_TABLES).split(',').filter(|p| !p.trim().is_empty()) {
+            let (table, glue) = pair
+                .split_once('=')
+                .map(|(a, b)| (a.trim(), b.trim()))
+                .ok_or_else(|| ConfigError::new("GLUE_TABLES", format!("{pair:?} is not table=glue_table")))?;
+            let spec = TABLES
+                .into_iter()
+                .find(|t| t.name == table)
+                .ok_or_else(|| ConfigError::new("GLUE_TABLES", format!("{table:?} is not a bronze table")))?;
+            if !glue_name_ok(glue) {
+                return Err(ConfigError::new("GLUE_TABLES", format!("{glue:?} is not a Glue table name")));
+            }
+            glue_tables.insert(spec.name, glue.to_owned());
+        }
+        Ok(Self {
+            bucket: BucketName::parse("LAKE_BUCKET", env.required("LAKE_BUCKET")?)?,
+            bronze_prefix: Prefix::parse("BRONZE_PREFIX", env.get("BRONZE_PREFIX").unwrap_or("bronze/"))?,
+            glue_database,
+            glue_tables,
+            storage_options: fleetlake::delta::storage_options(env),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_name_the_variable() {
+        let cfg =
+            Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("GLUE_DATABASE", "fleetlake")])).unwrap();
+        assert_eq!(cfg.glue_tables["locations"], "bronze_locations");
+        assert_eq!(cfg.glue_tables.len(), 3);
+        for (var, value) in [
+            ("GLUE_TABLES", "locations"),
+            ("GLUE_TABLES", "nope=x"),
+            ("GLUE_TABLES", "locations=Bad-Name"),
+            ("GLUE_DATABASE", "a b"),
+        ] {
+            let err =
+                Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("GLUE_DATABASE", "db"), (var, value)]))
+                    .unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+        }
+        let err = Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake")])).unwrap_err();
+        assert_eq!(err.var, "GLUE_DATABASE");
+    }
+}

@@ -1,0 +1,50 @@
+-- fleetlake bronze tables for Athena (engine v3) and Redshift Spectrum, over the symlink manifests that
+-- partition-sync writes. template.yaml and the local stack create the same tables as AWS::Glue::Table resources;
+-- this file is for creating them by hand (replace the bucket). Columns follow shared/src/bronze.rs; the partition
+-- column is not stored in the data files.
+
+CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_locations (
+  transport_unit_id string, ts timestamp, lat double, lon double, transport_type string, speed_kmh double,
+  heading_deg double, altitude_m double, temperature_c double, wind_speed_kmh double, precipitation_mm double,
+  weather_code int, weather_status string,
+  `_extra` string, `_source_topic` string, `_source_partition` int, `_source_offset` bigint,
+  `_source_timestamp` timestamp, `_source_key` string, `_source_etag` string, `_ingested_at` timestamp,
+  `_file` string, `_line` bigint
+)
+PARTITIONED BY (event_date date)
+ROW FORMAT SERDE 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'
+STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'
+OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
+LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/locations/_symlink_format_manifest/';
+
+CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_performance_stats (
+  op string, ts_ms timestamp, lsn bigint,
+  transport_unit_id string, distance_km double, fuel_used_l double, engine_hours double,
+  `_extra` string, `_source_topic` string, `_source_partition` int, `_source_offset` bigint,
+  `_source_timestamp` timestamp, `_source_key` string, `_source_etag` string, `_ingested_at` timestamp,
+  `_file` string, `_line` bigint
+)
+PARTITIONED BY (stat_date date)
+ROW FORMAT SERDE 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'
+STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'
+OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
+LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/performance_stats/_symlink_format_manifest/';
+
+CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_transport_units (
+  op string, ts_ms timestamp, lsn bigint,
+  transport_unit_id string, transport_type string, name string, capacity_t double,
+  `_extra` string, `_source_topic` string, `_source_partition` int, `_source_offset` bigint,
+  `_source_timestamp` timestamp, `_source_key` string, `_source_etag` string, `_ingested_at` timestamp,
+  `_file` string, `_line` bigint
+)
+ROW FORMAT SERDE 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'
+STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'
+OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
+LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/transport_units/_symlink_format_manifest/';
+
+-- The alternative, Athena engine v3 only: a native Delta Lake table reads the Delta log itself (no manifests, no
+-- partitions to register; Athena takes the schema from the log). Redshift Spectrum and older engines need the
+-- symlink tables above.
+-- CREATE EXTERNAL TABLE fleetlake.delta_locations
+-- LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/locations/'
+-- TBLPROPERTIES ('table_type' = 'DELTA');

@@ -1,0 +1,148 @@
+//! `bench-sync`: partition-sync's latency — from a commit touching 30 partitions to its Glue partitions registered
+//! and manifests written — with the release binary behind a Lambda runtime API, on moto's S3 and Glue. Not a test:
+//! it measures.
+//!
+//! usage: bench-sync --sync PATH [--commits 20] [--partitions 30] [--rows 3000]
+//! Each commit appends `--rows` positions spread over `--partitions` new days (so every partition is new to Glue);
+//! the clock runs from sending the commit's notification to the function's answer. Prints one JSON line per commit
+//! and the median.
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line tool that reports on stdout
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use aws_sdk_glue::types::{Column, DatabaseInput, SerDeInfo, StorageDescriptor, TableInput};
+use chrono::{Duration, NaiveDate};
+use fleetlake::bronze::{Converter, LineOrigin, LOCATIONS};
+use fleetlake::delta::{open_or_create, Appender, DeltaSettings};
+use fleetlake_testkit::{LambdaHarness, Moto};
+use serde_json::{json, Value};
+
+fn main_args() -> (PathBuf, usize, usize, usize) {
+    let (mut sync, mut commits, mut partitions, mut rows) = (PathBuf::new(), 20, 30, 3000);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let n = || v.parse::<usize>().unwrap_or_else(|_| panic!("{flag} {v}: not a number"));
+        match flag.as_str() {
+            "--sync" => sync = PathBuf::from(&v),
+            "--commits" => commits = n(),
+            "--partitions" => partitions = n(),
+            "--rows" => rows = n(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(sync.exists(), "--sync {} does not exist (make bench builds it)", sync.display());
+    (sync, commits, partitions, rows)
+}
+
+#[tokio::main]
+async fn main() {
+    let (binary, commits, partitions, rows) = main_args();
+    let moto = Moto::start().await;
+    let bucket = moto.bucket("lake").await;
+    let glue = aws_sdk_glue::Client::new(&moto.sdk_config());
+    glue.create_database()
+        .database_input(DatabaseInput::builder().name("fleetlake").build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let stack: Value = serde_json::from_str(include_str!("../../local/stack.json")).unwrap();
+    let def = stack["glue_tables"].as_array().unwrap().iter().find(|t| t["bronze_table"] == "locations").unwrap();
+    let cols = |v: &Value| -> Vec<Column> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| Column::builder().name(c[0].as_str().unwrap()).r#type(c[1].as_str().unwrap()).build().unwrap())
+            .collect()
+    };
+    let sd = StorageDescriptor::builder()
+        .location(format!("s3://{bucket}/bronze/locations/_symlink_format_manifest/"))
+        .input_format("org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat")
+        .output_format("org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat")
+        .serde_info(
+            SerDeInfo::builder()
+                .serialization_library("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe")
+                .build(),
+        )
+        .set_columns(Some(cols(&def["columns"])))
+        .build();
+    let table_input = TableInput::builder()
+        .name("bronze_locations")
+        .set_partition_keys(Some(cols(&def["partition_keys"])))
+        .storage_descriptor(sd)
+        .build()
+        .unwrap();
+    glue.create_table().database_name("fleetlake").table_input(table_input).send().await.unwrap();
+
+    let settings = DeltaSettings {
+        bronze_url: format!("s3://{bucket}/bronze/").parse().unwrap(),
+        storage_options: [
+            ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        checkpoint_interval: 100,
+        log_retention: "interval 30 days".into(),
+        txn_retention: "interval 7 days".into(),
+    };
+    let mut env = moto.env();
+    env.push(("LAKE_BUCKET".into(), bucket.clone()));
+    env.push(("GLUE_DATABASE".into(), "fleetlake".into()));
+    env.push(("RUST_LOG".into(), "warn".into()));
+    let mut f = LambdaHarness::start(&binary, "partition-sync", &env).await;
+
+    let first_day = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+    let mut times = Vec::new();
+    for c in 0..commits {
+        // A commit whose rows fall on `partitions` days not seen before.
+        let table = open_or_create(&settings, &LOCATIONS).await.unwrap();
+        let mut appender = Appender::new(&LOCATIONS, table, 128 << 20).unwrap();
+        let mut converter = Converter::new(&LOCATIONS);
+        for r in 0..rows {
+            let day = first_day + Duration::days((c * partitions + r % partitions) as i64);
+            let offset = (c * rows + r) as i64;
+            let line = json!({"transport_unit_id": format!("TU-{}", r % 50), "ts": format!("{day}T12:00:00Z"), "lat": 1.0, "lon": 2.0,
+                              "_source": {"topic": "fleet.locations", "partition": 0, "offset": offset, "timestamp": 1}});
+            converter.push(line.to_string().as_bytes(), LineOrigin { key: "bench", etag: "", line: 1 }).unwrap();
+        }
+        let (batch, ids) = converter.finish().unwrap();
+        appender.write(batch, ids).await.unwrap();
+        let version = appender.commit(vec![]).await.unwrap().version.unwrap();
+        let key = format!("bronze/locations/_delta_log/{version:020}.json");
+        let body = json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                                        "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]});
+        let started = Instant::now();
+        let out = f
+            .invoke(&json!({"Records": [{"messageId": "m", "eventSource": "aws:sqs", "body": body.to_string()}]}))
+            .await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(out.outcome.as_ref().ok(), Some(&json!({"batchItemFailures": []})), "{}", f.stderr());
+        let metrics = out
+            .stdout
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v.get("_aws").is_some())
+            .unwrap();
+        assert_eq!(metrics["partitions_created"].as_u64(), Some(partitions as u64));
+        assert_eq!(metrics["manifests_written"].as_u64(), Some(partitions as u64));
+        println!("{}", json!({"commit": version, "partitions": partitions, "sync_ms": (ms * 10.0).round() / 10.0}));
+        times.push(ms);
+    }
+    let registered =
+        glue.get_partitions().database_name("fleetlake").table_name("bronze_locations").send().await.unwrap();
+    assert_eq!(registered.partitions().len(), commits * partitions);
+    times.sort_by(f64::total_cmp);
+    println!(
+        "partition-sync, {commits} commits of {rows} rows each touching {partitions} new partitions: median {:.1} ms from notification to {partitions} Glue partitions and manifests (min {:.1}, max {:.1}); peak RSS {:.1} MiB",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        f.peak_rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+    );
+}

@@ -17,11 +17,12 @@ LAMBDA_PORT ?= 9000
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra template-check demo down bench bench-enricher bench-delta bench-sync build sam-build clean-local
+.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra template-check demo down model bench bench-enricher bench-delta bench-sync build sam-build clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), functions under cargo lambda watch, sample batches, summary"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
+	@echo "make model  - train the fuel-24h model on a synthetic fleet and export it to models/fuel-24h/ (ONNX + test fixture)"
 	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency (release build)"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
@@ -53,11 +54,16 @@ fmt-check: toolchain
 
 clippy: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p fleetlake-shared --features model --all-targets -- -D warnings
 
 test: lint template-check test-infra test-rust
 
 test-rust: toolchain venv
 	cargo test --workspace
+	cargo test -p fleetlake-shared --features model --lib -- features:: model::
+
+model: venv
+	$(PY) infra/model/train.py
 
 test-infra: venv
 	$(PY) -m unittest discover -s infra/tests -v

@@ -15,10 +15,13 @@ pub mod config;
 pub mod delta;
 pub mod enrich;
 pub mod error;
+pub mod features;
 #[cfg(feature = "glue")]
 pub mod glue;
 pub mod lake;
 pub mod landing;
+#[cfg(feature = "model")]
+pub mod model;
 pub mod ndjson;
 #[cfg(feature = "delta")]
 pub mod partitions;

@@ -54,13 +54,14 @@ fmt-check: toolchain
 
 clippy: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p fleetlake-shared --features model --all-targets -- -D warnings
+	cargo clippy -p fleetlake-shared --features model,predictions --all-targets -- -D warnings
 
 test: lint template-check test-infra test-rust
 
 test-rust: toolchain venv
 	cargo test --workspace
-	cargo test -p fleetlake-shared --features model --lib -- features:: model::
+	# The predictor's adapters, until a function crate enables their features in the workspace build.
+	cargo test -p fleetlake-shared --features model,predictions --lib --test predictions
 
 model: venv
 	$(PY) infra/model/train.py

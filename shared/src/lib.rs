@@ -25,6 +25,8 @@ pub mod model;
 pub mod ndjson;
 #[cfg(feature = "delta")]
 pub mod partitions;
+#[cfg(feature = "predictions")]
+pub mod predictions;
 pub mod quarantine;
 pub mod records;
 pub mod s3;

@@ -1,0 +1,226 @@
+//! The predictions table adapter (DynamoDB): one item per unit and data timestamp, written in batches, retried
+//! until every item is in or the deadline passes, and never replacing a prediction made from a newer table version.
+//!
+//! Key: `transport_unit_id` (S) + `predicted_at` (S, RFC 3339, the timestamp of the unit's latest position the
+//! prediction was made from). A replayed commit therefore addresses the same items. The latest prediction of a
+//! unit is `Query(transport_unit_id = :id, ScanIndexForward = false, Limit = 1)`.
+//!
+//! BatchWriteItem takes no conditions, so each write is preceded by a BatchGetItem of the keys: an item that
+//! already holds this `source_version` (a replay) or a newer one is left alone. A writer racing between the read
+//! and the write could still replace a newer item; the window is one round trip.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use tracing::{info, instrument, warn};
+
+/// Most items per BatchWriteItem.
+const WRITE_CHUNK: usize = 25;
+/// Most keys per BatchGetItem.
+const READ_CHUNK: usize = 100;
+
+/// One prediction for one unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Partition key.
+    pub transport_unit_id: String,
+    /// Sort key: RFC 3339 timestamp of the latest position the prediction was made from.
+    pub predicted_at: String,
+    /// What is predicted (`fuel_next_24h`).
+    pub target: String,
+    /// The value.
+    pub value: f64,
+    /// Its unit (`l`).
+    pub unit: String,
+    /// `<model>-<fingerprint>`.
+    pub model_version: String,
+    /// The features, by name.
+    pub features: Vec<(String, f64)>,
+    /// The Delta version of `bronze/locations` the prediction was made from.
+    pub source_version: u64,
+    /// TTL: epoch seconds after which DynamoDB deletes the item.
+    pub expires_at: i64,
+}
+
+impl Prediction {
+    fn key(&self) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            ("transport_unit_id".to_owned(), AttributeValue::S(self.transport_unit_id.clone())),
+            ("predicted_at".to_owned(), AttributeValue::S(self.predicted_at.clone())),
+        ])
+    }
+
+    fn item(&self) -> HashMap<String, AttributeValue> {
+        let mut item = self.key();
+        let n = |v: f64| AttributeValue::N(v.to_string());
+        item.insert("target".into(), AttributeValue::S(self.target.clone()));
+        item.insert("value".into(), n(self.value));
+        item.insert("unit".into(), AttributeValue::S(self.unit.clone()));
+        item.insert("model_version".into(), AttributeValue::S(self.model_version.clone()));
+        item.insert(
+            "features".into(),
+            AttributeValue::M(self.features.iter().map(|(k, v)| (k.clone(), n(*v))).collect()),
+        );
+        item.insert("source_version".into(), AttributeValue::N(self.source_version.to_string()));
+        item.insert("expires_at".into(), AttributeValue::N(self.expires_at.to_string()));
+        item
+    }
+}
+
+/// The table could not take every item before the deadline, or a call failed: Lambda should retry.
+#[derive(Debug, thiserror::Error)]
+#[error("DynamoDB {op} on {table}: {message}")]
+pub struct PredictionsError {
+    /// The operation.
+    pub op: &'static str,
+    /// Table name.
+    pub table: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What a write did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Items written.
+    pub written: u64,
+    /// Items left alone: already from this version (a replay) or from a newer one.
+    pub kept: u64,
+    /// BatchWriteItem calls, retries included.
+    pub batch_calls: u64,
+    /// Items DynamoDB handed back unprocessed (throttling) and that were sent again.
+    pub retried_items: u64,
+}
+
+/// The predictions table.
+#[derive(Debug, Clone)]
+pub struct PredictionStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    /// First backoff between retries of unprocessed items; doubles, full jitter, capped at 2 s.
+    pub backoff_base: Duration,
+}
+
+impl PredictionStore {
+    /// An adapter for `table`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into(), backoff_base: Duration::from_millis(50) }
+    }
+
+    fn error(&self, op: &'static str, message: impl Into<String>) -> PredictionsError {
+        PredictionsError { op, table: self.table.clone(), message: message.into() }
+    }
+
+    /// Writes the predictions that are not already in from this or a newer `source_version`; retries
+    /// unprocessed items with backoff until `deadline`, then fails.
+    #[instrument(skip(self, predictions), fields(table = %self.table, predictions = predictions.len()))]
+    pub async fn write(&self, predictions: &[Prediction], deadline: Instant) -> Result<WriteStats, PredictionsError> {
+        let mut stats = WriteStats::default();
+        let stored = self.stored_versions(predictions, deadline).await?;
+        let fresh: Vec<&Prediction> = predictions
+            .iter()
+            .filter(|p| {
+                let keep = stored
+                    .get(&(p.transport_unit_id.clone(), p.predicted_at.clone()))
+                    .is_some_and(|v| *v >= p.source_version);
+                if keep {
+                    stats.kept += 1;
+                }
+                !keep
+            })
+            .collect();
+        for chunk in fresh.chunks(WRITE_CHUNK) {
+            let mut pending: Vec<WriteRequest> = chunk
+                .iter()
+                .filter_map(|p| PutRequest::builder().set_item(Some(p.item())).build().ok())
+                .map(|put| WriteRequest::builder().put_request(put).build())
+                .collect();
+            let mut attempt = 0u32;
+            while !pending.is_empty() {
+                if attempt > 0 {
+                    let cap = (self.backoff_base.as_millis() as u64).saturating_mul(1 << attempt.min(6)).min(2_000);
+                    let wait = Duration::from_millis(fastrand::u64(0..=cap));
+                    if Instant::now() + wait >= deadline {
+                        return Err(self.error(
+                            "BatchWriteItem",
+                            format!(
+                                "{} item(s) still unprocessed at the deadline after {attempt} attempts",
+                                pending.len()
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                attempt += 1;
+                stats.batch_calls += 1;
+                let sent = pending.len();
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, std::mem::take(&mut pending))
+                    .send()
+                    .await
+                    .map_err(|e| self.error("BatchWriteItem", DisplayErrorContext(&e).to_string()))?;
+                pending = out.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default();
+                if !pending.is_empty() {
+                    warn!(unprocessed = pending.len(), attempt, "items handed back unprocessed; retrying");
+                    stats.retried_items += pending.len() as u64;
+                }
+                stats.written += (sent - pending.len()) as u64;
+            }
+        }
+        info!(written = stats.written, kept = stats.kept, calls = stats.batch_calls, "predictions written");
+        Ok(stats)
+    }
+
+    /// The `source_version` of the items that exist already, by key.
+    async fn stored_versions(
+        &self,
+        predictions: &[Prediction],
+        deadline: Instant,
+    ) -> Result<HashMap<(String, String), u64>, PredictionsError> {
+        let mut found = HashMap::new();
+        for chunk in predictions.chunks(READ_CHUNK) {
+            let mut keys: Vec<HashMap<String, AttributeValue>> = chunk.iter().map(Prediction::key).collect();
+            keys.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+            keys.dedup();
+            let mut attempt = 0u32;
+            while !keys.is_empty() {
+                if attempt > 0 {
+                    if Instant::now() >= deadline {
+                        return Err(self.error("BatchGetItem", "keys still unprocessed at the deadline"));
+                    }
+                    tokio::time::sleep(self.backoff_base * attempt).await;
+                }
+                attempt += 1;
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut keys)))
+                    .projection_expression("transport_unit_id, predicted_at, source_version")
+                    .build()
+                    .map_err(|e| self.error("BatchGetItem", e.to_string()))?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("BatchGetItem", DisplayErrorContext(&e).to_string()))?;
+                for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                    let v = item.get("source_version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok());
+                    if let Some(v) = v {
+                        found.insert((s("transport_unit_id"), s("predicted_at")), v);
+                    }
+                }
+                keys = out
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .map(|k| k.keys().to_vec())
+                    .unwrap_or_default();
+            }
+        }
+        Ok(found)
+    }
+}

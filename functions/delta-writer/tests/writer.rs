@@ -272,19 +272,9 @@ async fn a_crash_between_writing_files_and_committing_loses_and_doubles_nothing(
 
     let env = Env::new(&[]).await;
     let key = put_positions(&env, 3, 0..=499).await;
-    let endpoint = env.env.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL").unwrap().1.clone();
     let settings = DeltaSettings {
         bronze_url: format!("s3://{}/bronze/", env.bucket).parse().unwrap(),
-        storage_options: [
-            ("AWS_ENDPOINT_URL", endpoint.as_str()),
-            ("AWS_ALLOW_HTTP", "true"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect(),
+        storage_options: env.moto.delta_storage_options(),
         checkpoint_interval: 100,
         log_retention: "interval 30 days".into(),
         txn_retention: "interval 7 days".into(),

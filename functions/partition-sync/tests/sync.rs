@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use aws_sdk_glue::types::{Column, SerDeInfo, StorageDescriptor, TableInput};
 use fleetlake::bronze::{Converter, LineOrigin, LOCATIONS};
 use fleetlake::delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{venv_bin, workspace_root, Invocation, LambdaHarness, Moto};
@@ -26,63 +25,14 @@ impl Env {
     async fn new() -> Env {
         let moto = Moto::start().await;
         let bucket = moto.bucket("lake").await;
-        let glue = aws_sdk_glue::Client::new(&moto.sdk_config());
-        glue.create_database()
-            .database_input(aws_sdk_glue::types::DatabaseInput::builder().name(DB).build().unwrap())
-            .send()
-            .await
-            .unwrap();
-        // The Glue table as the local stack creates it from stack.json.
-        let stack: Value = serde_json::from_str(include_str!("../../../infra/local/stack.json")).unwrap();
-        let def = stack["glue_tables"].as_array().unwrap().iter().find(|t| t["name"] == GLUE_TABLE).unwrap();
-        let cols = |v: &Value| -> Vec<Column> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|c| Column::builder().name(c[0].as_str().unwrap()).r#type(c[1].as_str().unwrap()).build().unwrap())
-                .collect()
-        };
-        let sd = StorageDescriptor::builder()
-            .location(format!("s3://{bucket}/bronze/locations/_symlink_format_manifest/"))
-            .input_format("org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat")
-            .output_format("org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat")
-            .serde_info(
-                SerDeInfo::builder()
-                    .serialization_library("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe")
-                    .build(),
-            )
-            .set_columns(Some(cols(&def["columns"])))
-            .build();
-        glue.create_table()
-            .database_name(DB)
-            .table_input(
-                TableInput::builder()
-                    .name(GLUE_TABLE)
-                    .table_type("EXTERNAL_TABLE")
-                    .set_partition_keys(Some(cols(&def["partition_keys"])))
-                    .storage_descriptor(sd)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
+        let glue = moto.glue_bronze_tables(DB, &bucket).await;
         let mut env = moto.env();
         env.push(("LAKE_BUCKET".into(), bucket.clone()));
         env.push(("GLUE_DATABASE".into(), DB.into()));
         let sync = LambdaHarness::start(Path::new(env!("CARGO_BIN_EXE_partition-sync")), "partition-sync", &env).await;
         let settings = DeltaSettings {
             bronze_url: format!("s3://{bucket}/bronze/").parse().unwrap(),
-            storage_options: [
-                ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
-                ("AWS_ALLOW_HTTP", "true"),
-                ("AWS_REGION", "us-east-1"),
-                ("AWS_ACCESS_KEY_ID", "testing"),
-                ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
+            storage_options: moto.delta_storage_options(),
             checkpoint_interval: 100,
             log_retention: "interval 30 days".into(),
             txn_retention: "interval 7 days".into(),

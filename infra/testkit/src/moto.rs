@@ -76,6 +76,64 @@ impl Moto {
         .collect()
     }
 
+    /// deltalake storage options for this server (endpoint over plain HTTP, region, the test credentials).
+    pub fn delta_storage_options(&self) -> std::collections::HashMap<String, String> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Creates Glue database `database` and the bronze tables' Glue tables as the local stack does, from
+    /// `infra/local/stack.json`, located in `bucket`.
+    pub async fn glue_bronze_tables(&self, database: &str, bucket: &str) -> aws_sdk_glue::Client {
+        use aws_sdk_glue::types::{Column, DatabaseInput, SerDeInfo, StorageDescriptor, TableInput};
+        let glue = aws_sdk_glue::Client::new(&self.sdk_config());
+        glue.create_database()
+            .database_input(DatabaseInput::builder().name(database).build().expect("database input"))
+            .send()
+            .await
+            .expect("create the Glue database");
+        let stack: serde_json::Value =
+            serde_json::from_str(include_str!("../../local/stack.json")).expect("stack.json is JSON");
+        let cols = |v: &serde_json::Value| -> Vec<Column> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| Column::builder().name(c[0].as_str()?).r#type(c[1].as_str()?).build().ok())
+                .collect()
+        };
+        for def in stack["glue_tables"].as_array().into_iter().flatten() {
+            let bronze = def["bronze_table"].as_str().unwrap_or_default();
+            let sd = StorageDescriptor::builder()
+                .location(format!("s3://{bucket}/bronze/{bronze}/_symlink_format_manifest/"))
+                .input_format("org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat")
+                .output_format("org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat")
+                .serde_info(
+                    SerDeInfo::builder()
+                        .serialization_library("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe")
+                        .build(),
+                )
+                .set_columns(Some(cols(&def["columns"])))
+                .build();
+            let input = TableInput::builder()
+                .name(def["name"].as_str().unwrap_or_default())
+                .table_type("EXTERNAL_TABLE")
+                .set_partition_keys(Some(cols(&def["partition_keys"])))
+                .storage_descriptor(sd)
+                .build()
+                .expect("table input");
+            glue.create_table().database_name(database).table_input(input).send().await.expect("create a Glue table");
+        }
+        glue
+    }
+
     /// Every key in `bucket` under `prefix`, sorted.
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();

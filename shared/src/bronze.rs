@@ -20,7 +20,6 @@
 //!   the few existing data files that could hold a record again.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -870,11 +869,6 @@ pub fn identity_columns(spec: &TableSpec) -> Vec<&'static str> {
             cols
         }
     }
-}
-
-/// Quick lookup from a column name to its kind.
-pub fn column_kinds(spec: &TableSpec) -> HashMap<&'static str, Kind> {
-    spec.columns().into_iter().map(|(n, k, _)| (n, k)).collect()
 }
 
 #[cfg(test)]

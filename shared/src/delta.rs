@@ -491,16 +491,6 @@ impl Appender {
         DeltaError::Data { table: self.spec.name, message: e.to_string() }
     }
 
-    /// The table's name.
-    pub fn table_name(&self) -> &'static str {
-        self.spec.name
-    }
-
-    /// The counts so far.
-    pub fn stats(&self) -> &AppendStats {
-        &self.stats
-    }
-
     /// The table version the append started from (or was last reloaded at).
     pub fn read_version(&self) -> Option<u64> {
         self.table.version()

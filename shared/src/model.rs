@@ -89,11 +89,6 @@ impl Model {
         Ok(Model { plan, contract, version })
     }
 
-    /// The model's contract.
-    pub fn contract(&self) -> &Contract {
-        &self.contract
-    }
-
     /// `<name>-<fingerprint of the file>`: what `model_version` records.
     pub fn version(&self) -> &str {
         &self.version

@@ -17,13 +17,13 @@ LAMBDA_PORT ?= 9000
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra template-check demo down model bench bench-enricher bench-delta bench-sync build sam-build clean-local
+.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict build sam-build clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), functions under cargo lambda watch, sample batches, summary"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
 	@echo "make model  - train the fuel-24h model on a synthetic fleet and export it to models/fuel-24h/ (ONNX + test fixture)"
-	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency (release build)"
+	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions (release builds)"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
 
@@ -54,14 +54,11 @@ fmt-check: toolchain
 
 clippy: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p fleetlake-shared --features model,predictions --all-targets -- -D warnings
 
 test: lint template-check test-infra test-rust
 
 test-rust: toolchain venv
 	cargo test --workspace
-	# The predictor's adapters, until a function crate enables their features in the workspace build.
-	cargo test -p fleetlake-shared --features model,predictions --lib --test predictions
 
 model: venv
 	$(PY) infra/model/train.py
@@ -82,7 +79,7 @@ demo: toolchain venv
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 
-bench: bench-enricher bench-delta bench-sync
+bench: bench-enricher bench-delta bench-sync bench-predict
 
 bench-enricher: toolchain venv
 	cargo build --release -p weather-enricher -p fleetlake-bench
@@ -95,6 +92,10 @@ bench-sync: toolchain venv
 bench-delta: toolchain venv
 	cargo build --release -p delta-writer -p fleetlake-bench
 	$(TARGET_DIR)/release/bench-delta --writer $(TARGET_DIR)/release/delta-writer $(BENCH_DELTA_ARGS)
+
+bench-predict: toolchain venv
+	cargo build --release -p predictor -p fleetlake-bench
+	$(TARGET_DIR)/release/bench-predict --predictor $(TARGET_DIR)/release/predictor $(BENCH_PREDICT_ARGS)
 
 down: venv
 	$(PY) infra/local/stack.py down

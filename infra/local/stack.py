@@ -47,7 +47,11 @@ def clients(endpoint):
     import boto3
     kw = dict(endpoint_url=endpoint, region_name=CREDENTIALS["AWS_REGION"],
               aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
-    return {name: boto3.client(name, **kw) for name in ("s3", "sqs", "dynamodb", "glue")}
+    return {name: boto3.client(name, **kw) for name in ("s3", "sqs", "sns", "dynamodb", "glue")}
+
+
+def key_filter(n):
+    return {"Key": {"FilterRules": [{"Name": "prefix", "Value": n["prefix"]}, {"Name": "suffix", "Value": n["suffix"]}]}}
 
 
 def bootstrap(endpoint):
@@ -66,7 +70,7 @@ def bootstrap(endpoint):
     c["s3"].put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]})
 
-    queue_configs = []
+    queue_configs, queue_arns = [], {}
     for q in d["queues"]:
         attributes = {"VisibilityTimeout": str(q["visibility_timeout_s"])}
         if "dead_letter" in q:
@@ -77,11 +81,21 @@ def bootstrap(endpoint):
         url = c["sqs"].create_queue(QueueName=resolve(q["name"], loc))["QueueUrl"]
         c["sqs"].set_queue_attributes(QueueUrl=url, Attributes=attributes)
         arn = c["sqs"].get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue_arns[q["logical_id"]] = arn
         for n in q["notifications"]:
-            queue_configs.append({"QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": {"Key": {"FilterRules": [
-                {"Name": "prefix", "Value": n["prefix"]}, {"Name": "suffix", "Value": n["suffix"]}]}}})
+            queue_configs.append({"QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": key_filter(n)})
+    topic_configs = []
+    for t in d.get("topics", []):
+        topic_arn = c["sns"].create_topic(Name=resolve(t["name"], loc))["TopicArn"]
+        subscribed = {s["Endpoint"] for s in c["sns"].list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]}
+        for logical_id in t["subscribers"]:
+            if queue_arns[logical_id] not in subscribed:
+                c["sns"].subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arns[logical_id],
+                                   Attributes={"RawMessageDelivery": "true"})
+        for n in t["notifications"]:
+            topic_configs.append({"TopicArn": topic_arn, "Events": ["s3:ObjectCreated:*"], "Filter": key_filter(n)})
     c["s3"].put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
-        "QueueConfigurations": queue_configs})
+        "QueueConfigurations": queue_configs, "TopicConfigurations": topic_configs})
 
     for t in d["tables"]:
         name = resolve(t["name"], loc)
@@ -110,6 +124,7 @@ def bootstrap(endpoint):
             c["glue"].update_table(DatabaseName=db, TableInput=table_input)
     return {"LAKE_BUCKET": bucket, "GLUE_DATABASE": db,
             **{f"QUEUE_{q['logical_id']}": resolve(q["name"], loc) for q in d["queues"]},
+            **{f"TOPIC_{t['logical_id']}": resolve(t["name"], loc) for t in d.get("topics", [])},
             **{f"TABLE_{t['logical_id']}": resolve(t["name"], loc) for t in d["tables"]}}
 
 
@@ -264,14 +279,31 @@ def check_template(args):
 
     bucket = resource(d["bucket"]["logical_id"], "AWS::S3::Bucket")
     expect("bucket name", sub_text(bucket.get("BucketName")), d["bucket"]["name"])
-    rules = bucket.get("NotificationConfiguration", {}).get("QueueConfigurations", [])
-    got_notifications = sorted(
-        (q["Queue"]["Fn::GetAtt"][0] if isinstance(q["Queue"], dict) and "Fn::GetAtt" in q["Queue"] else str(q["Queue"]),
-         {r["Name"]: r["Value"] for r in q["Filter"]["S3Key"]["Rules"]}.get("prefix"),
-         {r["Name"]: r["Value"] for r in q["Filter"]["S3Key"]["Rules"]}.get("suffix"))
-        for q in rules)
+    def target(ref):
+        if isinstance(ref, dict) and "Fn::GetAtt" in ref:
+            return ref["Fn::GetAtt"][0]
+        if isinstance(ref, dict) and "Ref" in ref:
+            return ref["Ref"]
+        return str(ref)
+
+    def rules_of(kind, field):
+        return sorted((target(q[field]),
+                       {r["Name"]: r["Value"] for r in q["Filter"]["S3Key"]["Rules"]}.get("prefix"),
+                       {r["Name"]: r["Value"] for r in q["Filter"]["S3Key"]["Rules"]}.get("suffix"))
+                      for q in bucket.get("NotificationConfiguration", {}).get(kind, []))
+    topics = d.get("topics", [])
     want_notifications = sorted((q["logical_id"], n["prefix"], n["suffix"]) for q in d["queues"] for n in q["notifications"])
-    expect("S3 -> SQS notifications (queue, prefix, suffix)", got_notifications, want_notifications)
+    want_topic_notifications = sorted((t["logical_id"], n["prefix"], n["suffix"]) for t in topics for n in t["notifications"])
+    expect("S3 -> SQS notifications (queue, prefix, suffix)", rules_of("QueueConfigurations", "Queue"), want_notifications)
+    expect("S3 -> SNS notifications (topic, prefix, suffix)", rules_of("TopicConfigurations", "Topic"), want_topic_notifications)
+    for t in topics:
+        p = resource(t["logical_id"], "AWS::SNS::Topic")
+        expect(f"{t['logical_id']} name", sub_text(p.get("TopicName")), t["name"])
+        subs = sorted(target(r["Properties"].get("Endpoint")) for r in res.values()
+                      if r.get("Type") == "AWS::SNS::Subscription" and target(r["Properties"].get("TopicArn")) == t["logical_id"]
+                      and r["Properties"].get("Protocol") == "sqs" and r["Properties"].get("RawMessageDelivery") is True)
+        expect(f"{t['logical_id']} SQS subscribers (raw delivery)", subs, sorted(t["subscribers"]))
+    want_notifications = want_notifications + want_topic_notifications
     prefixes = set(d["bucket"]["prefixes"].values())
     for _, prefix, _ in want_notifications:
         if not any(prefix.startswith(p) for p in prefixes):

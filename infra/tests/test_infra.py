@@ -147,6 +147,20 @@ class LocalStackOnMoto(unittest.TestCase):
         # Keys arrive form-encoded (moto encodes even the slashes): '+' is a space, then percent-decoding.
         self.assertEqual(urllib.parse.unquote_plus(keys[0]), "enriched/locations/dt=2026-11-24/a b.ndjson.gz")
 
+        # A Delta commit reaches both partition-sync and the predictor through the topic, the S3 notification as
+        # the message body (raw delivery).
+        commit = "bronze/locations/_delta_log/00000000000000000003.json"
+        c["s3"].put_object(Bucket=bucket, Key=commit, Body=b"{}")
+        for name in ("fleetlake-partition-sync", "fleetlake-predictor"):
+            url = c["sqs"].get_queue_url(QueueName=name)["QueueUrl"]
+            got = []
+            deadline = time.time() + 10
+            while time.time() < deadline and not got:
+                for m in c["sqs"].receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+                    body = json.loads(m["Body"])  # S3 also sends an s3:TestEvent when the rule is set
+                    got += [urllib.parse.unquote_plus(r["s3"]["object"]["key"]) for r in body.get("Records", [])]
+            self.assertEqual(got, [commit], name)
+
 
 if __name__ == "__main__":
     unittest.main()

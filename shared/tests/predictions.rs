@@ -6,31 +6,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use fleetlake::predictions::{Prediction, PredictionStore};
 use fleetlake_testkit::Moto;
 
 const TABLE: &str = "predictions";
-
-async fn table(client: &aws_sdk_dynamodb::Client) {
-    let attr = |n: &str| {
-        AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().unwrap()
-    };
-    let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
-    client
-        .create_table()
-        .table_name(TABLE)
-        .attribute_definitions(attr("transport_unit_id"))
-        .attribute_definitions(attr("predicted_at"))
-        .key_schema(key("transport_unit_id", KeyType::Hash))
-        .key_schema(key("predicted_at", KeyType::Range))
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
-}
 
 fn prediction(unit: usize, version: u64, value: f64) -> Prediction {
     Prediction {
@@ -68,8 +49,7 @@ async fn count(client: &aws_sdk_dynamodb::Client) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predictions_are_written_once_and_never_replaced_by_an_older_version() {
     let moto = Moto::start().await;
-    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config());
-    table(&client).await;
+    let client = moto.predictions_table(TABLE).await;
     let store = PredictionStore::new(client.clone(), TABLE);
     let deadline = Instant::now() + Duration::from_secs(30);
 
@@ -127,8 +107,7 @@ async fn throttling_proxy(moto_endpoint: String, throttle: u32) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_batch_writes_are_retried_until_every_item_is_in() {
     let moto = Moto::start().await;
-    let direct = aws_sdk_dynamodb::Client::new(&moto.sdk_config());
-    table(&direct).await;
+    let direct = moto.predictions_table(TABLE).await;
     let proxy = throttling_proxy(moto.endpoint.clone(), 3).await;
     let config = aws_sdk_dynamodb::config::Builder::from(&moto.sdk_config()).endpoint_url(&proxy).build();
     let mut store = PredictionStore::new(aws_sdk_dynamodb::Client::from_conf(config), TABLE);
@@ -145,8 +124,7 @@ async fn throttled_batch_writes_are_retried_until_every_item_is_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_still_unprocessed_at_the_deadline_fail_the_write() {
     let moto = Moto::start().await;
-    let direct = aws_sdk_dynamodb::Client::new(&moto.sdk_config());
-    table(&direct).await;
+    let direct = moto.predictions_table(TABLE).await;
     let proxy = throttling_proxy(moto.endpoint.clone(), u32::MAX).await;
     let config = aws_sdk_dynamodb::config::Builder::from(&moto.sdk_config()).endpoint_url(&proxy).build();
     let mut store = PredictionStore::new(aws_sdk_dynamodb::Client::from_conf(config), TABLE);

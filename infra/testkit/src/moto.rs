@@ -134,6 +134,45 @@ impl Moto {
         glue
     }
 
+    /// Creates the predictions table as the local stack does (`tables` of `infra/local/stack.json`) under `name`.
+    pub async fn predictions_table(&self, name: &str) -> aws_sdk_dynamodb::Client {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+        };
+        let stack: serde_json::Value =
+            serde_json::from_str(include_str!("../../local/stack.json")).expect("stack.json is JSON");
+        let def = &stack["tables"][0];
+        let (hash, range) =
+            (def["hash_key"].as_str().unwrap_or_default(), def["range_key"].as_str().unwrap_or_default());
+        let attr = |n: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attr")
+        };
+        let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build().expect("key");
+        let client = aws_sdk_dynamodb::Client::new(&self.sdk_config());
+        client
+            .create_table()
+            .table_name(name)
+            .attribute_definitions(attr(hash))
+            .attribute_definitions(attr(range))
+            .key_schema(key(hash, KeyType::Hash))
+            .key_schema(key(range, KeyType::Range))
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .expect("create the predictions table");
+        let ttl = TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name(def["ttl_attribute"].as_str().unwrap_or_default())
+            .build()
+            .expect("ttl");
+        client.update_time_to_live().table_name(name).time_to_live_specification(ttl).send().await.expect("TTL");
+        client
+    }
+
     /// Every key in `bucket` under `prefix`, sorted.
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let mut keys = Vec::new();

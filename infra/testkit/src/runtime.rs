@@ -26,6 +26,8 @@ type Outcome = Result<Value, Value>;
 struct Shared {
     pending: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
     init_error: Mutex<Option<Value>>,
+    /// When the function first asked for an invocation: its init was over.
+    first_poll: Mutex<Option<Instant>>,
 }
 
 #[derive(Clone)]
@@ -53,6 +55,7 @@ pub struct LambdaHarness {
     stderr: Arc<Mutex<Vec<String>>>,
     next_id: u64,
     function_name: String,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Shared {
@@ -92,10 +95,20 @@ impl LambdaHarness {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        let started = Instant::now();
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let stdout = collect_lines(child.stdout.take());
         let stderr = collect_lines(child.stderr.take());
-        LambdaHarness { child, submit, shared, stdout, stderr, next_id: 0, function_name: function_name.to_owned() }
+        LambdaHarness {
+            child,
+            submit,
+            shared,
+            stdout,
+            stderr,
+            next_id: 0,
+            function_name: function_name.to_owned(),
+            started,
+        }
     }
 
     /// Invokes the function with `event` and waits (up to 120 s) for its response or error.
@@ -125,6 +138,21 @@ impl LambdaHarness {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let stdout = self.stdout.lock().expect("lock")[seen..].to_vec();
         Invocation { outcome, stdout }
+    }
+
+    /// Init time: from starting the process to its first request for an invocation (as Lambda's `Init
+    /// Duration`), waiting up to 60 s; `None` if it never asked.
+    pub async fn ready_after(&self) -> Option<Duration> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(at) = *self.shared.first_poll.lock().expect("lock") {
+                return Some(at.duration_since(self.started));
+            }
+            if Instant::now() >= deadline || self.shared.init_error.lock().expect("lock").is_some() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Peak resident memory of the function process so far (`VmHWM`), in bytes; Linux only.
@@ -179,6 +207,7 @@ fn collect_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(pipe: Option<
 }
 
 async fn next(State(state): State<AppState>) -> Result<(HeaderMap, Bytes), StatusCode> {
+    state.shared.first_poll.lock().expect("lock").get_or_insert_with(Instant::now);
     let Some((id, body)) = state.queue.lock().await.recv().await else {
         return Err(StatusCode::GONE);
     };

@@ -1,0 +1,509 @@
+//! The predictor's handler: a `bronze/locations` commit (or a scheduled full refresh) → per-unit features →
+//! the ONNX model → one prediction per unit in DynamoDB.
+//!
+//! **Commit trigger** (S3 notification of `bronze/locations/_delta_log/<version>.json`, through SNS and SQS): the
+//! commit's `add` actions name the new data files. Every unit with a position in them gets a prediction, made at
+//! its latest new position (`predicted_at`) from the contract's window (24 h) ending there. The window's earlier
+//! positions come from the table's other data files that may hold them (date partition and `ts` statistics
+//! prune the rest), so a commit of one 15-minute batch still sees a unit's whole day.
+//!
+//! **Scheduled refresh** (EventBridge `Scheduled Event`): the same for every unit with a position within the
+//! window before the table's newest one, from the latest table version.
+//!
+//! The unit's last daily performance figures come from the `bronze/performance_stats` change log (latest change
+//! per unit and day wins, deletes remove the day), the newest day on or before `predicted_at`'s date within
+//! `STATS_LOOKBACK_DAYS`. Items carry the table version they were made from (`source_version`), so a replayed
+//! commit finds its items already there and writes nothing, and an older commit never replaces a newer item.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use deltalake::DeltaTableError;
+use fleetlake::bronze::{TableSpec, LOCATIONS, PERFORMANCE_STATS};
+use fleetlake::delta::{open_existing, DeltaError};
+use fleetlake::error::Fault;
+use fleetlake::features::{unit_features, Contract};
+use fleetlake::model::{Model, ModelError};
+use fleetlake::partitions::CommitKey;
+use fleetlake::predictions::{Prediction, PredictionStore, PredictionsError, WriteStats};
+use fleetlake::s3::S3Store;
+use fleetlake::s3event::{parse_trigger, EventError, Trigger};
+use fleetlake::telemetry::Metrics;
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tracing::{error, info, instrument, warn};
+
+use crate::config::Config;
+use crate::source::{commit_adds, read_figures, read_tracks, DataFile, Figures, ReadError, Track};
+
+/// The stage name in logs and metrics.
+const STAGE: &str = "predictor";
+
+/// Time kept back from the invocation's deadline for reporting.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+const HOUR_US: i64 = 3_600_000_000;
+
+/// Clients, configuration, the model, open tables and resolved daily figures, kept across invocations.
+#[derive(Debug)]
+pub(crate) struct Deps {
+    config: Config,
+    store: S3Store,
+    model: Model,
+    contract: Contract,
+    predictions: PredictionStore,
+    tables: Mutex<HashMap<&'static str, deltalake::DeltaTable>>,
+    figures: Mutex<Option<FiguresCache>>,
+}
+
+/// Daily figures resolved from one version of `performance_stats` over a range of days.
+#[derive(Debug)]
+struct FiguresCache {
+    version: Option<u64>,
+    from: NaiveDate,
+    to: NaiveDate,
+    figures: Arc<Figures>,
+}
+
+impl Deps {
+    pub(crate) fn new(
+        config: Config,
+        s3: aws_sdk_s3::Client,
+        dynamodb: aws_sdk_dynamodb::Client,
+        model: Model,
+        contract: Contract,
+    ) -> Self {
+        let store = S3Store::new(s3, config.bucket.as_str());
+        let predictions = PredictionStore::new(dynamodb, config.predictions_table.clone());
+        Self {
+            config,
+            store,
+            model,
+            contract,
+            predictions,
+            tables: Mutex::new(HashMap::new()),
+            figures: Mutex::new(None),
+        }
+    }
+
+    fn table_root(&self, spec: &TableSpec) -> String {
+        format!("s3://{}/{}{}/", self.config.bucket, self.config.bronze_prefix, spec.name)
+    }
+
+    /// The table at its latest version (kept open across invocations and brought up to date), or `None` if
+    /// it does not exist yet.
+    async fn table(&self, spec: &'static TableSpec) -> Result<Option<deltalake::DeltaTable>, DeltaError> {
+        let mut tables = self.tables.lock().await;
+        let table = match tables.remove(spec.name) {
+            Some(mut t) => {
+                t.update_incremental(None).await.map_err(|source| DeltaError::Delta { table: spec.name, source })?;
+                t
+            }
+            None => {
+                let url = deltalake::table::builder::ensure_table_uri(self.table_root(spec))
+                    .map_err(|source| DeltaError::Delta { table: spec.name, source })?;
+                match open_existing(spec, url, self.config.storage_options.clone()).await {
+                    Ok(t) => t,
+                    Err(DeltaError::Delta { source: DeltaTableError::NotATable(_), .. }) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        tables.insert(spec.name, table.clone());
+        Ok(Some(table))
+    }
+
+    /// Daily figures of every unit for days `from..=to`, from the latest `performance_stats` (read again only
+    /// when the table has a new version or the days are not covered).
+    async fn figures(&self, from: NaiveDate, to: NaiveDate) -> Result<Arc<Figures>, PredictError> {
+        let Some(table) = self.table(&PERFORMANCE_STATS).await? else {
+            warn!("bronze/performance_stats does not exist yet: predictions use no daily figures");
+            return Ok(Arc::default());
+        };
+        let version = table.version();
+        let mut cache = self.figures.lock().await;
+        if let Some(c) = cache.as_ref().filter(|c| c.version == version && c.from <= from && c.to >= to) {
+            return Ok(c.figures.clone());
+        }
+        let files = active_files(&table, PERFORMANCE_STATS.name)?;
+        let files: Vec<DataFile> = files.into_iter().filter(|f| f.date.is_some_and(|d| d >= from && d <= to)).collect();
+        let figures = Arc::new(read_figures(&table.object_store(), &files).await?);
+        info!(?version, files = files.len(), units = figures.units(), "daily figures read");
+        *cache = Some(FiguresCache { version, from, to, figures: figures.clone() });
+        Ok(figures)
+    }
+}
+
+/// The active data files of a table at its loaded version.
+fn active_files(table: &deltalake::DeltaTable, name: &'static str) -> Result<Vec<DataFile>, DeltaError> {
+    let snapshot = table.snapshot().map_err(|source| DeltaError::Delta { table: name, source })?;
+    let column = if name == LOCATIONS.name { "event_date" } else { "stat_date" };
+    Ok(snapshot
+        .log_data()
+        .iter()
+        .map(|f| {
+            let date = f.partition_values_map().get(column).cloned().flatten();
+            DataFile::new(f.object_store_path().as_ref(), date.as_deref(), f.stats().as_deref())
+        })
+        .collect())
+}
+
+/// The invocation failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandlerError {
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error("{failed} commit(s) not predicted; first error: {first}")]
+    Commits { failed: usize, first: String },
+    #[error("full refresh failed: {0}")]
+    Refresh(PredictError),
+}
+
+impl From<HandlerError> for Diagnostic {
+    fn from(e: HandlerError) -> Self {
+        let fault = match &e {
+            HandlerError::Event(_) => Fault::Permanent,
+            HandlerError::Commits { .. } | HandlerError::Refresh(_) => Fault::Retryable,
+        };
+        Diagnostic { error_type: fault.error_type().to_owned(), error_message: e.to_string() }
+    }
+}
+
+/// A failure that Lambda should retry: storage, the Delta log, a data file, the model or DynamoDB.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PredictError {
+    #[error(transparent)]
+    Lake(#[from] fleetlake::Error),
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Write(#[from] PredictionsError),
+    #[error("bronze/locations does not exist, yet a commit of it was notified")]
+    NoTable,
+}
+
+/// What one commit or refresh did.
+#[derive(Debug, Default)]
+struct Done {
+    positions: u64,
+    context_files: u64,
+    units: u64,
+    missing: u64,
+    unreadable: u64,
+    written: WriteStats,
+}
+
+impl Done {
+    fn add(&mut self, o: &Done) {
+        self.positions += o.positions;
+        self.context_files += o.context_files;
+        self.units += o.units;
+        self.missing += o.missing;
+        self.unreadable += o.unreadable;
+        self.written.written += o.written.written;
+        self.written.kept += o.written.kept;
+        self.written.batch_calls += o.written.batch_calls;
+        self.written.retried_items += o.written.retried_items;
+    }
+}
+
+fn is_schedule(payload: &Value) -> bool {
+    payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+}
+
+#[instrument(skip_all)]
+pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &Deps) -> Result<Value, HandlerError> {
+    let mut metrics = Metrics::new(STAGE);
+    metrics.property("requestId", event.context.request_id.clone());
+    metrics.property("model_version", deps.model.version());
+    let left_ms = event.context.deadline.saturating_sub(Utc::now().timestamp_millis().max(0) as u64);
+    let deadline = if event.context.deadline > 0 {
+        Instant::now() + Duration::from_millis(left_ms).saturating_sub(DEADLINE_MARGIN)
+    } else {
+        Instant::now() + Duration::from_secs(600)
+    };
+    let mut totals = Done::default();
+    let result = if is_schedule(&event.payload) {
+        let outcome = Box::pin(refresh(deps, deadline)).await;
+        match outcome {
+            Ok((version, done)) => {
+                totals.add(&done);
+                Ok(json!({"refresh": true, "source_version": version, "predictions": done.written.written}))
+            }
+            Err(e) => {
+                error!(error = %e, "full refresh failed");
+                Err(HandlerError::Refresh(e))
+            }
+        }
+    } else {
+        commits(&event.payload, deps, deadline, &mut totals, &mut metrics).await
+    };
+    for (name, n) in [
+        ("positions_read", totals.positions),
+        ("context_files_read", totals.context_files),
+        ("units", totals.units),
+        ("predictions_written", totals.written.written),
+        ("predictions_kept", totals.written.kept),
+        ("batch_write_calls", totals.written.batch_calls),
+        ("items_retried", totals.written.retried_items),
+        ("commits_missing", totals.missing),
+        ("commits_unreadable", totals.unreadable),
+    ] {
+        metrics.add(name, n);
+    }
+    metrics.emit();
+    result
+}
+
+/// The commit notifications of an SQS batch (or a direct S3 event), one at a time.
+async fn commits(
+    payload: &Value,
+    deps: &Deps,
+    deadline: Instant,
+    totals: &mut Done,
+    metrics: &mut Metrics,
+) -> Result<Value, HandlerError> {
+    let trigger = parse_trigger(payload).inspect_err(|e| error!(error = %e, "event not understood"))?;
+    let (messages, reports_items) = match trigger {
+        Trigger::Sqs(messages) => (messages.into_iter().map(|m| (m.message_id, m.objects)).collect(), true),
+        Trigger::Direct(objects) | Trigger::EventBridge(objects) => (vec![(String::new(), Ok(objects))], false),
+    };
+    let mut failures = Vec::new();
+    let mut first_error = None;
+    let (mut seen, mut ignored) = (0u64, 0u64);
+    for (message_id, objects) in messages {
+        let objects = match objects {
+            Ok(o) => o,
+            Err(reason) => {
+                error!(message_id = %message_id, reason, "SQS message not understood");
+                failures.push(message_id);
+                continue;
+            }
+        };
+        let mut failed = false;
+        for obj in &objects {
+            let commit = (obj.bucket == deps.config.bucket.as_str())
+                .then(|| CommitKey::parse(deps.config.bronze_prefix.as_str(), &obj.key))
+                .flatten()
+                .filter(|c| c.table.name == LOCATIONS.name);
+            let Some(commit) = commit else {
+                // The topic carries every bronze commit (partition-sync needs them all); only locations matter here.
+                ignored += 1;
+                continue;
+            };
+            seen += 1;
+            match Box::pin(predict_commit(deps, &obj.key, commit.version, deadline)).await {
+                Ok(done) => totals.add(&done),
+                Err(e) => {
+                    error!(key = %obj.key, error = %e, "commit not predicted");
+                    first_error.get_or_insert_with(|| e.to_string());
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            failures.push(message_id);
+        }
+    }
+    metrics.add("commits", seen);
+    metrics.add("keys_ignored", ignored);
+    metrics.add("messages_failed", failures.len() as u64);
+    if reports_items {
+        return Ok(
+            json!({"batchItemFailures": failures.iter().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>()}),
+        );
+    }
+    match first_error {
+        None => Ok(json!({"commits": seen, "predictions": totals.written.written})),
+        Some(first) => Err(HandlerError::Commits { failed: failures.len().max(1), first }),
+    }
+}
+
+/// Predicts for the units of one `bronze/locations` commit.
+#[instrument(skip(deps, deadline))]
+async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant) -> Result<Done, PredictError> {
+    let mut done = Done::default();
+    let bytes = match deps.store.get_bytes(key).await {
+        Ok(b) => b,
+        Err(fleetlake::Error::NotFound { .. }) => {
+            // Cleaned up past its log retention: a later commit or the scheduled refresh covers its units.
+            error!(key, "the commit file is gone (log cleaned up?); nothing to predict from it");
+            done.missing = 1;
+            return Ok(done);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let adds = match commit_adds(&bytes, "event_date") {
+        Ok(a) => a,
+        Err(reason) => {
+            error!(key, reason, "the commit file is not a Delta commit; skipped");
+            done.unreadable = 1;
+            return Ok(done);
+        }
+    };
+    if adds.is_empty() {
+        return Ok(done);
+    }
+    let table = deps.table(&LOCATIONS).await?.ok_or(PredictError::NoTable)?;
+    let store = table.object_store();
+    let mut tracks = read_tracks(&store, &adds, &|_, _| true).await?;
+    done.positions = tracks.values().map(|t| t.positions.len() as u64).sum();
+
+    // Each unit's window ends at its latest new position; earlier positions in it come from other files.
+    let window = i64::from(deps.contract.window_hours) * HOUR_US;
+    let ends: HashMap<String, i64> = tracks.iter().filter_map(|(u, t)| Some((u.clone(), t.latest()?))).collect();
+    let (Some(lo), Some(hi)) = (ends.values().min().map(|e| e - window), ends.values().max().copied()) else {
+        return Ok(done);
+    };
+    let added: HashSet<&str> = adds.iter().map(|f| f.path.as_ref()).collect();
+    let context: Vec<DataFile> = active_files(&table, LOCATIONS.name)?
+        .into_iter()
+        .filter(|f| !added.contains(f.path.as_ref()) && f.may_cover(lo, hi))
+        .collect();
+    done.context_files = context.len() as u64;
+    if !context.is_empty() {
+        let in_window = |unit: &str, ts: i64| ends.get(unit).is_some_and(|end| ts <= *end && ts >= end - window);
+        for (unit, track) in read_tracks(&store, &context, &in_window).await? {
+            if let Some(t) = tracks.get_mut(&unit) {
+                t.positions.extend(track.positions);
+                if t.transport_type.is_none() {
+                    t.transport_type = track.transport_type;
+                }
+            }
+        }
+    }
+    let (units, written) = predict(deps, tracks, version, deadline).await?;
+    done.units = units;
+    done.written = written;
+    Ok(done)
+}
+
+/// Predicts for every unit seen within the window before the table's newest position.
+#[instrument(skip_all)]
+async fn refresh(deps: &Deps, deadline: Instant) -> Result<(u64, Done), PredictError> {
+    let mut done = Done::default();
+    let Some(table) = deps.table(&LOCATIONS).await? else {
+        warn!("bronze/locations does not exist yet: nothing to refresh");
+        return Ok((0, done));
+    };
+    let version = table.version().unwrap_or(0);
+    let files = active_files(&table, LOCATIONS.name)?;
+    let newest = files.iter().filter_map(|f| f.ts_range.map(|r| r.1)).max();
+    let newest = match newest {
+        Some(n) => n,
+        // Without statistics: the newest date partition, to its end.
+        None => match files.iter().filter_map(|f| f.date).max().and_then(|d| d.succ_opt()) {
+            Some(d) => d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp_micros()),
+            None => return Ok((version, done)),
+        },
+    };
+    let window = i64::from(deps.contract.window_hours) * HOUR_US;
+    // Units active within the window; each one's own window may reach one more window back.
+    let (active_from, read_from) = (newest - window, newest - 2 * window);
+    let files: Vec<DataFile> = files.into_iter().filter(|f| f.may_cover(read_from, newest)).collect();
+    let mut tracks = read_tracks(&table.object_store(), &files, &|_, ts| ts >= read_from && ts <= newest).await?;
+    done.positions = tracks.values().map(|t| t.positions.len() as u64).sum();
+    done.context_files = files.len() as u64;
+    tracks.retain(|_, t| t.latest().is_some_and(|l| l >= active_from));
+    let (units, written) = predict(deps, tracks, version, deadline).await?;
+    done.units = units;
+    done.written = written;
+    info!(version, units, "full refresh done");
+    Ok((version, done))
+}
+
+fn date_of(ts_us: i64) -> NaiveDate {
+    DateTime::from_timestamp_micros(ts_us).unwrap_or_default().date_naive()
+}
+
+/// Features → model → items, written to the predictions table.
+async fn predict(
+    deps: &Deps,
+    tracks: HashMap<String, Track>,
+    source_version: u64,
+    deadline: Instant,
+) -> Result<(u64, WriteStats), PredictError> {
+    let mut units: Vec<(String, Track, i64)> =
+        tracks.into_iter().filter_map(|(u, t)| t.latest().map(|l| (u, t, l))).collect();
+    if units.is_empty() {
+        return Ok((0, WriteStats::default()));
+    }
+    units.sort_by(|a, b| a.0.cmp(&b.0));
+    let lookback = chrono::Days::new(u64::from(deps.config.stats_lookback_days));
+    let first_day = units.iter().map(|u| date_of(u.2)).min().unwrap_or_default();
+    let last_day = units.iter().map(|u| date_of(u.2)).max().unwrap_or_default();
+    let figures = deps.figures(first_day.checked_sub_days(lookback).unwrap_or(first_day), last_day).await?;
+
+    let rows: Vec<Vec<f32>> = units
+        .iter()
+        .map(|(unit, track, latest)| {
+            let day = date_of(*latest);
+            let last = figures.last(unit, day.checked_sub_days(lookback).unwrap_or(day), day);
+            let kind = track.transport_type.as_ref().map(|t| t.1.as_str());
+            unit_features(&deps.contract, kind, &track.positions, last)
+        })
+        .collect();
+    let values = deps.model.predict(&rows)?;
+    let ttl = i64::from(deps.config.ttl_days) * 86_400;
+    let predictions: Vec<Prediction> = units
+        .iter()
+        .zip(rows.iter().zip(values))
+        .map(|((unit, _, latest), (row, value))| {
+            let at = DateTime::from_timestamp_micros(*latest).unwrap_or_default();
+            Prediction {
+                transport_unit_id: unit.clone(),
+                predicted_at: at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                target: deps.contract.target.clone(),
+                value: f64::from(value),
+                unit: deps.contract.target_unit.clone(),
+                model_version: deps.model.version().to_owned(),
+                features: deps
+                    .contract
+                    .features
+                    .iter()
+                    .zip(row)
+                    .map(|(f, v)| (f.name.clone(), f64::from(*v)))
+                    .collect(),
+                source_version,
+                expires_at: at.timestamp() + ttl,
+            }
+        })
+        .collect();
+    let stats = deps.predictions.write(&predictions, deadline).await?;
+    Ok((predictions.len() as u64, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_events_are_understood() {
+        let sqs: Value = serde_json::from_str(include_str!("../../../events/predictor/sqs.json")).unwrap();
+        let Trigger::Sqs(messages) = parse_trigger(&sqs).unwrap() else { panic!("not an SQS event") };
+        let keys: Vec<Vec<(&str, u64)>> = messages
+            .iter()
+            .map(|m| {
+                let objects = m.objects.as_ref().unwrap();
+                objects
+                    .iter()
+                    .filter_map(|o| CommitKey::parse("bronze/", &o.key))
+                    .map(|c| (c.table.name, c.version))
+                    .collect()
+            })
+            .collect();
+        // Raw delivery (the S3 notification as the body) and an SNS envelope: both name a locations commit;
+        // the third names a performance_stats commit the predictor ignores.
+        assert_eq!(keys, [vec![("locations", 7)], vec![("locations", 8)], vec![("performance_stats", 3)]]);
+        let schedule: Value = serde_json::from_str(include_str!("../../../events/predictor/schedule.json")).unwrap();
+        assert!(is_schedule(&schedule));
+        assert!(!is_schedule(&sqs));
+    }
+}

@@ -1,0 +1,62 @@
+//! predictor: resource-usage predictions per transport unit, from each bronze/locations commit and on a schedule,
+//! written to DynamoDB.
+
+mod config;
+mod handler;
+mod source;
+
+use fleetlake::config::Env;
+use fleetlake::features::{Contract, SHIPPED_CONTRACT};
+use fleetlake::model::Model;
+use lambda_runtime::{run, service_fn, Error};
+
+use crate::config::{Config, ModelSource};
+
+/// The shipped model (`models/fuel-24h`), used when `MODEL_URI` is not set.
+const SHIPPED_MODEL: &[u8] = include_bytes!("../../../models/fuel-24h/model.onnx");
+
+/// The model and its contract (`contract.json` beside the model file), checked against each other.
+async fn load_model(config: &Config, s3: &aws_sdk_s3::Client) -> Result<(Model, Contract), String> {
+    let (model, contract, origin) = match &config.model {
+        ModelSource::Shipped => (SHIPPED_MODEL.to_vec(), SHIPPED_CONTRACT.to_owned(), "the shipped model".to_owned()),
+        ModelSource::S3 { bucket, key } => {
+            let store = fleetlake::s3::S3Store::new(s3.clone(), bucket.as_str());
+            let contract_key = match key.rsplit_once('/') {
+                Some((dir, _)) => format!("{dir}/contract.json"),
+                None => "contract.json".to_owned(),
+            };
+            let get = |k: String| {
+                let store = &store;
+                async move { store.get_bytes(&k).await.map_err(|e| format!("MODEL_URI s3://{bucket}/{key}: {e}")) }
+            };
+            let contract = String::from_utf8(get(contract_key).await?)
+                .map_err(|e| format!("MODEL_URI s3://{bucket}/{key}: contract.json is not UTF-8: {e}"))?;
+            (get(key.clone()).await?, contract, format!("s3://{bucket}/{key}"))
+        }
+        ModelSource::Path(path) => {
+            let origin = path.display().to_string();
+            let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("MODEL_URI {}: {e}", p.display()));
+            let contract = read(&path.with_file_name("contract.json"))?;
+            let contract = String::from_utf8(contract)
+                .map_err(|e| format!("MODEL_URI {origin}: contract.json is not UTF-8: {e}"))?;
+            (read(path)?, contract, origin)
+        }
+    };
+    let contract = Contract::parse(&contract).map_err(|e| format!("MODEL_URI {origin}: {e}"))?;
+    let loaded = Model::load(&model, contract.clone()).map_err(|e| format!("MODEL_URI {origin}: {e}"))?;
+    tracing::info!(model = origin, version = loaded.version(), features = contract.features.len(), "model loaded");
+    Ok((loaded, contract))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    fleetlake::telemetry::init_logging();
+    let config =
+        Config::from_env(&Env::process()).inspect_err(|e| tracing::error!(error = %e, "invalid configuration"))?;
+    let sdk = fleetlake::aws::load_sdk_config().await;
+    let s3 = fleetlake::aws::s3_client(&sdk);
+    let (model, contract) =
+        load_model(&config, &s3).await.inspect_err(|e| tracing::error!(error = %e, "model refused"))?;
+    let deps = handler::Deps::new(config, s3, aws_sdk_dynamodb::Client::new(&sdk), model, contract);
+    run(service_fn(|event| handler::handle(event, &deps))).await
+}

@@ -17,10 +17,10 @@ LAMBDA_PORT ?= 9000
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict build sam-build clean-local
+.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict build sam-build clean-local
 
 help:
-	@echo "make demo   - local stack (moto + weather stub), functions under cargo lambda watch, sample batches, summary"
+	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
 	@echo "make model  - train the fuel-24h model on a synthetic fleet and export it to models/fuel-24h/ (ONNX + test fixture)"
 	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions (release builds)"
@@ -55,10 +55,15 @@ fmt-check: toolchain
 clippy: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: lint template-check test-infra test-rust
+test: lint template-check test-infra test-rust test-e2e
 
 test-rust: toolchain venv
 	cargo test --workspace
+
+# The whole pipeline at smoke size (infra/e2e): the synthetic fleet through every function, chained by the router.
+test-e2e: toolchain venv
+	cargo build --workspace --bins
+	FLEETLAKE_BIN_DIR=$(TARGET_DIR)/debug $(PY) -m unittest discover -s infra/e2e -v
 
 model: venv
 	$(PY) infra/model/train.py
@@ -72,30 +77,37 @@ template-check: venv
 	$(PY) infra/policy/check_template.py
 	$(PY) infra/local/stack.py check-template
 
+# DEMO_RUNTIME=watch (default): functions run under `cargo lambda watch`; DEMO_RUNTIME=binaries: the router serves
+# the runtime API to the debug binaries itself. FLEET_UNITS / FLEET_HOURS / FLEET_SEED size the synthetic fleet.
 demo: toolchain venv
-	cargo build -p weather-stub -p msk-lander -p weather-enricher
+	@echo "==> building the functions, the weather stub and the router"
+	cargo build --workspace --bins
 	$(PY) infra/local/stack.py up --moto-port $(MOTO_PORT) --weather-port $(WEATHER_PORT) --weather-stub $(TARGET_DIR)/debug/weather-stub
-	LAMBDA_PORT=$(LAMBDA_PORT) infra/local/demo.sh
+	LAMBDA_PORT=$(LAMBDA_PORT) TARGET_DIR=$(TARGET_DIR) infra/local/demo.sh
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 
 bench: bench-enricher bench-delta bench-sync bench-predict
 
 bench-enricher: toolchain venv
-	cargo build --release -p weather-enricher -p fleetlake-bench
-	$(TARGET_DIR)/release/bench-enricher --enricher $(TARGET_DIR)/release/weather-enricher $(BENCH_ARGS)
+	cargo build --release -p weather-enricher
+	cargo build --profile tools -p fleetlake-bench
+	$(TARGET_DIR)/tools/bench-enricher --enricher $(TARGET_DIR)/release/weather-enricher $(BENCH_ARGS)
 
 bench-sync: toolchain venv
-	cargo build --release -p partition-sync -p fleetlake-bench
-	$(TARGET_DIR)/release/bench-sync --sync $(TARGET_DIR)/release/partition-sync $(BENCH_SYNC_ARGS)
+	cargo build --release -p partition-sync
+	cargo build --profile tools -p fleetlake-bench
+	$(TARGET_DIR)/tools/bench-sync --sync $(TARGET_DIR)/release/partition-sync $(BENCH_SYNC_ARGS)
 
 bench-delta: toolchain venv
+	# The in-memory ceiling runs inside bench-delta: it gets the functions' release profile (fat LTO), not `tools`.
 	cargo build --release -p delta-writer -p fleetlake-bench
 	$(TARGET_DIR)/release/bench-delta --writer $(TARGET_DIR)/release/delta-writer $(BENCH_DELTA_ARGS)
 
 bench-predict: toolchain venv
-	cargo build --release -p predictor -p fleetlake-bench
-	$(TARGET_DIR)/release/bench-predict --predictor $(TARGET_DIR)/release/predictor $(BENCH_PREDICT_ARGS)
+	cargo build --release -p predictor
+	cargo build --profile tools -p fleetlake-bench
+	$(TARGET_DIR)/tools/bench-predict --predictor $(TARGET_DIR)/release/predictor $(BENCH_PREDICT_ARGS)
 
 down: venv
 	$(PY) infra/local/stack.py down

@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = ROOT / "infra" / "local" / "stack.json"
-STATE = ROOT / ".local"
+STATE = Path(os.environ.get("FLEETLAKE_STATE") or ROOT / ".local")  # a test runs its own stack elsewhere
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
                "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -84,6 +84,15 @@ def bootstrap(endpoint):
         queue_arns[q["logical_id"]] = arn
         for n in q["notifications"]:
             queue_configs.append({"QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": key_filter(n)})
+    # Locally, S3's direct invocations (s3_trigger) go through a queue of their own that infra/router polls.
+    local_queues = {}
+    for f in d["functions"]:
+        if "s3_trigger" in f:
+            name = resolve(f["name"], loc) + "-local-s3"
+            url = c["sqs"].create_queue(QueueName=name)["QueueUrl"]
+            arn = c["sqs"].get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            queue_configs.append({"QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": key_filter(f["s3_trigger"])})
+            local_queues[f"LOCAL_QUEUE_{f['logical_id']}"] = name
     topic_configs = []
     for t in d.get("topics", []):
         topic_arn = c["sns"].create_topic(Name=resolve(t["name"], loc))["TopicArn"]
@@ -124,8 +133,12 @@ def bootstrap(endpoint):
             c["glue"].update_table(DatabaseName=db, TableInput=table_input)
     return {"LAKE_BUCKET": bucket, "GLUE_DATABASE": db,
             **{f"QUEUE_{q['logical_id']}": resolve(q["name"], loc) for q in d["queues"]},
+            **{f"QUEUE_{q['dead_letter']['logical_id']}": resolve(q["dead_letter"]["name"], loc)
+               for q in d["queues"] if "dead_letter" in q},
             **{f"TOPIC_{t['logical_id']}": resolve(t["name"], loc) for t in d.get("topics", [])},
-            **{f"TABLE_{t['logical_id']}": resolve(t["name"], loc) for t in d["tables"]}}
+            **{f"TABLE_{t['logical_id']}": resolve(t["name"], loc) for t in d["tables"]},
+            **local_queues,
+            "PREDICTIONS_TABLE": resolve(d["tables"][0]["name"], loc)}
 
 
 MANIFEST_FOLDER = "_symlink_format_manifest"
@@ -358,6 +371,14 @@ def check_template(args):
             got = [({r["Name"]: r["Value"] for r in e.get("Filter", {}).get("S3Key", {}).get("Rules", [])}, e.get("Bucket")) for e in s3_events]
             want = ({"prefix": f["s3_trigger"]["prefix"], "suffix": f["s3_trigger"]["suffix"]}, {"Ref": d["bucket"]["logical_id"]})
             expect(f"{f['logical_id']} S3 trigger", got, [want])
+        if f.get("msk_trigger"):
+            msk = [e["Properties"] for e in p.get("Events", {}).values() if e.get("Type") == "MSK"]
+            if not msk:
+                problems.append(f"{f['logical_id']} has msk_trigger but no MSK event in the template")
+        if "async_failure_queue" in f:
+            dest = r.get("Properties", {}).get("EventInvokeConfig", {}).get("DestinationConfig", {}).get("OnFailure", {})
+            expect(f"{f['logical_id']} asynchronous failure destination", dest.get("Destination"),
+                   {"Fn::GetAtt": [f["async_failure_queue"], "Arn"]})
         if "sqs_trigger" in f:
             sqs_events = [e["Properties"] for e in p.get("Events", {}).values() if e.get("Type") == "SQS"]
             got = [(e.get("Queue"), "ReportBatchItemFailures" in e.get("FunctionResponseTypes", [])) for e in sqs_events]
@@ -434,6 +455,55 @@ def summary(_args):
         print(f"      {n:>5} × {reason}")
 
 
+def report(args):
+    """What the pipeline did: the lake summary, then tables, catalog, predictions and the router's counts."""
+    from deltalake import DeltaTable
+
+    summary(args)
+    env = stack_env()
+    c = clients(env["AWS_ENDPOINT_URL"])
+    bucket = env["LAKE_BUCKET"]
+    options = {"AWS_ENDPOINT_URL": env["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": env["AWS_REGION"],
+               "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}
+    print("\nbronze Delta tables (read with the Python deltalake package)")
+    for table in ("locations", "performance_stats", "transport_units"):
+        try:
+            dt_ = DeltaTable(f"s3://{bucket}/bronze/{table}", storage_options=options)
+        except Exception as e:  # noqa: BLE001 - a table not written yet is reported, not fatal
+            print(f"  {table:<20} not created ({type(e).__name__})")
+            continue
+        rows = dt_.to_pyarrow_dataset().count_rows()
+        print(f"  {table:<20} version {dt_.version():>4}, {len(dt_.file_uris()):>4} files, {rows:>8} rows")
+    db = env["GLUE_DATABASE"]
+    print(f"\nGlue database {db}")
+    for t in c["glue"].get_tables(DatabaseName=db)["TableList"]:
+        parts = c["glue"].get_partitions(DatabaseName=db, TableName=t["Name"])["Partitions"]
+        values = sorted(p["Values"][0] for p in parts)
+        shown = ", ".join(values[:4]) + (" …" if len(values) > 4 else "")
+        print(f"  {t['Name']:<26} {len(parts):>3} partitions {shown}")
+    table = env["PREDICTIONS_TABLE"]
+    items = []
+    for page in c["dynamodb"].get_paginator("scan").paginate(TableName=table):
+        items += page["Items"]
+    units = {i["transport_unit_id"]["S"] for i in items}
+    print(f"\npredictions in DynamoDB {table}: {len(items)} items for {len(units)} units")
+    for unit in sorted(units)[:3]:
+        latest = c["dynamodb"].query(TableName=table, KeyConditionExpression="transport_unit_id = :u",
+                                     ExpressionAttributeValues={":u": {"S": unit}}, ScanIndexForward=False, Limit=1)["Items"][0]
+        f = {k: round(float(v["N"]), 1) for k, v in latest["features"]["M"].items()}
+        print(f"  {unit} at {latest['predicted_at']['S']}: {float(latest['value']['N']):,.0f} {latest['unit']['S']} "
+              f"{latest['target']['S']} ({latest['model_version']['S']}, table version {latest['source_version']['N']}); "
+              f"distance {f.get('distance_km')} km, {f.get('hours_observed')} h, mean speed {f.get('mean_speed_kmh')} km/h")
+    if args.router and Path(args.router).exists():
+        r = json.loads(Path(args.router).read_text())
+        print(f"\nrouting: idle after {r['seconds']} s; dead-letter queues: "
+              + ", ".join(f"{k} {v}" for k, v in r["dead_letter_queues"].items()))
+        for name, f in sorted(r["functions"].items()):
+            if f["invocations"]:
+                print(f"  {name:<18} {f['invocations']:>5} invocations ({f['failed_invocations']} failed, "
+                      f"{f['item_failures']} batch item failures), {f['total_ms'] / max(1, f['invocations']):.0f} ms mean")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -447,6 +517,8 @@ def main():
     p = sub.add_parser("check-template")
     p.add_argument("--template", default=str(ROOT / "template.yaml"))
     sub.add_parser("summary")
+    p = sub.add_parser("report")
+    p.add_argument("--router", help="the router's JSON report")
     p = sub.add_parser("s3-events")
     p.add_argument("--prefix", required=True)
     p.add_argument("--out", required=True)
@@ -461,6 +533,8 @@ def main():
         check_template(a)
     elif a.cmd == "s3-events":
         s3_events(a)
+    elif a.cmd == "report":
+        report(a)
     else:
         summary(a)
 

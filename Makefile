@@ -17,7 +17,7 @@ LAMBDA_PORT ?= 9000
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict build sam-build clean-local
+.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init build sam-build package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
@@ -87,7 +87,7 @@ demo: toolchain venv
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 
-bench: bench-enricher bench-delta bench-sync bench-predict
+bench: bench-enricher bench-delta bench-sync bench-predict bench-init
 
 bench-enricher: toolchain venv
 	cargo build --release -p weather-enricher
@@ -109,6 +109,13 @@ bench-predict: toolchain venv
 	cargo build --profile tools -p fleetlake-bench
 	$(TARGET_DIR)/tools/bench-predict --predictor $(TARGET_DIR)/release/predictor $(BENCH_PREDICT_ARGS)
 
+# Cold start of every function (process start to its first poll of the runtime API), release binaries.
+bench-init: toolchain venv
+	# One package at a time: each binary gets only its own features of fleetlake-shared, as in `sam build`.
+	for f in msk-lander weather-enricher delta-writer partition-sync predictor; do cargo build --release -p $$f; done
+	cargo build --profile tools -p fleetlake-bench
+	$(TARGET_DIR)/tools/bench-init --dir $(TARGET_DIR)/release
+
 down: venv
 	$(PY) infra/local/stack.py down
 
@@ -118,6 +125,15 @@ build: toolchain venv
 
 sam-build: toolchain venv
 	sam build --template template.yaml
+
+# What CI checks of the deployment: `sam build` drives cargo lambda for every function of the template. Built
+# without LTO (CARGO_PROFILE_RELEASE_*) to keep CI short; `make sam-build` builds what you deploy.
+package: toolchain venv
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 sam build --template template.yaml --build-dir .aws-sam/package
+	@for f in MskLanderFunction WeatherEnricherFunction DeltaWriterFunction PartitionSyncFunction PredictorFunction; do \
+	  test -x .aws-sam/package/$$f/bootstrap || { echo "sam build left no bootstrap for $$f"; exit 1; }; \
+	  file .aws-sam/package/$$f/bootstrap | grep -q aarch64 || { echo "$$f is not an arm64 binary"; exit 1; }; \
+	done; echo "sam build: 5 arm64 bootstraps"
 
 clean-local: down
 	rm -rf .local

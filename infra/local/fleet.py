@@ -26,12 +26,88 @@ import zlib
 from pathlib import Path
 
 EARTH_RADIUS_KM = 6371.0088
+# Per transport type: area (lat, lon ranges), cruise speed range km/h, altitude m (None: not reported), litres per
+# km, and the day's duty: ships sail around the clock (a port day now and then), trucks drive one shift, aircraft
+# fly two or three legs with turnarounds on the ground.
 KINDS = {
-    # type: (lat range, lon range, speed km/h range, altitude m, litres per km)
-    "maritime": ((35.0, 55.0), (-45.0, -15.0), (22.0, 38.0), 0.0, 9.0),
-    "terrestrial": ((44.0, 53.0), (0.0, 16.0), (55.0, 90.0), None, 0.32),
-    "aerial": ((38.0, 58.0), (-10.0, 25.0), (760.0, 880.0), 10_600.0, 11.5),
+    "maritime": {"lat": (35.0, 55.0), "lon": (-45.0, -15.0), "speed": (22.0, 38.0), "alt": 0.0, "l_per_km": 9.0},
+    "terrestrial": {"lat": (44.0, 53.0), "lon": (0.0, 16.0), "speed": (55.0, 90.0), "alt": None, "l_per_km": 0.32},
+    "aerial": {"lat": (38.0, 58.0), "lon": (-10.0, 25.0), "speed": (760.0, 880.0), "alt": 10_600.0, "l_per_km": 11.5},
 }
+TICK_H = 0.25  # positions every 15 minutes
+
+
+def duty(kind, rnd):
+    """The 15-minute slots of one day in which a unit of `kind` moves."""
+    slots = [False] * 96
+    if kind == "maritime":
+        if rnd.random() >= 0.1:  # one day in ten in port
+            slots = [True] * 96
+    elif kind == "terrestrial":
+        start = rnd.randrange(20, 36)  # 05:00–09:00
+        for k in range(start, min(96, start + rnd.randrange(32, 46))):  # an 8–11 h shift
+            slots[k] = True
+    else:
+        k = rnd.randrange(24, 40)  # first departure 06:00–10:00
+        for _ in range(rnd.choice((2, 3))):
+            leg = rnd.randrange(6, 13)  # 1.5–3 h
+            for j in range(k, min(96, k + leg)):
+                slots[j] = True
+            k += leg + rnd.randrange(4, 9)  # 1–2 h on the ground
+    return slots
+
+
+def weather(rnd):
+    """A unit's weather for one day: wind (km/h) around a daily mean, and rain (mm per 15 min) in showers."""
+    mean_wind, wet = rnd.uniform(5, 45), rnd.random() < 0.35
+    return [(max(0.0, rnd.gauss(mean_wind, 5)), rnd.expovariate(4.0) if wet and rnd.random() < 0.3 else 0.0)
+            for _ in range(96)]
+
+
+def fuel_factor(wind, rain):
+    """More fuel against the wind and in rain."""
+    return 1 + 0.004 * wind + 0.01 * min(rain * 4, 10)
+
+
+def new_unit(i, rnd):
+    kind = ("maritime", "terrestrial", "aerial")[i % 3]
+    k = KINDS[kind]
+    return {"id": f"TU-{i:06d}", "type": kind, "lat": rnd.uniform(*k["lat"]), "lon": rnd.uniform(*k["lon"]),
+            "heading": rnd.uniform(0, 360), "speed": rnd.uniform(*k["speed"])}
+
+
+def simulate_day(u, rnd):
+    """Moves unit `u` through one day; returns its 96 ticks: (lat, lon, speed, heading, altitude, km, litres, wind,
+    rain) at the end of each 15 minutes (the first tick is midnight, before any move)."""
+    k = KINDS[u["type"]]
+    moving, sky = duty(u["type"], rnd), weather(rnd)
+    ticks = []
+    for slot in range(96):
+        km = 0.0
+        if moving[slot] and slot > 0:
+            u["heading"] = (u["heading"] + rnd.gauss(0, 6)) % 360
+            u["speed"] = min(k["speed"][1], max(k["speed"][0], u["speed"] + rnd.gauss(0, 1.5)))
+            lat, lon = step(u["lat"], u["lon"], u["heading"], u["speed"] * TICK_H)
+            if not (k["lat"][0] <= lat <= k["lat"][1] and k["lon"][0] <= lon <= k["lon"][1]):
+                u["heading"] = (u["heading"] + 180) % 360  # turn back at the edge of the area
+                lat, lon = step(u["lat"], u["lon"], u["heading"], u["speed"] * TICK_H)
+            km = haversine_km(u["lat"], u["lon"], lat, lon)
+            u["lat"], u["lon"] = lat, lon
+        speed = u["speed"] if moving[slot] else 0.0
+        alt = (k["alt"] if moving[slot] else 0.0) if k["alt"] is not None else None
+        wind, rain = sky[slot]
+        litres = km * k["l_per_km"] * fuel_factor(wind, rain) * rnd.gauss(1.0, 0.02)
+        ticks.append((u["lat"], u["lon"], speed, u["heading"], alt, km, litres, wind, rain))
+    return ticks
+
+
+def daily_row(u, day, ticks):
+    """The performance_stats row of one simulated day."""
+    return {"transport_unit_id": u["id"], "stat_date": day, "distance_km": round(sum(t[5] for t in ticks), 1),
+            "fuel_used_l": round(sum(t[6] for t in ticks), 1),
+            "engine_hours": round(sum(TICK_H for t in ticks if t[2] > 0), 2)}
+
+
 CLUSTER = "arn:aws:kafka:us-east-1:123456789012:cluster/fleet-msk/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0-2"
 
 
@@ -66,14 +142,8 @@ def ms(t):
 def generate(args):
     rnd = random.Random(args.seed)
     day = dt.datetime.strptime(args.day, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
-    kinds = list(KINDS)
-    units = []
-    for i in range(args.units):
-        kind = kinds[i % 3]
-        (la0, la1), (lo0, lo1), (s0, s1), alt, _ = KINDS[kind]
-        units.append({"id": f"TU-{i:06d}", "type": kind, "lat": rnd.uniform(la0, la1), "lon": rnd.uniform(lo0, lo1),
-                      "heading": rnd.uniform(0, 360), "speed": rnd.uniform(s0, s1), "alt": alt, "km": 0.0, "hours": 0.0})
-
+    units = [new_unit(i, rnd) for i in range(args.units)]
+    capacity = {"maritime": 8200, "terrestrial": 24, "aerial": 110}
     events = []  # (time, topic, key, value bytes, expectation)
     expected = {"positions": [], "malformed": [], "performance_stats": [], "transport_units": [], "units": {}}
     lsn = [24_000_000]
@@ -91,7 +161,7 @@ def generate(args):
     t0 = day + dt.timedelta(seconds=1)
     for u in units:
         row = {"transport_unit_id": u["id"], "transport_type": u["type"], "name": f"{u['type'][:3].upper()} {u['id']}",
-               "capacity_t": {"maritime": 8200, "terrestrial": 24, "aerial": 110}[u["type"]]}
+               "capacity_t": capacity[u["type"]]}
         change("pg.public.transport_units", {"transport_unit_id": u["id"]}, None, row, "r", t0)
         expected["transport_units"].append({"op": "r", **row})
         expected["units"][u["id"]] = u["type"]
@@ -101,17 +171,16 @@ def generate(args):
     expected["transport_units"] += [{"op": "r", **retired}, {"op": "d", "transport_unit_id": "TU-999999"}]
     for u in units[: max(1, len(units) // 10)]:
         before = {"transport_unit_id": u["id"], "transport_type": u["type"], "name": f"{u['type'][:3].upper()} {u['id']}",
-                  "capacity_t": {"maritime": 8200, "terrestrial": 24, "aerial": 110}[u["type"]]}
+                  "capacity_t": capacity[u["type"]]}
         after = dict(before, name=before["name"] + " (renamed)")
         change("pg.public.transport_units", {"transport_unit_id": u["id"]}, before, after, "u", day + dt.timedelta(hours=12))
         expected["transport_units"].append({"op": "u", **after})
 
-    # The day before: one performance row per unit, as if it had sailed/driven/flown at its speed for 20 h.
+    # The day before (simulated, only its performance row is reported), then the day itself.
     yesterday = (day - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+    today = [None] * len(units)
     for n, u in enumerate(units):
-        km = u["speed"] * 20 * rnd.uniform(0.8, 1.1)
-        row = {"transport_unit_id": u["id"], "stat_date": yesterday, "distance_km": round(km, 1),
-               "fuel_used_l": round(km * KINDS[u["type"]][4] * rnd.uniform(0.9, 1.1), 1), "engine_hours": 20.0}
+        row = daily_row(u, yesterday, simulate_day(u, rnd))
         key = {"transport_unit_id": u["id"], "stat_date": yesterday}
         change("pg.public.performance_stats", key, None, row, "c", day + dt.timedelta(minutes=5))
         expected["performance_stats"].append({"op": "c", **row})
@@ -119,26 +188,16 @@ def generate(args):
             fixed = dict(row, fuel_used_l=round(row["fuel_used_l"] * 1.02, 1))
             change("pg.public.performance_stats", key, row, fixed, "u", day + dt.timedelta(hours=2))
             expected["performance_stats"].append({"op": "u", **fixed})
+        today[n] = simulate_day(u, rnd)
 
     # Positions every 15 minutes.
-    ticks = args.hours * 4
-    for k in range(ticks):
+    for k in range(min(96, args.hours * 4)):
         t = day + dt.timedelta(minutes=15 * k)
-        for u in units:
-            if k > 0:
-                (la0, la1), (lo0, lo1), (s0, s1), _, _ = KINDS[u["type"]]
-                u["heading"] = (u["heading"] + rnd.gauss(0, 6)) % 360
-                u["speed"] = min(s1, max(s0, u["speed"] + rnd.gauss(0, 1.5)))
-                lat, lon = step(u["lat"], u["lon"], u["heading"], u["speed"] * 0.25)
-                if not (la0 <= lat <= la1 and lo0 <= lon <= lo1):  # turn back at the edge of the area
-                    u["heading"] = (u["heading"] + 180) % 360
-                    lat, lon = step(u["lat"], u["lon"], u["heading"], u["speed"] * 0.25)
-                u["km"] += haversine_km(u["lat"], u["lon"], lat, lon)
-                u["hours"] += 0.25
-                u["lat"], u["lon"] = lat, lon
-            record = {"transport_unit_id": u["id"], "ts": iso(t), "lat": round(u["lat"], 5), "lon": round(u["lon"], 5),
-                      "transport_type": u["type"], "speed_kmh": round(u["speed"], 1), "heading_deg": round(u["heading"], 1),
-                      "altitude_m": u["alt"]}
+        for u, ticks in zip(units, today):
+            lat, lon, speed, heading, alt, *_ = ticks[k]
+            record = {"transport_unit_id": u["id"], "ts": iso(t), "lat": round(lat, 5), "lon": round(lon, 5),
+                      "transport_type": u["type"], "speed_kmh": round(speed, 1), "heading_deg": round(heading, 1),
+                      "altitude_m": alt}
             r = rnd.random()
             if r < args.malformed_rate / 3:
                 value, why = f"lat={record['lat']},lon={record['lon']} (not json)".encode(), "value is not JSON"
@@ -152,10 +211,8 @@ def generate(args):
 
     # The day itself, reported at its end (after the last position).
     end = day + dt.timedelta(hours=args.hours)
-    for u in units:
-        row = {"transport_unit_id": u["id"], "stat_date": args.day, "distance_km": round(u["km"], 1),
-               "fuel_used_l": round(u["km"] * KINDS[u["type"]][4] * rnd.uniform(0.95, 1.05), 1),
-               "engine_hours": round(u["hours"], 2)}
+    for u, ticks in zip(units, today):
+        row = daily_row(u, args.day, ticks[: args.hours * 4])
         change("pg.public.performance_stats", {"transport_unit_id": u["id"], "stat_date": args.day}, None, row, "c", end)
         expected["performance_stats"].append({"op": "c", **row})
 
@@ -197,7 +254,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--units", type=int, default=30)
-    ap.add_argument("--hours", type=int, default=24)
+    ap.add_argument("--hours", type=int, default=24, choices=range(1, 25), metavar="1..24")
     ap.add_argument("--day", default="2026-11-24")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--batch-minutes", type=int, default=60)

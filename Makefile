@@ -17,7 +17,7 @@ LAMBDA_PORT ?= 9000
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init build sam-build package clean-local
+.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency build sam-build package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
@@ -87,7 +87,7 @@ demo: toolchain venv
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 
-bench: bench-enricher bench-delta bench-sync bench-predict bench-init
+bench: bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency
 
 bench-enricher: toolchain venv
 	cargo build --release -p weather-enricher
@@ -113,8 +113,14 @@ bench-predict: toolchain venv
 bench-init: toolchain venv
 	# One package at a time: each binary gets only its own features of fleetlake-shared, as in `sam build`.
 	for f in msk-lander weather-enricher delta-writer partition-sync predictor; do cargo build --release -p $$f; done
-	cargo build --profile tools -p fleetlake-bench
-	$(TARGET_DIR)/tools/bench-init --dir $(TARGET_DIR)/release
+	cargo build -p fleetlake-bench
+	$(TARGET_DIR)/debug/bench-init --dir $(TARGET_DIR)/release
+
+# One MSK batch → rows queryable through Glue, and → predictions in DynamoDB (release functions, local stack).
+bench-latency: toolchain venv
+	for f in msk-lander weather-enricher delta-writer partition-sync predictor; do cargo build --release -p $$f; done
+	cargo build -p fleetlake-router -p weather-stub
+	$(PY) infra/bench/latency.py --bin-dir $(TARGET_DIR)/release --tools-dir $(TARGET_DIR)/debug
 
 down: venv
 	$(PY) infra/local/stack.py down

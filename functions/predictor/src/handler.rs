@@ -128,7 +128,7 @@ impl Deps {
         if let Some(c) = cache.as_ref().filter(|c| c.version == version && c.from <= from && c.to >= to) {
             return Ok(c.figures.clone());
         }
-        let files = active_files(&table, PERFORMANCE_STATS.name)?;
+        let files = active_files(&table, &PERFORMANCE_STATS)?;
         let files: Vec<DataFile> = files.into_iter().filter(|f| f.date.is_some_and(|d| d >= from && d <= to)).collect();
         let figures = Arc::new(read_figures(&table.object_store(), &files).await?);
         info!(?version, files = files.len(), units = figures.units(), "daily figures read");
@@ -138,14 +138,14 @@ impl Deps {
 }
 
 /// The active data files of a table at its loaded version.
-fn active_files(table: &deltalake::DeltaTable, name: &'static str) -> Result<Vec<DataFile>, DeltaError> {
-    let snapshot = table.snapshot().map_err(|source| DeltaError::Delta { table: name, source })?;
-    let column = if name == LOCATIONS.name { "event_date" } else { "stat_date" };
+fn active_files(table: &deltalake::DeltaTable, spec: &'static TableSpec) -> Result<Vec<DataFile>, DeltaError> {
+    let snapshot = table.snapshot().map_err(|source| DeltaError::Delta { table: spec.name, source })?;
+    let column = spec.partitioning.map(|p| p.column);
     Ok(snapshot
         .log_data()
         .iter()
         .map(|f| {
-            let date = f.partition_values_map().get(column).cloned().flatten();
+            let date = column.and_then(|c| f.partition_values_map().get(c).cloned().flatten());
             DataFile::new(f.object_store_path().as_ref(), date.as_deref(), f.stats().as_deref())
         })
         .collect())
@@ -340,7 +340,7 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
         }
         Err(e) => return Err(e.into()),
     };
-    let adds = match commit_adds(&bytes, "event_date") {
+    let adds = match commit_adds(&bytes, LOCATIONS.partitioning.map_or("", |p| p.column)) {
         Ok(a) => a,
         Err(reason) => {
             error!(key, reason, "the commit file is not a Delta commit; skipped");
@@ -363,7 +363,7 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
         return Ok(done);
     };
     let added: HashSet<&str> = adds.iter().map(|f| f.path.as_ref()).collect();
-    let context: Vec<DataFile> = active_files(&table, LOCATIONS.name)?
+    let context: Vec<DataFile> = active_files(&table, &LOCATIONS)?
         .into_iter()
         .filter(|f| !added.contains(f.path.as_ref()) && f.may_cover(lo, hi))
         .collect();
@@ -394,7 +394,7 @@ async fn refresh(deps: &Deps, deadline: Instant) -> Result<(u64, Done), PredictE
         return Ok((0, done));
     };
     let version = table.version().unwrap_or(0);
-    let files = active_files(&table, LOCATIONS.name)?;
+    let files = active_files(&table, &LOCATIONS)?;
     let newest = files.iter().filter_map(|f| f.ts_range.map(|r| r.1)).max();
     let newest = match newest {
         Some(n) => n,

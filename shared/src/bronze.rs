@@ -32,6 +32,7 @@ use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 /// Days from 0001-01-01 (chrono's day numbering) to 1970-01-01.
 const UNIX_EPOCH_DAYS_CE: i32 = 719_163;
@@ -325,30 +326,50 @@ impl IdKind {
 pub struct Identity {
     /// Kind.
     pub kind: IdKind,
-    /// Group text, e.g. `fleet.locations|3`.
-    pub group: String,
+    /// Group text, e.g. `fleet.locations|3` (shared by the rows of a group).
+    pub group: Arc<str>,
     /// Offset, LSN or line.
     pub seq: i64,
 }
 
 /// Group text of a Kafka identity.
 pub fn kafka_group(topic: &str, partition: i32) -> String {
-    format!("{topic}|{partition}")
+    let mut g = String::new();
+    push_kafka_group(&mut g, topic, partition);
+    g
+}
+
+fn push_kafka_group(g: &mut String, topic: &str, partition: i32) {
+    use std::fmt::Write as _;
+    let _ = write!(g, "{topic}|{partition}");
 }
 
 /// Group text of a dropped file's identity.
 pub fn file_group(key: &str, etag: &str) -> String {
-    format!("{key}|{etag}")
+    let mut g = String::new();
+    push_file_group(&mut g, key, etag);
+    g
+}
+
+fn push_file_group(g: &mut String, key: &str, etag: &str) {
+    g.push_str(key);
+    g.push('|');
+    g.push_str(etag);
 }
 
 /// Group text of a change's identity: op and the key values as text (dates as `YYYY-MM-DD`).
 pub fn change_group<'a>(op: &str, key: impl IntoIterator<Item = &'a str>) -> String {
-    let mut g = op.to_owned();
+    let mut g = String::new();
+    push_change_group(&mut g, op, key);
+    g
+}
+
+fn push_change_group<'a>(g: &mut String, op: &str, key: impl IntoIterator<Item = &'a str>) {
+    g.push_str(op);
     for part in key {
         g.push('|');
         g.push_str(part);
     }
-    g
 }
 
 /// Formats days since 1970-01-01 as `YYYY-MM-DD`.
@@ -369,45 +390,204 @@ pub struct LineOrigin<'a> {
     pub line: u64,
 }
 
-/// A top-level JSON object as (key, raw value) pairs, borrowing from the line.
-/// A field is `None` once taken; a repeated key keeps every occurrence until taken, and the last one wins.
-struct Fields<'a>(Vec<(Cow<'a, str>, Option<&'a RawValue>)>);
+/// A JSON object key, borrowed from the line unless it has escapes (serde's own `Cow<str>` always copies).
+struct Key<'a>(Cow<'a, str>);
 
-impl<'de> serde::Deserialize<'de> for Fields<'de> {
+impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Fields<'de>;
+            type Value = Key<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("a string")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(24));
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    out.push((key, Some(value)));
-                }
-                Ok(Fields(out))
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_str(V)
     }
 }
 
-impl<'a> Fields<'a> {
-    fn parse(text: &'a str) -> Result<Self, RowError> {
-        serde_json::from_str(text).map_err(|e| RowError(format!("not a JSON object: {e}")))
+/// A member's value as parsed: a scalar typed, anything else by its kind. Members whose value is itself read as
+/// JSON later (`_source`, a change's `row`) are kept as text.
+#[derive(Debug, Clone)]
+enum Json<'a> {
+    Null,
+    Bool,
+    Int(i64),
+    /// An integer above `i64::MAX`.
+    UInt(u64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    Object,
+    Array,
+    Raw(&'a RawValue),
+}
+
+impl Json<'_> {
+    /// What the value is, for error messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Json::Null => "null",
+            Json::Bool => "a boolean",
+            Json::Int(_) | Json::UInt(_) | Json::Float(_) => "a number",
+            Json::Str(_) => "a string",
+            Json::Object => "an object",
+            Json::Array => "an array",
+            Json::Raw(raw) => match raw.get().as_bytes().first() {
+                Some(b'"') => "a string",
+                Some(b'{') => "an object",
+                Some(b'[') => "an array",
+                Some(b't' | b'f') => "a boolean",
+                Some(b'n') => "null",
+                _ => "a number",
+            },
+        }
+    }
+}
+
+/// Parses one value into [`Json`], validating (and skipping) nested values.
+struct ValueSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed {
+    type Value = Json<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Json<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Json<'de>, E> {
+        Ok(Json::Bool)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Json<'de>, E> {
+        Ok(Json::Int(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Json<'de>, E> {
+        Ok(i64::try_from(v).map_or(Json::UInt(v), Json::Int))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Json<'de>, E> {
+        Ok(Json::Float(v))
+    }
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Json<'de>, E> {
+        Ok(Json::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Json::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Json::Object)
+    }
+}
+
+/// The members of one JSON object: the value of each known name (a repeated key: the last occurrence wins, as in
+/// every JSON map), and the unknown members as text, in the order they came.
+struct Slots<'a> {
+    values: SmallVec<[Option<Json<'a>>; 24]>,
+    unknown: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+/// The names an object is read into, with the slot each key position matched on the last object: lines of one
+/// source share their key order, so a key is nearly always matched by one comparison.
+#[derive(Debug)]
+struct FieldSet {
+    names: Vec<&'static str>,
+    /// Per name: kept as text ([`Json::Raw`]) instead of parsed.
+    raw: Vec<bool>,
+    order: Vec<Option<usize>>,
+}
+
+impl FieldSet {
+    /// Reads `names`, keeping the values of those in `raw` as text.
+    fn new(names: impl IntoIterator<Item = &'static str>, raw: &[&str]) -> Self {
+        let names: Vec<&'static str> = names.into_iter().collect();
+        let raw = names.iter().map(|n| raw.contains(n)).collect();
+        Self { names, raw, order: Vec::new() }
     }
 
-    /// The value of `name` (the last occurrence, as in every JSON map), removed with any earlier occurrence.
-    fn take(&mut self, name: &str) -> Option<&'a RawValue> {
-        let mut found = None;
-        for (k, v) in &mut self.0 {
-            if v.is_some() && k == name {
-                found = v.take();
+    /// The slot of `name`.
+    fn index(&self, name: &str) -> usize {
+        self.names.iter().position(|n| *n == name).unwrap_or(usize::MAX)
+    }
+
+    /// The slot of the key at position `pos` of an object, if it is a known name.
+    fn slot(&mut self, pos: usize, key: &str) -> Option<usize> {
+        if let Some(&Some(s)) = self.order.get(pos) {
+            if self.names[s] == key {
+                return Some(s);
             }
         }
+        let found = self.names.iter().position(|n| *n == key);
+        if pos < self.order.len() {
+            self.order[pos] = found;
+        } else if pos == self.order.len() {
+            self.order.push(found);
+        }
         found
+    }
+
+    /// Reads a JSON object's members into slots.
+    fn parse<'a>(&mut self, text: &'a str) -> Result<Slots<'a>, RowError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let slots = serde::de::DeserializeSeed::deserialize(&mut *self, &mut de)
+            .and_then(|slots| de.end().map(|()| slots))
+            .map_err(|e| RowError(format!("not a JSON object: {e}")))?;
+        Ok(slots)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut FieldSet {
+    type Value = Slots<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Slots<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut FieldSet {
+    type Value = Slots<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Slots<'de>, A::Error> {
+        let mut slots = Slots { values: smallvec::smallvec![None; self.names.len()], unknown: Vec::new() };
+        let mut pos = 0;
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match self.slot(pos, &key) {
+                Some(s) if self.raw[s] => slots.values[s] = Some(Json::Raw(map.next_value()?)),
+                Some(s) => slots.values[s] = Some(map.next_value_seed(ValueSeed)?),
+                None => slots.unknown.push((key, map.next_value()?)),
+            }
+            pos += 1;
+        }
+        Ok(slots)
     }
 }
 
@@ -424,81 +604,65 @@ enum Cell<'a> {
     Days(i32),
 }
 
-fn json_kind(raw: &str) -> &'static str {
-    match raw.as_bytes().first() {
-        Some(b'"') => "a string",
-        Some(b'{') => "an object",
-        Some(b'[') => "an array",
-        Some(b't' | b'f') => "a boolean",
-        Some(b'n') => "null",
-        _ => "a number",
-    }
-}
-
-fn raw_str<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
-    let text = raw.get();
-    if !text.starts_with('"') {
-        return None;
-    }
-    let inner = &text[1..text.len() - 1];
-    if inner.contains('\\') {
-        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
-    } else {
-        Some(Cow::Borrowed(inner))
-    }
-}
-
-fn read_cell<'a>(c: &Column, raw: Option<&'a RawValue>) -> Result<Cell<'a>, RowError> {
-    let Some(raw) = raw.filter(|r| r.get() != "null") else {
-        return if c.required { Err(invalid(c.name, "required")) } else { Ok(Cell::Null) };
+fn read_cell<'a>(c: &Column, value: Option<Json<'a>>) -> Result<Cell<'a>, RowError> {
+    let value = match value {
+        // Not expected for a column (only nested members are kept as text), but read all the same.
+        Some(Json::Raw(raw)) => {
+            serde::de::DeserializeSeed::deserialize(ValueSeed, &mut serde_json::Deserializer::from_str(raw.get()))
+                .map_err(|e| invalid(c.name, e))?
+        }
+        Some(v) => v,
+        None => Json::Null,
     };
-    let text = raw.get();
-    let wrong = |want: &str| invalid(c.name, format!("expected {want}, got {}", json_kind(text)));
-    let cell = match c.kind {
-        Kind::Utf8 => Cell::Str(raw_str(raw).ok_or_else(|| wrong("a string"))?),
-        Kind::Float64 => {
-            if json_kind(text) != "a number" {
-                return Err(wrong("a number"));
-            }
-            let v: f64 = text.parse().map_err(|_| wrong("a number"))?;
+    if matches!(value, Json::Null) {
+        return if c.required { Err(invalid(c.name, "required")) } else { Ok(Cell::Null) };
+    }
+    let wrong = |want: &str| invalid(c.name, format!("expected {want}, got {}", value.kind()));
+    let cell = match (c.kind, &value) {
+        (Kind::Utf8, Json::Str(_)) => match value {
+            Json::Str(s) => Cell::Str(s),
+            _ => Cell::Null,
+        },
+        (Kind::Utf8, _) => return Err(wrong("a string")),
+        (Kind::Float64, Json::Int(v)) => Cell::F64(*v as f64),
+        (Kind::Float64, Json::UInt(v)) => Cell::F64(*v as f64),
+        (Kind::Float64, Json::Float(v)) => {
             if !v.is_finite() {
                 return Err(invalid(c.name, "not a finite number"));
             }
-            Cell::F64(v)
+            Cell::F64(*v)
         }
-        Kind::Int32 | Kind::Int64 => {
-            let v: i64 = text.parse().map_err(|_| wrong("an integer"))?;
-            if c.kind == Kind::Int32 && i32::try_from(v).is_err() {
+        (Kind::Float64, _) => return Err(wrong("a number")),
+        (Kind::Int32, Json::Int(v)) => {
+            if i32::try_from(*v).is_err() {
                 return Err(invalid(c.name, format!("{v} does not fit in 32 bits")));
             }
-            Cell::I64(v)
+            Cell::I64(*v)
         }
-        Kind::EpochMillis => {
-            let ms: i64 = text.parse().map_err(|_| wrong("integer epoch milliseconds"))?;
+        (Kind::Int64, Json::Int(v)) => Cell::I64(*v),
+        (Kind::Int32 | Kind::Int64, _) => return Err(wrong("an integer")),
+        (Kind::EpochMillis, Json::Int(ms)) => {
             Cell::Micros(ms.checked_mul(1000).ok_or_else(|| invalid(c.name, "out of range"))?)
         }
-        Kind::Timestamp => {
-            let s = raw_str(raw).ok_or_else(|| wrong("an RFC 3339 timestamp string"))?;
-            match rfc3339_micros_fast(&s) {
-                Some(us) => Cell::Micros(us),
-                None => {
-                    let t = DateTime::parse_from_rfc3339(&s)
-                        .map_err(|e| invalid(c.name, format!("not an RFC 3339 timestamp ({e}): {s:?}")))?;
-                    Cell::Micros(t.timestamp_micros())
-                }
-            }
-        }
-        Kind::Date => match raw_str(raw) {
-            Some(s) => {
-                let d = NaiveDate::parse_from_str(&s, "%Y-%m-%d")
-                    .map_err(|e| invalid(c.name, format!("not a YYYY-MM-DD date ({e}): {s:?}")))?;
-                Cell::Days(d.num_days_from_ce() - UNIX_EPOCH_DAYS_CE)
-            }
+        (Kind::EpochMillis, _) => return Err(wrong("integer epoch milliseconds")),
+        (Kind::Timestamp, Json::Str(s)) => match rfc3339_micros_fast(s) {
+            Some(us) => Cell::Micros(us),
             None => {
-                let days: i32 = text.parse().map_err(|_| wrong("a YYYY-MM-DD string or epoch days"))?;
-                Cell::Days(days)
+                let t = DateTime::parse_from_rfc3339(s)
+                    .map_err(|e| invalid(c.name, format!("not an RFC 3339 timestamp ({e}): {s:?}")))?;
+                Cell::Micros(t.timestamp_micros())
             }
         },
+        (Kind::Timestamp, _) => return Err(wrong("an RFC 3339 timestamp string")),
+        (Kind::Date, Json::Str(s)) => {
+            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map_err(|e| invalid(c.name, format!("not a YYYY-MM-DD date ({e}): {s:?}")))?;
+            Cell::Days(d.num_days_from_ce() - UNIX_EPOCH_DAYS_CE)
+        }
+        (Kind::Date, Json::Int(days)) => {
+            Cell::Days(i32::try_from(*days).map_err(|_| wrong("a YYYY-MM-DD string or epoch days"))?)
+        }
+        (Kind::Date, _) => return Err(wrong("a YYYY-MM-DD string or epoch days")),
     };
     check(c, &cell)?;
     Ok(cell)
@@ -658,6 +822,16 @@ pub struct Converter {
     builders: Vec<Builder>,
     ids: Vec<Identity>,
     rows: usize,
+    /// The line's own members: the record's columns (or a change's `op`, `ts_ms`, `lsn` and `row`), `_source`,
+    /// `_ingested_at`.
+    top: FieldSet,
+    /// A change's `row` members: the row's columns.
+    row: FieldSet,
+    /// The slots of `_source`, `_ingested_at` and (for a change) `row` in `top`.
+    slots: (usize, usize, usize),
+    /// The identity group text being built, and the last one made: consecutive rows nearly always share it.
+    group_text: String,
+    last_group: Option<(IdKind, Arc<str>)>,
 }
 
 impl Converter {
@@ -665,7 +839,42 @@ impl Converter {
     pub fn new(spec: &'static TableSpec) -> Self {
         let schema = spec.arrow_schema();
         let builders = spec.columns().into_iter().map(|(_, kind, _)| Builder::new(kind)).collect();
-        Self { spec, schema, builders, ids: Vec::new(), rows: 0 }
+        let data = spec.data.iter().map(|c| c.name);
+        let top = match spec.layout {
+            Layout::Record => FieldSet::new(data.chain(["_source", "_ingested_at"]), &["_source"]),
+            Layout::Change { .. } => FieldSet::new(
+                CHANGE_COLUMNS.iter().map(|c| c.name).chain(["row", "_source", "_ingested_at"]),
+                &["row", "_source"],
+            ),
+        };
+        let row = FieldSet::new(spec.data.iter().map(|c| c.name), &[]);
+        let slots = (top.index("_source"), top.index("_ingested_at"), top.index("row"));
+        Self {
+            spec,
+            schema,
+            builders,
+            ids: Vec::new(),
+            rows: 0,
+            top,
+            row,
+            slots,
+            group_text: String::new(),
+            last_group: None,
+        }
+    }
+
+    /// The identity group `write` puts into the scratch text, shared with the last row's when equal.
+    fn group(&mut self, kind: IdKind, write: impl FnOnce(&mut String)) -> Arc<str> {
+        self.group_text.clear();
+        write(&mut self.group_text);
+        match &self.last_group {
+            Some((k, g)) if *k == kind && **g == *self.group_text => g.clone(),
+            _ => {
+                let g: Arc<str> = Arc::from(self.group_text.as_str());
+                self.last_group = Some((kind, g.clone()));
+                g
+            }
+        }
     }
 
     /// The table's schema.
@@ -686,27 +895,32 @@ impl Converter {
     /// Converts one line: the row is added, or the reason it was refused is returned (and nothing is added).
     pub fn push(&mut self, line: &[u8], origin: LineOrigin<'_>) -> Result<(), RowError> {
         let text = std::str::from_utf8(line).map_err(|e| RowError(format!("not UTF-8: {e}")))?;
-        let mut top = Fields::parse(text)?;
-        let mut cells: Vec<Cell<'_>> = Vec::with_capacity(self.builders.len());
-        let mut key_text: Vec<String> = Vec::new();
-        let source_raw = top.take("_source");
-        let ingested_raw = top.take("_ingested_at");
+        let mut top = self.top.parse(text)?;
+        let mut cells: SmallVec<[Cell<'_>; 24]> = SmallVec::new();
+        let mut key_text: SmallVec<[String; 2]> = SmallVec::new();
+        let source_raw = match top.values[self.slots.0].take() {
+            Some(Json::Raw(raw)) => Some(raw),
+            _ => None,
+        };
+        let ingested = top.values[self.slots.1].take();
         let extra = match self.spec.layout {
             Layout::Record => {
-                for c in self.spec.data {
-                    cells.push(read_cell(c, top.take(c.name))?);
+                for (c, value) in self.spec.data.iter().zip(top.values.iter_mut()) {
+                    cells.push(read_cell(c, value.take())?);
                 }
-                extra_json(&top, None)
+                extra_json(&top.unknown, None)
             }
             Layout::Change { key } => {
-                for c in &CHANGE_COLUMNS {
-                    cells.push(read_cell(c, top.take(c.name))?);
+                for (c, value) in CHANGE_COLUMNS.iter().zip(top.values.iter_mut()) {
+                    cells.push(read_cell(c, value.take())?);
                 }
-                let row_raw =
-                    top.take("row").filter(|r| r.get() != "null").ok_or_else(|| invalid("row", "required"))?;
-                let mut row = Fields::parse(row_raw.get()).map_err(|e| invalid("row", e))?;
-                for c in self.spec.data {
-                    let cell = read_cell(c, row.take(c.name))?;
+                let row_raw = match top.values[self.slots.2].take() {
+                    Some(Json::Raw(raw)) if raw.get() != "null" => raw,
+                    _ => return Err(invalid("row", "required")),
+                };
+                let mut row = self.row.parse(row_raw.get()).map_err(|e| invalid("row", e))?;
+                for (c, value) in self.spec.data.iter().zip(row.values.iter_mut()) {
+                    let cell = read_cell(c, value.take())?;
                     if key.contains(&c.name) {
                         key_text.push(match &cell {
                             Cell::Str(s) => s.to_string(),
@@ -720,8 +934,8 @@ impl Converter {
                 }
                 // Unknown fields of the row go to `_extra`; unknown fields of the change line itself (none today)
                 // go there too, under `_change`.
-                let top_extra = extra_json(&top, None);
-                extra_json(&row, top_extra.as_deref().map(|t| ("_change", t)))
+                let top_extra = extra_json(&top.unknown, None);
+                extra_json(&row.unknown, top_extra.as_deref().map(|t| ("_change", t)))
             }
         };
         let source: Source<'_> = match source_raw.filter(|r| r.get() != "null") {
@@ -732,37 +946,38 @@ impl Converter {
             Some(p) => Some(i32::try_from(p).map_err(|_| invalid("_source.partition", "does not fit in 32 bits"))?),
             None => None,
         };
-        let ingested = read_cell(&LINEAGE_COLUMNS[6], ingested_raw)?;
+        let ingested = read_cell(&LINEAGE_COLUMNS[6], ingested)?;
 
         // The row's identity.
         let line_no = i64::try_from(origin.line).unwrap_or(i64::MAX);
         let id = match (self.spec.layout, &source.topic, partition, source.offset) {
             (Layout::Change { .. }, ..) => {
                 let op = match &cells[0] {
-                    Cell::Str(s) => s.to_string(),
-                    _ => String::new(),
+                    Cell::Str(s) => s.as_ref(),
+                    _ => "",
                 };
                 let lsn = match cells[2] {
                     Cell::I64(v) => v,
                     _ => 0,
                 };
+                let group =
+                    self.group(IdKind::Change, |g| push_change_group(g, op, key_text.iter().map(String::as_str)));
+                Identity { kind: IdKind::Change, group, seq: lsn }
+            }
+            (Layout::Record, Some(topic), Some(p), Some(offset)) => Identity {
+                kind: IdKind::Kafka,
+                group: self.group(IdKind::Kafka, |g| push_kafka_group(g, topic, p)),
+                seq: offset,
+            },
+            (Layout::Record, ..) => {
+                let (key, etag) =
+                    (source.key.as_deref().unwrap_or(origin.key), source.etag.as_deref().unwrap_or(origin.etag));
                 Identity {
-                    kind: IdKind::Change,
-                    group: change_group(&op, key_text.iter().map(String::as_str)),
-                    seq: lsn,
+                    kind: IdKind::File,
+                    group: self.group(IdKind::File, |g| push_file_group(g, key, etag)),
+                    seq: line_no,
                 }
             }
-            (Layout::Record, Some(topic), Some(p), Some(offset)) => {
-                Identity { kind: IdKind::Kafka, group: kafka_group(topic, p), seq: offset }
-            }
-            (Layout::Record, ..) => Identity {
-                kind: IdKind::File,
-                group: file_group(
-                    source.key.as_deref().unwrap_or(origin.key),
-                    source.etag.as_deref().unwrap_or(origin.etag),
-                ),
-                seq: line_no,
-            },
         };
         // A row without Kafka coordinates records the file it is identified by, so the identity can be rebuilt
         // from the table.
@@ -827,18 +1042,16 @@ impl Converter {
     }
 }
 
-/// The unknown fields left in `fields` (and `nested`, a further member) as a JSON object's text, or `None` when
-/// there are none.
-fn extra_json(fields: &Fields<'_>, nested: Option<(&str, &str)>) -> Option<String> {
-    let left: Vec<(&str, &str)> = fields
-        .0
+/// The unknown members (and `nested`, a further member) as a JSON object's text, or `None` when there are none.
+fn extra_json(unknown: &[(Cow<'_, str>, &RawValue)], nested: Option<(&str, &str)>) -> Option<String> {
+    let left: Vec<(&str, &str)> = unknown
         .iter()
         .enumerate()
-        .filter_map(|(i, (k, v))| {
+        .filter(|(i, (k, _))| {
             // A repeated unknown key: only its last occurrence.
-            let later = fields.0[i + 1..].iter().any(|(k2, v2)| v2.is_some() && k2 == k);
-            v.filter(|_| !later).map(|v| (k.as_ref(), v.get()))
+            !unknown[i + 1..].iter().any(|(k2, _)| k2 == k)
         })
+        .map(|(_, (k, v))| (k.as_ref(), v.get()))
         .collect();
     if left.is_empty() && nested.is_none() {
         return None;
@@ -874,7 +1087,7 @@ pub fn identity_columns(spec: &TableSpec) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deltalake::arrow::array::{AsArray, Float64Array};
+    use deltalake::arrow::array::{Array, AsArray, Float64Array};
     use deltalake::arrow::datatypes::{Date32Type, Int64Type, TimestampMicrosecondType};
 
     fn origin(line: u64) -> LineOrigin<'static> {
@@ -907,6 +1120,82 @@ mod tests {
         assert!(batch.column_by_name("_source_key").unwrap().is_null(0), "a Kafka record names no file");
         assert_eq!(ids, [Identity { kind: IdKind::Kafka, group: "fleet.locations|2".into(), seq: 7 }]);
         assert_eq!(batch.schema(), LOCATIONS.arrow_schema());
+    }
+
+    #[test]
+    fn keys_are_matched_whatever_their_order_escapes_or_repeats() {
+        let mut c = Converter::new(&LOCATIONS);
+        let lines = [
+            // The same key order on consecutive lines, then another order, then escapes and repeats.
+            r#"{"transport_unit_id":"TU-1","ts":"2026-11-24T10:00:00Z","lat":1,"lon":2}"#,
+            r#"{"transport_unit_id":"TU-2","ts":"2026-11-24T10:00:00Z","lat":3,"lon":4}"#,
+            r#"{"lon":6,"lat":5,"ts":"2026-11-24T10:00:00Z","transport_unit_id":"TU-3"}"#,
+            r#"{"transport_unit_\u0069d":"TU-4","ts":"2026-11-24T10:00:00Z","lat":7,"lon":8,"x\u0079":1}"#,
+            r#"{"transport_unit_id":"TU-0","lat":90,"ts":"2026-11-24T10:00:00Z","lat":9,"lon":10,"k":1,"k":2}"#,
+        ];
+        for (i, line) in lines.iter().enumerate() {
+            c.push(line.as_bytes(), origin(i as u64 + 1)).unwrap();
+        }
+        let (batch, _) = c.finish().unwrap();
+        let units = batch.column_by_name("transport_unit_id").unwrap().as_string::<i32>();
+        let lat = batch.column_by_name("lat").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        let lon = batch.column_by_name("lon").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        let extra = batch.column_by_name("_extra").unwrap().as_string::<i32>();
+        let rows: Vec<(&str, f64, f64, Option<&str>)> = (0..batch.num_rows())
+            .map(|i| (units.value(i), lat.value(i), lon.value(i), (!extra.is_null(i)).then(|| extra.value(i))))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("TU-1", 1.0, 2.0, None),
+                ("TU-2", 3.0, 4.0, None),
+                ("TU-3", 5.0, 6.0, None),
+                ("TU-4", 7.0, 8.0, Some(r#"{"xy":1}"#)),
+                ("TU-0", 9.0, 10.0, Some(r#"{"k":2}"#)),
+            ],
+            "an escaped key is its unescaped name; a repeated key's last value wins"
+        );
+    }
+
+    #[test]
+    fn numbers_keep_every_bit_the_text_gives_them() {
+        // Shortest round-trip texts of doubles (what serializers write), and texts with more digits than a double
+        // holds: each must read as the correctly rounded double, as Rust's own parser reads it.
+        let mut texts: Vec<String> = [
+            "0.30000000000000004",
+            "53.551086",
+            "-9.993682",
+            "2.2250738585072014e-308",
+            "1.7976931348623157e308",
+            "5e-324",
+            "0.1",
+            "123456789012345678",
+            "1.00000000000000011102230246251565404236316680908203125",
+            "9007199254740993",
+            "-0.0",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let v = f64::from_bits(rng.u64(..));
+            if v.is_finite() {
+                texts.push(format!("{v:?}"));
+                texts.push(format!("{:.17e}", v));
+            }
+        }
+        let mut c = Converter::new(&LOCATIONS);
+        for t in &texts {
+            let line =
+                format!(r#"{{"transport_unit_id":"T","ts":"2026-11-24T10:00:00Z","lat":1,"lon":2,"altitude_m":{t}}}"#);
+            c.push(line.as_bytes(), origin(1)).unwrap();
+        }
+        let (batch, _) = c.finish().unwrap();
+        let alt = batch.column_by_name("altitude_m").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        for (i, t) in texts.iter().enumerate() {
+            let want: f64 = t.parse().unwrap();
+            assert_eq!(alt.value(i).to_bits(), want.to_bits(), "{t}");
+        }
     }
 
     #[test]

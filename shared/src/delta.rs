@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deltalake::arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray};
+use deltalake::arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, PrimitiveArray};
 use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::{DataType as ArrowType, Date32Type, Int32Type, Int64Type, SchemaRef};
 use deltalake::arrow::record_batch::RecordBatch;
@@ -41,6 +41,8 @@ use deltalake::kernel::{Action, Add, DataType, StructField, Transaction};
 use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
 use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
@@ -463,7 +465,10 @@ impl Appender {
     /// Starts an append to `table` (opened with [`open_or_create`]).
     pub fn new(spec: &'static TableSpec, table: DeltaTable, target_file_bytes: u64) -> Result<Self, DeltaError> {
         let err = |source| DeltaError::Delta { table: spec.name, source };
-        let writer = RecordBatchWriter::for_table(&table).map_err(err)?.with_target_file_size(target_file_bytes);
+        let writer = RecordBatchWriter::for_table(&table)
+            .map_err(err)?
+            .with_writer_properties(writer_properties())
+            .with_target_file_size(target_file_bytes);
         let target = writer.arrow_schema();
         let known = table.snapshot().map_err(err)?.log_data().iter().map(|f| f.path().into_owned()).collect();
         Ok(Self {
@@ -515,11 +520,13 @@ impl Appender {
         self.stats.rows_in += ids.len() as u64;
         let keys: Vec<(IdKind, u32, i64)> =
             ids.iter().map(|id| (id.kind, self.groups.intern(&id.group), id.seq)).collect();
-        let partition_texts = self.partition_texts(&batch);
+        let days = self.partition_days(&batch);
 
         // Rows the table could already hold.
-        let mut probe = Probe { partitions: partition_texts.as_ref().map(|_| HashSet::new()), ..Probe::default() };
+        let mut probe = Probe::default();
+        let mut probe_days = HashSet::new();
         let mut must_check = vec![false; keys.len()];
+        let mut last_kafka: Option<(u32, i64)> = None;
         for (i, &(kind, group, seq)) in keys.iter().enumerate() {
             if self.ours.contains((kind, group), seq) {
                 continue;
@@ -530,15 +537,20 @@ impl Appender {
             must_check[i] = true;
             probe.add(kind, seq);
             if kind == IdKind::Kafka {
-                let p = kafka_partition(&self.groups.names[group as usize]);
+                let p = match last_kafka {
+                    Some((g, p)) if g == group => p,
+                    _ => kafka_partition(&self.groups.names[group as usize]),
+                };
+                last_kafka = Some((group, p));
                 let r = probe.kafka_partitions.get_or_insert((p, p));
                 r.0 = r.0.min(p);
                 r.1 = r.1.max(p);
             }
-            if let (Some(parts), Some(texts)) = (probe.partitions.as_mut(), partition_texts.as_ref()) {
-                parts.insert(texts[i].clone());
+            if let Some(days) = days.as_ref().filter(|d| d.is_valid(i)) {
+                probe_days.insert(days.value(i));
             }
         }
+        probe.partitions = days.map(|_| probe_days.into_iter().map(date_text).collect());
         if !probe.is_empty() {
             self.load_candidates(&probe, None).await?;
         }
@@ -569,11 +581,10 @@ impl Appender {
         Ok(kept)
     }
 
-    /// The partition value of each row as text, or `None` for an unpartitioned table.
-    fn partition_texts(&self, batch: &RecordBatch) -> Option<Vec<String>> {
+    /// The partition column's values (days), or `None` for an unpartitioned table.
+    fn partition_days(&self, batch: &RecordBatch) -> Option<PrimitiveArray<Date32Type>> {
         let p = self.spec.partitioning?;
-        let col = batch.column_by_name(p.column)?.as_primitive_opt::<Date32Type>()?;
-        Some((0..col.len()).map(|i| if col.is_null(i) { String::new() } else { date_text(col.value(i)) }).collect())
+        batch.column_by_name(p.column)?.as_primitive_opt::<Date32Type>().cloned()
     }
 
     /// Reads the identities of the table's data files that may hold probed rows (and, when `only` is given, are in
@@ -769,6 +780,14 @@ impl Appender {
     }
 }
 
+/// How data files are encoded: Zstandard level 1 pages. On `make bench-delta`'s data that wrote 24% fewer bytes
+/// than Snappy (deltalake's default) for the same CPU time (level 3: 34% fewer, for 5% more CPU): less to upload, to
+/// store, and for Athena to scan and bill. Every reader of the lake (Athena, Spark, the Python `deltalake`) reads it.
+pub fn writer_properties() -> WriterProperties {
+    let level = ZstdLevel::try_new(1).unwrap_or_default();
+    WriterProperties::builder().set_compression(Compression::ZSTD(level)).build()
+}
+
 /// The app id of a Kafka group's watermark: `kafka:<topic>:<partition>`.
 fn txn_app_id(group: &str) -> String {
     format!("kafka:{}", group.replace('|', ":"))
@@ -843,7 +862,7 @@ fn stored_identities(
             Layout::Record => match (text("_source_topic", i), int("_source_partition", i), int("_source_offset", i)) {
                 (Some(t), Some(p), Some(o)) => Identity {
                     kind: IdKind::Kafka,
-                    group: kafka_group(&t, i32::try_from(p).unwrap_or(i32::MAX)),
+                    group: kafka_group(&t, i32::try_from(p).unwrap_or(i32::MAX)).into(),
                     seq: o,
                 },
                 _ => Identity {
@@ -851,7 +870,8 @@ fn stored_identities(
                     group: file_group(
                         &text("_source_key", i).unwrap_or_default(),
                         &text("_source_etag", i).unwrap_or_default(),
-                    ),
+                    )
+                    .into(),
                     seq: int("_line", i).unwrap_or(-1),
                 },
             },
@@ -859,7 +879,7 @@ fn stored_identities(
                 let parts: Vec<String> = key.iter().map(|k| text(k, i).unwrap_or_default()).collect();
                 Identity {
                     kind: IdKind::Change,
-                    group: change_group(&text("op", i).unwrap_or_default(), parts.iter().map(String::as_str)),
+                    group: change_group(&text("op", i).unwrap_or_default(), parts.iter().map(String::as_str)).into(),
                     seq: int("lsn", i).unwrap_or(-1),
                 }
             }

@@ -5,7 +5,7 @@
 //! usage: bench-delta --writer PATH [--records 1000000] [--files 100] [--runs 3] [--peers DIR] [--idioms pyarrow,awswrangler]
 //! - delta-writer: each run is a fresh process writing a fresh table; records/s = records / invocation wall time.
 //! - ceiling: the same records, already in memory, gunzipped, parsed into Arrow with delta-writer's converter and
-//!   encoded to Parquet (snappy) in memory with arrow-rs: no S3, no Delta log.
+//!   encoded to Parquet (delta-writer's writer properties) in memory with arrow-rs: no S3, no Delta log.
 //! - baseline: `peer_convert.py` (convert-only mode) from `--peers` (default `../shared/peers` beside the project),
 //!   each idiom in its own process; its peak RSS is read with getrusage.
 //!
@@ -17,8 +17,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use deltalake::parquet::arrow::ArrowWriter;
-use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::WriterProperties;
 use fleetlake::bronze::{Converter, LineOrigin, LOCATIONS};
 use fleetlake_testkit::{venv_bin, workspace_root, LambdaHarness, Moto};
 use serde_json::{json, Value};
@@ -96,7 +94,7 @@ fn round(x: f64, digits: i32) -> f64 {
 fn ceiling(objects: &[(String, Vec<u8>)]) -> (usize, f64, usize) {
     let started = Instant::now();
     let mut converter = Converter::new(&LOCATIONS);
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let props = fleetlake::delta::writer_properties();
     let mut writer = ArrowWriter::try_new(Vec::new(), LOCATIONS.arrow_schema(), Some(props)).unwrap();
     let mut records = 0;
     for (key, gz) in objects {

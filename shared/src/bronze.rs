@@ -605,62 +605,52 @@ enum Cell<'a> {
 }
 
 fn read_cell<'a>(c: &Column, value: Option<Json<'a>>) -> Result<Cell<'a>, RowError> {
-    let value = match value {
-        // Not expected for a column (only nested members are kept as text), but read all the same.
-        Some(Json::Raw(raw)) => {
-            serde::de::DeserializeSeed::deserialize(ValueSeed, &mut serde_json::Deserializer::from_str(raw.get()))
-                .map_err(|e| invalid(c.name, e))?
-        }
-        Some(v) => v,
-        None => Json::Null,
-    };
+    let value = value.unwrap_or(Json::Null);
     if matches!(value, Json::Null) {
         return if c.required { Err(invalid(c.name, "required")) } else { Ok(Cell::Null) };
     }
-    let wrong = |want: &str| invalid(c.name, format!("expected {want}, got {}", value.kind()));
-    let cell = match (c.kind, &value) {
-        (Kind::Utf8, Json::Str(_)) => match value {
-            Json::Str(s) => Cell::Str(s),
-            _ => Cell::Null,
-        },
+    let got = value.kind();
+    let wrong = |want: &str| invalid(c.name, format!("expected {want}, got {got}"));
+    let cell = match (c.kind, value) {
+        (Kind::Utf8, Json::Str(s)) => Cell::Str(s),
         (Kind::Utf8, _) => return Err(wrong("a string")),
-        (Kind::Float64, Json::Int(v)) => Cell::F64(*v as f64),
-        (Kind::Float64, Json::UInt(v)) => Cell::F64(*v as f64),
+        (Kind::Float64, Json::Int(v)) => Cell::F64(v as f64),
+        (Kind::Float64, Json::UInt(v)) => Cell::F64(v as f64),
         (Kind::Float64, Json::Float(v)) => {
             if !v.is_finite() {
                 return Err(invalid(c.name, "not a finite number"));
             }
-            Cell::F64(*v)
+            Cell::F64(v)
         }
         (Kind::Float64, _) => return Err(wrong("a number")),
         (Kind::Int32, Json::Int(v)) => {
-            if i32::try_from(*v).is_err() {
+            if i32::try_from(v).is_err() {
                 return Err(invalid(c.name, format!("{v} does not fit in 32 bits")));
             }
-            Cell::I64(*v)
+            Cell::I64(v)
         }
-        (Kind::Int64, Json::Int(v)) => Cell::I64(*v),
+        (Kind::Int64, Json::Int(v)) => Cell::I64(v),
         (Kind::Int32 | Kind::Int64, _) => return Err(wrong("an integer")),
         (Kind::EpochMillis, Json::Int(ms)) => {
             Cell::Micros(ms.checked_mul(1000).ok_or_else(|| invalid(c.name, "out of range"))?)
         }
         (Kind::EpochMillis, _) => return Err(wrong("integer epoch milliseconds")),
-        (Kind::Timestamp, Json::Str(s)) => match rfc3339_micros_fast(s) {
+        (Kind::Timestamp, Json::Str(s)) => match rfc3339_micros_fast(&s) {
             Some(us) => Cell::Micros(us),
             None => {
-                let t = DateTime::parse_from_rfc3339(s)
+                let t = DateTime::parse_from_rfc3339(&s)
                     .map_err(|e| invalid(c.name, format!("not an RFC 3339 timestamp ({e}): {s:?}")))?;
                 Cell::Micros(t.timestamp_micros())
             }
         },
         (Kind::Timestamp, _) => return Err(wrong("an RFC 3339 timestamp string")),
         (Kind::Date, Json::Str(s)) => {
-            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            let d = NaiveDate::parse_from_str(&s, "%Y-%m-%d")
                 .map_err(|e| invalid(c.name, format!("not a YYYY-MM-DD date ({e}): {s:?}")))?;
             Cell::Days(d.num_days_from_ce() - UNIX_EPOCH_DAYS_CE)
         }
         (Kind::Date, Json::Int(days)) => {
-            Cell::Days(i32::try_from(*days).map_err(|_| wrong("a YYYY-MM-DD string or epoch days"))?)
+            Cell::Days(i32::try_from(days).map_err(|_| wrong("a YYYY-MM-DD string or epoch days"))?)
         }
         (Kind::Date, _) => return Err(wrong("a YYYY-MM-DD string or epoch days")),
     };

@@ -25,7 +25,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, NaiveDate};
 use deltalake::arrow::array::{
-    ArrayRef, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::error::ArrowError;
@@ -33,6 +34,8 @@ use deltalake::arrow::record_batch::RecordBatch;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
+
+mod plain;
 
 /// Days from 0001-01-01 (chrono's day numbering) to 1970-01-01.
 const UNIX_EPOCH_DAYS_CE: i32 = 719_163;
@@ -332,6 +335,83 @@ pub struct Identity {
     pub seq: i64,
 }
 
+/// The identities of a batch's rows, in row order, kept as runs: consecutive rows of one kind and group whose
+/// sequence numbers follow each other (a slice of a Kafka partition, the lines of a file) are one [`IdRun`]. A
+/// writer checks and records a run at once instead of row by row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identities {
+    runs: Vec<IdRun>,
+    rows: usize,
+}
+
+/// `len` consecutive rows of one kind and group, with sequence numbers `first`, `first + 1`, …
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdRun {
+    /// Kind.
+    pub kind: IdKind,
+    /// Group text (shared with the neighbouring runs of the same group).
+    pub group: Arc<str>,
+    /// Sequence number of the run's first row.
+    pub first: i64,
+    /// Rows in the run (at least 1).
+    pub len: usize,
+}
+
+impl IdRun {
+    /// Sequence number of the run's last row.
+    pub fn last(&self) -> i64 {
+        self.first.saturating_add(i64::try_from(self.len).unwrap_or(i64::MAX) - 1)
+    }
+
+    /// Whether a row of this kind, group and sequence number continues the run.
+    fn continued_by(&self, kind: IdKind, group: &str, seq: i64) -> bool {
+        self.kind == kind && self.last().checked_add(1) == Some(seq) && same_text(&self.group, group)
+    }
+}
+
+impl Identities {
+    /// Adds the next row's identity.
+    pub fn push(&mut self, id: Identity) {
+        match self.runs.last_mut() {
+            Some(run) if run.continued_by(id.kind, &id.group, id.seq) => run.len += 1,
+            _ => self.runs.push(IdRun { kind: id.kind, group: id.group, first: id.seq, len: 1 }),
+        }
+        self.rows += 1;
+    }
+
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The runs, in row order.
+    pub fn runs(&self) -> &[IdRun] {
+        &self.runs
+    }
+
+    /// Every row's identity, in row order.
+    pub fn iter(&self) -> impl Iterator<Item = Identity> + '_ {
+        self.runs.iter().flat_map(|r| {
+            (0..r.len).map(|i| Identity { kind: r.kind, group: r.group.clone(), seq: r.first + i as i64 })
+        })
+    }
+}
+
+impl FromIterator<Identity> for Identities {
+    fn from_iter<I: IntoIterator<Item = Identity>>(iter: I) -> Self {
+        let mut ids = Identities::default();
+        for id in iter {
+            ids.push(id);
+        }
+        ids
+    }
+}
+
 /// Group text of a Kafka identity.
 pub fn kafka_group(topic: &str, partition: i32) -> String {
     let mut g = String::new();
@@ -340,8 +420,9 @@ pub fn kafka_group(topic: &str, partition: i32) -> String {
 }
 
 fn push_kafka_group(g: &mut String, topic: &str, partition: i32) {
-    use std::fmt::Write as _;
-    let _ = write!(g, "{topic}|{partition}");
+    g.push_str(topic);
+    g.push('|');
+    g.push_str(itoa::Buffer::new().format(partition));
 }
 
 /// Group text of a dropped file's identity.
@@ -428,7 +509,8 @@ enum Json<'a> {
     Str(Cow<'a, str>),
     Object,
     Array,
-    Raw(&'a RawValue),
+    /// The value's JSON text, checked.
+    Raw(&'a str),
 }
 
 impl Json<'_> {
@@ -441,7 +523,7 @@ impl Json<'_> {
             Json::Str(_) => "a string",
             Json::Object => "an object",
             Json::Array => "an array",
-            Json::Raw(raw) => match raw.get().as_bytes().first() {
+            Json::Raw(raw) => match raw.as_bytes().first() {
                 Some(b'"') => "a string",
                 Some(b'{') => "an object",
                 Some(b'[') => "an array",
@@ -512,7 +594,9 @@ impl<'de> Visitor<'de> for ValueSeed {
 /// every JSON map), and the unknown members as text, in the order they came.
 struct Slots<'a> {
     values: SmallVec<[Option<Json<'a>>; 24]>,
-    unknown: Vec<(Cow<'a, str>, &'a RawValue)>,
+    unknown: Vec<(Cow<'a, str>, &'a str)>,
+    /// Members read, repeats included.
+    members: usize,
 }
 
 /// The names an object is read into, with the slot each key position matched on the last object: lines of one
@@ -541,11 +625,11 @@ impl FieldSet {
     /// The slot of the key at position `pos` of an object, if it is a known name.
     fn slot(&mut self, pos: usize, key: &str) -> Option<usize> {
         if let Some(&Some(s)) = self.order.get(pos) {
-            if self.names[s] == key {
+            if same_text(self.names[s], key) {
                 return Some(s);
             }
         }
-        let found = self.names.iter().position(|n| *n == key);
+        let found = self.names.iter().position(|n| same_text(n, key));
         if pos < self.order.len() {
             self.order[pos] = found;
         } else if pos == self.order.len() {
@@ -554,40 +638,89 @@ impl FieldSet {
         found
     }
 
-    /// Reads a JSON object's members into slots.
-    fn parse<'a>(&mut self, text: &'a str) -> Result<Slots<'a>, RowError> {
+    /// Reads a JSON object's members into `slots` (filled in place: a row's slots are too large to pass around
+    /// by value on every line). Plain lines take the fast path ([`plain`]); any other line, and every error, is
+    /// serde_json's.
+    fn parse<'a>(&mut self, text: &'a str, slots: &mut Slots<'a>) -> Result<(), RowError> {
+        self.reset(slots);
+        if plain::parse(self, text, slots).is_some() {
+            return Ok(());
+        }
+        self.parse_with_serde(text, slots)
+    }
+
+    fn reset(&self, slots: &mut Slots<'_>) {
+        slots.values.clear();
+        slots.values.resize(self.names.len(), None);
+        slots.unknown.clear();
+        slots.members = 0;
+    }
+
+    /// [`FieldSet::parse`] by serde_json alone.
+    fn parse_with_serde<'a>(&mut self, text: &'a str, slots: &mut Slots<'a>) -> Result<(), RowError> {
+        self.reset(slots);
         let mut de = serde_json::Deserializer::from_str(text);
-        let slots = serde::de::DeserializeSeed::deserialize(&mut *self, &mut de)
-            .and_then(|slots| de.end().map(|()| slots))
-            .map_err(|e| RowError(format!("not a JSON object: {e}")))?;
-        Ok(slots)
+        serde::de::DeserializeSeed::deserialize(Fill { set: self, slots }, &mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| RowError(format!("not a JSON object: {e}")))
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for &mut FieldSet {
-    type Value = Slots<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Slots<'de>, D::Error> {
+impl Slots<'_> {
+    fn new() -> Self {
+        Slots { values: SmallVec::new(), unknown: Vec::new(), members: 0 }
+    }
+}
+
+/// `a == b` for the short texts of keys and groups, eight bytes at a time and inline: a call to the C library's
+/// comparison for every key of every line cost more than the comparison itself.
+#[inline]
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or_default());
+        if word(x) != word(y) {
+            return false;
+        }
+    }
+    ca.remainder().iter().zip(cb.remainder()).all(|(x, y)| x == y)
+}
+
+/// Reads one object into a [`FieldSet`]'s slots.
+struct Fill<'s, 'a> {
+    set: &'s mut FieldSet,
+    slots: &'s mut Slots<'a>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Fill<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for &mut FieldSet {
-    type Value = Slots<'de>;
+impl<'de> Visitor<'de> for Fill<'_, 'de> {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Slots<'de>, A::Error> {
-        let mut slots = Slots { values: smallvec::smallvec![None; self.names.len()], unknown: Vec::new() };
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Fill { set, slots } = self;
         let mut pos = 0;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            match self.slot(pos, &key) {
-                Some(s) if self.raw[s] => slots.values[s] = Some(Json::Raw(map.next_value()?)),
+            match set.slot(pos, &key) {
+                Some(s) if set.raw[s] => slots.values[s] = Some(Json::Raw(map.next_value::<&RawValue>()?.get())),
                 Some(s) => slots.values[s] = Some(map.next_value_seed(ValueSeed)?),
-                None => slots.unknown.push((key, map.next_value()?)),
+                None => slots.unknown.push((key, map.next_value::<&RawValue>()?.get())),
             }
             pos += 1;
+            slots.members += 1;
         }
-        Ok(slots)
+        Ok(())
     }
 }
 
@@ -775,14 +908,41 @@ impl Builder {
         }
     }
 
+    /// The column so far; the builder starts over with room for as many rows (and bytes) again, so the next
+    /// chunk of a stream does not regrow every buffer from nothing.
     fn finish(&mut self) -> ArrayRef {
         match self {
-            Builder::Utf8(b) => Arc::new(b.finish()),
-            Builder::F64(b) => Arc::new(b.finish()),
-            Builder::I32(b) => Arc::new(b.finish()),
-            Builder::I64(b) => Arc::new(b.finish()),
-            Builder::Ts(b) => Arc::new(b.finish()),
-            Builder::Date(b) => Arc::new(b.finish()),
+            Builder::Utf8(b) => {
+                let (rows, bytes) = (b.len(), b.values_slice().len());
+                let array = Arc::new(b.finish());
+                *b = StringBuilder::with_capacity(rows, bytes);
+                array
+            }
+            Builder::F64(b) => {
+                let array = Arc::new(b.finish());
+                *b = Float64Builder::with_capacity(array.len());
+                array
+            }
+            Builder::I32(b) => {
+                let array = Arc::new(b.finish());
+                *b = Int32Builder::with_capacity(array.len());
+                array
+            }
+            Builder::I64(b) => {
+                let array = Arc::new(b.finish());
+                *b = Int64Builder::with_capacity(array.len());
+                array
+            }
+            Builder::Ts(b) => {
+                let array = Arc::new(b.finish());
+                *b = TimestampMicrosecondBuilder::with_capacity(array.len()).with_timezone("UTC");
+                array
+            }
+            Builder::Date(b) => {
+                let array = Arc::new(b.finish());
+                *b = Date32Builder::with_capacity(array.len());
+                array
+            }
         }
     }
 }
@@ -804,19 +964,54 @@ struct Source<'a> {
     etag: Option<Cow<'a, str>>,
 }
 
+/// The members of `_source`, in the order of [`Source`]'s fields.
+const SOURCE_FIELDS: [&str; 6] = ["topic", "partition", "offset", "timestamp", "key", "etag"];
+
+impl<'a> Source<'a> {
+    /// `_source` from slots read by the plain reader; `None` for anything serde would read differently or refuse
+    /// (a repeated member, a value of another type), which is then left to serde.
+    fn from_slots(mut slots: Slots<'a>) -> Option<Self> {
+        let known = slots.values.iter().filter(|v| v.is_some()).count();
+        if slots.members - slots.unknown.len() != known {
+            return None; // a member repeated: serde refuses it
+        }
+        let mut take = |i: usize| slots.values.get_mut(i).and_then(Option::take);
+        let text = |v: Option<Json<'a>>| match v {
+            None | Some(Json::Null) => Some(None),
+            Some(Json::Str(s)) => Some(Some(s)),
+            Some(_) => None,
+        };
+        let int = |v: Option<Json<'a>>| match v {
+            None | Some(Json::Null) => Some(None),
+            Some(Json::Int(n)) => Some(Some(n)),
+            Some(_) => None,
+        };
+        Some(Source {
+            topic: text(take(0))?,
+            partition: int(take(1))?,
+            offset: int(take(2))?,
+            timestamp: int(take(3))?,
+            key: text(take(4))?,
+            etag: text(take(5))?,
+        })
+    }
+}
+
 /// Converts lines of one table's input into record batches of the table's schema, keeping each row's identity.
 #[derive(Debug)]
 pub struct Converter {
     spec: &'static TableSpec,
     schema: SchemaRef,
     builders: Vec<Builder>,
-    ids: Vec<Identity>,
+    ids: Identities,
     rows: usize,
     /// The line's own members: the record's columns (or a change's `op`, `ts_ms`, `lsn` and `row`), `_source`,
     /// `_ingested_at`.
     top: FieldSet,
     /// A change's `row` members: the row's columns.
     row: FieldSet,
+    /// The members of `_source`.
+    source: FieldSet,
     /// The slots of `_source`, `_ingested_at` and (for a change) `row` in `top`.
     slots: (usize, usize, usize),
     /// The identity group text being built, and the last one made: consecutive rows nearly always share it.
@@ -843,28 +1038,36 @@ impl Converter {
             spec,
             schema,
             builders,
-            ids: Vec::new(),
+            ids: Identities::default(),
             rows: 0,
             top,
             row,
+            source: FieldSet::new(SOURCE_FIELDS, &[]),
             slots,
             group_text: String::new(),
             last_group: None,
         }
     }
 
-    /// The identity group `write` puts into the scratch text, shared with the last row's when equal.
-    fn group(&mut self, kind: IdKind, write: impl FnOnce(&mut String)) -> Arc<str> {
-        self.group_text.clear();
-        write(&mut self.group_text);
-        match &self.last_group {
-            Some((k, g)) if *k == kind && **g == *self.group_text => g.clone(),
+    /// Records the next row's identity: `kind`, the group text in `group_text`, `seq`. A row continuing the last
+    /// run extends it; a new run shares the last group's text when equal.
+    fn record_identity(&mut self, kind: IdKind, seq: i64) {
+        if let Some(run) = self.ids.runs.last_mut() {
+            if run.continued_by(kind, &self.group_text, seq) {
+                run.len += 1;
+                self.ids.rows += 1;
+                return;
+            }
+        }
+        let group = match &self.last_group {
+            Some((k, g)) if *k == kind && same_text(g, &self.group_text) => g.clone(),
             _ => {
                 let g: Arc<str> = Arc::from(self.group_text.as_str());
                 self.last_group = Some((kind, g.clone()));
                 g
             }
-        }
+        };
+        self.ids.push(Identity { kind, group, seq });
     }
 
     /// The table's schema.
@@ -882,10 +1085,24 @@ impl Converter {
         self.rows == 0
     }
 
+    /// `_source` from its JSON text: the plain reader's slots when it can read them, serde otherwise (which then
+    /// decides the error message).
+    fn read_source<'a>(&mut self, raw: &'a str) -> Result<Source<'a>, RowError> {
+        let mut slots = Slots::new();
+        self.source.reset(&mut slots);
+        if plain::parse(&mut self.source, raw, &mut slots).is_some() {
+            if let Some(source) = Source::from_slots(slots) {
+                return Ok(source);
+            }
+        }
+        serde_json::from_str(raw).map_err(|e| invalid("_source", e))
+    }
+
     /// Converts one line: the row is added, or the reason it was refused is returned (and nothing is added).
     pub fn push(&mut self, line: &[u8], origin: LineOrigin<'_>) -> Result<(), RowError> {
         let text = std::str::from_utf8(line).map_err(|e| RowError(format!("not UTF-8: {e}")))?;
-        let mut top = self.top.parse(text)?;
+        let mut top = Slots::new();
+        self.top.parse(text, &mut top)?;
         let mut cells: SmallVec<[Cell<'_>; 24]> = SmallVec::new();
         let mut key_text: SmallVec<[String; 2]> = SmallVec::new();
         let source_raw = match top.values[self.slots.0].take() {
@@ -905,10 +1122,11 @@ impl Converter {
                     cells.push(read_cell(c, value.take())?);
                 }
                 let row_raw = match top.values[self.slots.2].take() {
-                    Some(Json::Raw(raw)) if raw.get() != "null" => raw,
+                    Some(Json::Raw(raw)) if raw != "null" => raw,
                     _ => return Err(invalid("row", "required")),
                 };
-                let mut row = self.row.parse(row_raw.get()).map_err(|e| invalid("row", e))?;
+                let mut row = Slots::new();
+                self.row.parse(row_raw, &mut row).map_err(|e| invalid("row", e))?;
                 for (c, value) in self.spec.data.iter().zip(row.values.iter_mut()) {
                     let cell = read_cell(c, value.take())?;
                     if key.contains(&c.name) {
@@ -928,8 +1146,8 @@ impl Converter {
                 extra_json(&row.unknown, top_extra.as_deref().map(|t| ("_change", t)))
             }
         };
-        let source: Source<'_> = match source_raw.filter(|r| r.get() != "null") {
-            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| invalid("_source", e))?,
+        let source: Source<'_> = match source_raw.filter(|r| *r != "null") {
+            Some(raw) => self.read_source(raw)?,
             None => Source::default(),
         };
         let partition = match source.partition {
@@ -938,9 +1156,10 @@ impl Converter {
         };
         let ingested = read_cell(&LINEAGE_COLUMNS[6], ingested)?;
 
-        // The row's identity.
+        // The row's identity: its kind and sequence here, its group text in `group_text`.
         let line_no = i64::try_from(origin.line).unwrap_or(i64::MAX);
-        let id = match (self.spec.layout, &source.topic, partition, source.offset) {
+        self.group_text.clear();
+        let (kind, seq) = match (self.spec.layout, &source.topic, partition, source.offset) {
             (Layout::Change { .. }, ..) => {
                 let op = match &cells[0] {
                     Cell::Str(s) => s.as_ref(),
@@ -950,28 +1169,23 @@ impl Converter {
                     Cell::I64(v) => v,
                     _ => 0,
                 };
-                let group =
-                    self.group(IdKind::Change, |g| push_change_group(g, op, key_text.iter().map(String::as_str)));
-                Identity { kind: IdKind::Change, group, seq: lsn }
+                push_change_group(&mut self.group_text, op, key_text.iter().map(String::as_str));
+                (IdKind::Change, lsn)
             }
-            (Layout::Record, Some(topic), Some(p), Some(offset)) => Identity {
-                kind: IdKind::Kafka,
-                group: self.group(IdKind::Kafka, |g| push_kafka_group(g, topic, p)),
-                seq: offset,
-            },
+            (Layout::Record, Some(topic), Some(p), Some(offset)) => {
+                push_kafka_group(&mut self.group_text, topic, p);
+                (IdKind::Kafka, offset)
+            }
             (Layout::Record, ..) => {
                 let (key, etag) =
                     (source.key.as_deref().unwrap_or(origin.key), source.etag.as_deref().unwrap_or(origin.etag));
-                Identity {
-                    kind: IdKind::File,
-                    group: self.group(IdKind::File, |g| push_file_group(g, key, etag)),
-                    seq: line_no,
-                }
+                push_file_group(&mut self.group_text, key, etag);
+                (IdKind::File, line_no)
             }
         };
         // A row without Kafka coordinates records the file it is identified by, so the identity can be rebuilt
         // from the table.
-        let (src_key, src_etag) = if id.kind == IdKind::File {
+        let (src_key, src_etag) = if kind == IdKind::File {
             (
                 Some(source.key.unwrap_or(Cow::Borrowed(origin.key))),
                 Some(source.etag.unwrap_or(Cow::Borrowed(origin.etag))),
@@ -1017,14 +1231,23 @@ impl Converter {
                 b.append(cell);
             }
         }
-        self.ids.push(id);
+        self.record_identity(kind, seq);
         self.rows += 1;
         Ok(())
     }
 
+    /// Drops the rows converted since the last [`Converter::finish`] (those of an object that failed half way),
+    /// keeping what the converter learnt of the input's shape.
+    pub fn clear(&mut self) {
+        if self.rows > 0 {
+            // Building the arrays is the one way to empty the builders; the result is not wanted.
+            let _ = self.finish();
+        }
+    }
+
     /// The rows converted so far as one record batch, with their identities in row order; the converter starts
     /// over empty.
-    pub fn finish(&mut self) -> Result<(RecordBatch, Vec<Identity>), ArrowError> {
+    pub fn finish(&mut self) -> Result<(RecordBatch, Identities), ArrowError> {
         let columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
         self.rows = 0;
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
@@ -1033,7 +1256,7 @@ impl Converter {
 }
 
 /// The unknown members (and `nested`, a further member) as a JSON object's text, or `None` when there are none.
-fn extra_json(unknown: &[(Cow<'_, str>, &RawValue)], nested: Option<(&str, &str)>) -> Option<String> {
+fn extra_json(unknown: &[(Cow<'_, str>, &str)], nested: Option<(&str, &str)>) -> Option<String> {
     let left: Vec<(&str, &str)> = unknown
         .iter()
         .enumerate()
@@ -1041,7 +1264,7 @@ fn extra_json(unknown: &[(Cow<'_, str>, &RawValue)], nested: Option<(&str, &str)
             // A repeated unknown key: only its last occurrence.
             !unknown[i + 1..].iter().any(|(k2, _)| k2 == k)
         })
-        .map(|(_, (k, v))| (k.as_ref(), v.get()))
+        .map(|(_, (k, v))| (k.as_ref(), *v))
         .collect();
     if left.is_empty() && nested.is_none() {
         return None;
@@ -1108,7 +1331,10 @@ mod tests {
         assert_eq!(src_ts, 1_795_507_200_001_000, "milliseconds kept");
         assert_eq!(batch.column_by_name("_line").unwrap().as_primitive::<Int64Type>().value(0), 3);
         assert!(batch.column_by_name("_source_key").unwrap().is_null(0), "a Kafka record names no file");
-        assert_eq!(ids, [Identity { kind: IdKind::Kafka, group: "fleet.locations|2".into(), seq: 7 }]);
+        assert_eq!(
+            ids.iter().collect::<Vec<_>>(),
+            [Identity { kind: IdKind::Kafka, group: "fleet.locations|2".into(), seq: 7 }]
+        );
         assert_eq!(batch.schema(), LOCATIONS.arrow_schema());
     }
 
@@ -1227,7 +1453,7 @@ mod tests {
         c.push(line.as_bytes(), origin(9)).unwrap();
         let (_, ids) = c.finish().unwrap();
         assert_eq!(
-            ids,
+            ids.iter().collect::<Vec<_>>(),
             [Identity {
                 kind: IdKind::File,
                 group: "landing/locations/dt=2026-11-24/drop.ndjson.gz|abc".into(),
@@ -1274,7 +1500,10 @@ mod tests {
         let line = r#"{"op":"u","ts_ms":1795507197000,"lsn":24023512,"row":{"transport_unit_id":"TU-42","stat_date":20415,"distance_km":1.5,"note":"x"},"_source":{"topic":"pg.public.performance_stats","partition":0,"offset":6,"timestamp":1}}"#;
         c.push(line.as_bytes(), origin(1)).unwrap();
         let (batch, ids) = c.finish().unwrap();
-        assert_eq!(ids, [Identity { kind: IdKind::Change, group: "u|TU-42|2025-11-23".into(), seq: 24_023_512 }]);
+        assert_eq!(
+            ids.iter().collect::<Vec<_>>(),
+            [Identity { kind: IdKind::Change, group: "u|TU-42|2025-11-23".into(), seq: 24_023_512 }]
+        );
         assert_eq!(batch.column_by_name("_extra").unwrap().as_string::<i32>().value(0), r#"{"note":"x"}"#);
         assert!(batch.column_by_name("fuel_used_l").unwrap().is_null(0));
         let missing_key = r#"{"op":"d","ts_ms":1,"lsn":2,"row":{"transport_unit_id":"TU-42"}}"#;
@@ -1295,6 +1524,72 @@ mod tests {
                 let i = names.iter().position(|n| *n == col).unwrap();
                 assert!(i < 32, "{} {col} is column {i}", t.name);
             }
+        }
+    }
+
+    #[test]
+    fn identities_are_kept_as_runs_of_consecutive_sequences_and_read_back_row_by_row() {
+        // GIVEN offsets 5, 6, 7 and 9 of partition 2, then 10 of partition 3, then a dropped file's lines 1 and 2
+        let mut c = Converter::new(&LOCATIONS);
+        let kafka = |p: i32, o: i64| {
+            format!(
+                r#"{{"transport_unit_id":"TU-1","ts":"2026-11-24T10:00:00Z","lat":1,"lon":2,"_source":{{"topic":"fleet.locations","partition":{p},"offset":{o}}}}}"#
+            )
+        };
+        let mut sent = Vec::new();
+        for (i, (p, o)) in [(2, 5), (2, 6), (2, 7), (2, 9), (3, 10)].into_iter().enumerate() {
+            c.push(kafka(p, o).as_bytes(), origin(i as u64 + 1)).unwrap();
+            sent.push(Identity { kind: IdKind::Kafka, group: kafka_group("fleet.locations", p).into(), seq: o });
+        }
+        let dropped = r#"{"transport_unit_id":"TU-1","ts":"2026-11-24T10:00:00Z","lat":1,"lon":2}"#;
+        for line in [6, 7] {
+            c.push(dropped.as_bytes(), origin(line)).unwrap();
+            sent.push(Identity {
+                kind: IdKind::File,
+                group: file_group(origin(line).key, "e1").into(),
+                seq: line as i64,
+            });
+        }
+        // WHEN the chunk is finished
+        let (batch, ids) = c.finish().unwrap();
+        // THEN there is one run per unbroken sequence, and the rows read back in order
+        let runs: Vec<(IdKind, &str, i64, usize)> =
+            ids.runs().iter().map(|r| (r.kind, &*r.group, r.first, r.len)).collect();
+        assert_eq!(
+            runs,
+            [
+                (IdKind::Kafka, "fleet.locations|2", 5, 3),
+                (IdKind::Kafka, "fleet.locations|2", 9, 1),
+                (IdKind::Kafka, "fleet.locations|3", 10, 1),
+                (IdKind::File, "enriched/locations/dt=2026-11-24/f.ndjson.gz|e1", 6, 2),
+            ]
+        );
+        assert_eq!((ids.len(), batch.num_rows()), (7, 7));
+        assert_eq!(ids.iter().collect::<Vec<_>>(), sent);
+        assert_eq!(sent.into_iter().collect::<Identities>(), ids, "built row by row: the same runs");
+        assert_eq!(ids.runs()[0].last(), 7);
+    }
+
+    #[test]
+    fn source_reads_as_serde_reads_it() {
+        let mut c = Converter::new(&LOCATIONS);
+        for raw in [
+            r#"{"topic":"fleet.locations","partition":2,"offset":7,"timestamp":1795507200001}"#,
+            r#"{"key":"landing/x.ndjson.gz","etag":"abc","other":{"a":[1]}}"#,
+            r#"{"topic":null,"partition":null}"#,
+            r#"{}"#,
+            r#"{"topic":"a","topic":"b"}"#,
+            r#"{"partition":"2"}"#,
+            r#"{"offset":1.5}"#,
+            r#"{"offset":18446744073709551615}"#,
+            r#"{"topic":"t\u0041"}"#,
+            r#"{"u":1,"u":2,"offset":3}"#,
+            r#"["topic"]"#,
+        ] {
+            let fast = c.read_source(raw).map(|s| format!("{s:?}")).map_err(|e| e.0);
+            let serde =
+                serde_json::from_str::<Source<'_>>(raw).map(|s| format!("{s:?}")).map_err(|e| invalid("_source", e).0);
+            assert_eq!(fast, serde, "{raw}");
         }
     }
 }

@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 use deltalake::arrow::record_batch::RecordBatch;
-use fleetlake::bronze::Identity;
-use fleetlake::bronze::{Converter, LineOrigin, TableSpec, Zone};
+use fleetlake::bronze::{Converter, Identities, LineOrigin, TableSpec, Zone};
 use fleetlake::delta::{open_or_create, AppendStats, Appender, DeltaError};
 use fleetlake::enrich::key_date;
 use fleetlake::error::Fault;
@@ -295,7 +294,7 @@ const PIPELINE_CHUNKS: usize = 2;
 /// What the converting task hands over.
 enum Produced {
     /// Rows of the `object`-th object.
-    Chunk { object: usize, batch: RecordBatch, ids: Vec<Identity> },
+    Chunk { object: usize, batch: RecordBatch, ids: Identities },
     /// An object was read to its end; its bad lines (this many) are in quarantine.
     Done { quarantine: u64 },
     /// An object could not be read, or its quarantine not written.
@@ -326,11 +325,14 @@ async fn convert_objects(
     objects: Vec<(usize, ObjectRef)>,
     tx: mpsc::Sender<Produced>,
 ) {
+    // One converter for all of them: its buffers and its guess of the key order carry over.
+    let mut converter = Converter::new(spec);
     for (i, obj) in &objects {
         let i = *i;
-        let sent = match convert_object(deps, spec, i, obj, &tx).await {
+        let sent = match convert_object(deps, &mut converter, i, obj, &tx).await {
             Ok(quarantine) => tx.send(Produced::Done { quarantine }).await,
             Err(e) => {
+                converter.clear();
                 let failure = ObjectFailure { message: e.to_string(), fault: e.fault() };
                 tx.send(Produced::Failed { object: i, failure }).await
             }
@@ -358,17 +360,16 @@ async fn take_table(deps: &Deps, spec: &'static TableSpec) -> Result<deltalake::
 
 /// Streams the `index`-th object into chunks of rows; returns the lines quarantined. A closed channel ends it
 /// quietly (the writing side gave up).
-#[instrument(skip(deps, spec, tx), fields(key = %obj.key))]
+#[instrument(skip(deps, converter, tx), fields(key = %obj.key))]
 async fn convert_object(
     deps: &Deps,
-    spec: &'static TableSpec,
+    converter: &mut Converter,
     index: usize,
     obj: &ObjectRef,
     tx: &mpsc::Sender<Produced>,
 ) -> Result<u64, fleetlake::Error> {
     let mut lines = deps.store.gzip_lines(&obj.key).await?;
     let etag = obj.etag.as_deref().unwrap_or_default();
-    let mut converter = Converter::new(spec);
     let mut bad = Vec::new();
     let send = |converter: &mut Converter| -> Result<Produced, fleetlake::Error> {
         let (batch, ids) = converter
@@ -396,11 +397,11 @@ async fn convert_object(
                 Some(String::from_utf8_lossy(&head).into_owned()),
             )),
         }
-        if converter.len() >= deps.config.chunk_records && tx.send(send(&mut converter)?).await.is_err() {
+        if converter.len() >= deps.config.chunk_records && tx.send(send(converter)?).await.is_err() {
             return Ok(0);
         }
     }
-    if !converter.is_empty() && tx.send(send(&mut converter)?).await.is_err() {
+    if !converter.is_empty() && tx.send(send(converter)?).await.is_err() {
         return Ok(0);
     }
     // The quarantine is written before the commit: a failed write fails the object, never loses the lines.

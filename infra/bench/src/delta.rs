@@ -3,13 +3,16 @@
 //! and an in-memory ceiling. Not a test: it measures.
 //!
 //! usage: bench-delta --writer PATH [--records 1000000] [--files 100] [--runs 3] [--peers DIR] [--idioms pyarrow,awswrangler]
+//!
+//! The measurements run in `--runs` rounds, each round one of every kind in turn (delta-writer, ceiling, each
+//! baseline idiom), so that a slower or faster spell of the machine falls on all of them alike.
 //! - delta-writer: each run is a fresh process writing a fresh table; records/s = records / invocation wall time.
 //! - ceiling: the same records, already in memory, gunzipped, parsed into Arrow with delta-writer's converter and
 //!   encoded to Parquet (delta-writer's writer properties) in memory with arrow-rs: no S3, no Delta log.
 //! - baseline: `peer_convert.py` (convert-only mode) from `--peers` (default `../shared/peers` beside the project),
 //!   each idiom in its own process; its peak RSS is read with getrusage.
 //!
-//! Prints one JSON line per measurement and a summary with medians and ratios.
+//! Prints one JSON line per measurement and a summary with medians, and ratios of medians.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line tool that reports on stdout
 
 use std::io::{Read, Write};
@@ -116,6 +119,92 @@ fn ceiling(objects: &[(String, Vec<u8>)]) -> (usize, f64, usize) {
     (records, started.elapsed().as_secs_f64(), bytes)
 }
 
+/// One delta-writer run: a fresh process appends every object to a fresh table. Returns (records/s, peak RSS MiB,
+/// CPU s).
+async fn writer_run(a: &Args, moto: &Moto, bucket: &str, objects: &[(String, Vec<u8>)], run: usize) -> (f64, f64, f64) {
+    let s3 = moto.s3();
+    let records = objects.len() * (a.records / a.files);
+    let prefix = format!("bronze-run{run}/");
+    let mut env = moto.env();
+    for (k, v) in [("LAKE_BUCKET", bucket), ("BRONZE_PREFIX", prefix.as_str()), ("RUST_LOG", "warn")] {
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let mut f = LambdaHarness::start(&a.writer, "delta-writer", &env).await;
+    let messages: Vec<Value> = objects
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| {
+            let s3_event = json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                                                "s3": {"bucket": {"name": bucket}, "object": {"key": key.replace('=', "%3D")}}}]});
+            json!({"messageId": format!("m{i}"), "eventSource": "aws:sqs", "body": s3_event.to_string()})
+        })
+        .collect();
+    let started = Instant::now();
+    let out = f.invoke(&json!({"Records": messages})).await;
+    let wall = started.elapsed().as_secs_f64();
+    assert_eq!(out.outcome.as_ref().ok(), Some(&json!({"batchItemFailures": []})), "{:?}\n{}", out.outcome, f.stderr());
+    let metrics = out
+        .stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("_aws").is_some())
+        .unwrap();
+    let written = metrics["records_written"].as_u64().unwrap();
+    assert_eq!(written, records as u64, "every record written");
+    let files = moto.keys(bucket, &format!("{prefix}locations/event_date=")).await;
+    let mut parquet_bytes = 0;
+    for key in &files {
+        let head = s3.head_object().bucket(bucket).key(key).send().await.unwrap();
+        parquet_bytes += head.content_length().unwrap_or(0);
+    }
+    let commits = moto
+        .keys(bucket, &format!("{prefix}locations/_delta_log/"))
+        .await
+        .iter()
+        .filter(|k| k.ends_with(".json"))
+        .count()
+        - 1;
+    let peak = f.peak_rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    let cpu = f.cpu_seconds().unwrap_or(0.0);
+    let rate = written as f64 / wall;
+    println!(
+        "{}",
+        json!({"what": "delta-writer", "run": run, "records": written, "wall_s": round(wall, 3),
+               "records_per_s": rate.round(), "peak_rss_mib": round(peak, 1), "function_cpu_s": cpu,
+               "parquet_files": files.len(), "parquet_bytes": parquet_bytes, "commits": commits})
+    );
+    (rate, peak, cpu)
+}
+
+/// One run of the Python baseline in `idiom`, in its own process. Returns (records/s, peak RSS MiB), or `None` when
+/// it failed (its error is printed).
+async fn peer_run(a: &Args, moto: &Moto, bucket: &str, idiom: &str, run: usize) -> Option<(f64, f64)> {
+    // Peak RSS of the child process, from getrusage.
+    let launcher = "import json,resource,subprocess,sys\nr=subprocess.run(sys.argv[1:],capture_output=True,text=True)\nsys.stderr.write(r.stderr)\nprint(json.dumps({'out':r.stdout.strip(),'code':r.returncode,'peak_rss_mib':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))";
+    let out = tokio::process::Command::new(venv_bin("python"))
+        .args(["-c", launcher])
+        .arg(venv_bin("python"))
+        .arg(a.peers.join("peer_convert.py"))
+        .args(["--endpoint", &moto.endpoint, "--bucket", bucket, "--prefix", "enriched/locations/"])
+        .args(["--table", &format!("s3://{bucket}/peer-{idiom}-{run}/locations"), "--idiom", idiom])
+        .output()
+        .await
+        .expect("run the Python baseline");
+    let wrapper: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let Ok(result) = serde_json::from_str::<Value>(wrapper["out"].as_str().unwrap_or("")) else {
+        eprintln!("Python baseline ({idiom}) failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    };
+    let rate = result["records_per_s"].as_f64().unwrap_or(f64::NAN);
+    let peak = wrapper["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{}",
+        json!({"what": format!("python-{idiom}"), "run": run, "records": result["records"], "wall_s": result["wall_s"],
+               "records_per_s": rate, "peak_rss_mib": round(peak, 1)})
+    );
+    Some((rate, peak))
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -139,109 +228,33 @@ async fn main() {
         gz_bytes as f64 / 1e6,
         t.elapsed().as_secs_f64()
     );
+    let idioms = if a.peers.join("peer_convert.py").exists() {
+        a.idioms.clone()
+    } else {
+        eprintln!("no Python baseline at {} (pass --peers DIR)", a.peers.join("peer_convert.py").display());
+        Vec::new()
+    };
 
-    let (mut rates, mut rss, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rates, mut rss, mut cpu, mut ceilings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut peers: Vec<(String, Vec<f64>, Vec<f64>)> =
+        idioms.iter().map(|i| (i.clone(), Vec::new(), Vec::new())).collect();
     for run in 0..a.runs {
-        let prefix = format!("bronze-run{run}/");
-        let mut env = moto.env();
-        for (k, v) in [("LAKE_BUCKET", bucket.as_str()), ("BRONZE_PREFIX", prefix.as_str()), ("RUST_LOG", "warn")] {
-            env.push((k.to_owned(), v.to_owned()));
-        }
-        let mut f = LambdaHarness::start(&a.writer, "delta-writer", &env).await;
-        let messages: Vec<Value> = objects
-            .iter()
-            .enumerate()
-            .map(|(i, (key, _))| {
-                let s3_event = json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-                                                    "s3": {"bucket": {"name": bucket}, "object": {"key": key.replace('=', "%3D")}}}]});
-                json!({"messageId": format!("m{i}"), "eventSource": "aws:sqs", "body": s3_event.to_string()})
-            })
-            .collect();
-        let started = Instant::now();
-        let out = f.invoke(&json!({"Records": messages})).await;
-        let wall = started.elapsed().as_secs_f64();
-        assert_eq!(
-            out.outcome.as_ref().ok(),
-            Some(&json!({"batchItemFailures": []})),
-            "{:?}\n{}",
-            out.outcome,
-            f.stderr()
-        );
-        let metrics = out
-            .stdout
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v.get("_aws").is_some())
-            .unwrap();
-        let written = metrics["records_written"].as_u64().unwrap();
-        assert_eq!(written, records as u64, "every record written");
-        let files = moto.keys(&bucket, &format!("{prefix}locations/event_date=")).await;
-        let mut parquet_bytes = 0;
-        for key in &files {
-            let head = s3.head_object().bucket(&bucket).key(key).send().await.unwrap();
-            parquet_bytes += head.content_length().unwrap_or(0);
-        }
-        let commits = moto
-            .keys(&bucket, &format!("{prefix}locations/_delta_log/"))
-            .await
-            .iter()
-            .filter(|k| k.ends_with(".json"))
-            .count()
-            - 1;
-        let peak = f.peak_rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0);
-        let cpu_s = f.cpu_seconds().unwrap_or(0.0);
-        let rate = written as f64 / wall;
-        println!(
-            "{}",
-            json!({"what": "delta-writer", "run": run, "records": written, "wall_s": round(wall, 3),
-                              "records_per_s": rate.round(), "peak_rss_mib": round(peak, 1), "function_cpu_s": cpu_s,
-                              "parquet_files": files.len(), "parquet_bytes": parquet_bytes, "commits": commits})
-        );
+        let (rate, peak, cpu_s) = writer_run(&a, &moto, &bucket, &objects, run).await;
         rates.push(rate);
         rss.push(peak);
         cpu.push(cpu_s);
-    }
-
-    let mut ceilings = Vec::new();
-    for run in 0..a.runs {
         let (n, secs, bytes) = ceiling(&objects);
         println!(
             "{}",
             json!({"what": "ceiling", "run": run, "records": n, "wall_s": round(secs, 3), "records_per_s": (n as f64 / secs).round(), "parquet_bytes": bytes})
         );
         ceilings.push(n as f64 / secs);
-    }
-
-    let mut peers = Vec::new();
-    let peer_script = a.peers.join("peer_convert.py");
-    if peer_script.exists() {
-        for idiom in &a.idioms {
-            // Peak RSS of the child process, from getrusage.
-            let launcher = "import json,resource,subprocess,sys\nr=subprocess.run(sys.argv[1:],capture_output=True,text=True)\nsys.stderr.write(r.stderr)\nprint(json.dumps({'out':r.stdout.strip(),'code':r.returncode,'peak_rss_mib':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))";
-            let out = tokio::process::Command::new(venv_bin("python"))
-                .args(["-c", launcher])
-                .arg(venv_bin("python"))
-                .arg(&peer_script)
-                .args(["--endpoint", &moto.endpoint, "--bucket", &bucket, "--prefix", "enriched/locations/"])
-                .args(["--table", &format!("s3://{bucket}/peer-{idiom}/locations"), "--idiom", idiom])
-                .output()
-                .await
-                .expect("run the Python baseline");
-            let wrapper: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            let Ok(result) = serde_json::from_str::<Value>(wrapper["out"].as_str().unwrap_or("")) else {
-                eprintln!("Python baseline ({idiom}) failed: {}", String::from_utf8_lossy(&out.stderr));
-                continue;
-            };
-            let rate = result["records_per_s"].as_f64().unwrap_or(f64::NAN);
-            let peak = wrapper["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "{}",
-                json!({"what": format!("python-{idiom}"), "records": result["records"], "wall_s": result["wall_s"], "records_per_s": rate, "peak_rss_mib": round(peak, 1)})
-            );
-            peers.push((idiom.clone(), rate, peak));
+        for (idiom, prates, ppeaks) in &mut peers {
+            if let Some((prate, ppeak)) = peer_run(&a, &moto, &bucket, idiom, run).await {
+                prates.push(prate);
+                ppeaks.push(ppeak);
+            }
         }
-    } else {
-        eprintln!("no Python baseline at {} (pass --peers DIR)", peer_script.display());
     }
 
     let (rate, peak, ceil) = (median(rates), median(rss), median(ceilings));
@@ -252,9 +265,11 @@ async fn main() {
         median(cpu),
         100.0 * rate / ceil
     );
-    for (idiom, prate, ppeak) in peers {
+    for (idiom, prates, ppeaks) in peers.into_iter().filter(|(_, r, _)| !r.is_empty()) {
+        let runs = prates.len();
+        let (prate, ppeak) = (median(prates), median(ppeaks));
         println!(
-            "Python baseline ({idiom}), same objects, same run: {prate:.0} records/s, peak RSS {ppeak:.1} MiB; delta-writer is {:.1}x its records/s with {:.2}x its peak RSS",
+            "Python baseline ({idiom}), same objects, same rounds, {runs} runs (median): {prate:.0} records/s, peak RSS {ppeak:.1} MiB; delta-writer is {:.1}x its records/s with {:.2}x its peak RSS",
             rate / prate,
             peak / ppeak
         );

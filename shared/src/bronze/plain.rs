@@ -134,24 +134,17 @@ fn number(text: &str, start: usize) -> Option<(Json<'_>, usize)> {
     let digits_start = i;
     match b.get(i) {
         Some(b'0') => i += 1,
-        Some(b'1'..=b'9') => {
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-        }
+        Some(b'1'..=b'9') => i = digits_end(b, i),
         _ => return None,
     }
-    let digits_end = i;
+    let int_end = i;
     let mut float = false;
     // The fraction's digits, when the number has a fraction and no exponent.
     let mut fraction = None;
     if b.get(i) == Some(&b'.') {
         float = true;
-        i += 1;
-        let from = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
+        let from = i + 1;
+        i = digits_end(b, from);
         if i == from {
             return None;
         }
@@ -165,9 +158,7 @@ fn number(text: &str, start: usize) -> Option<(Json<'_>, usize)> {
             i += 1;
         }
         let from = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
+        i = digits_end(b, from);
         if i == from {
             return None;
         }
@@ -176,22 +167,30 @@ fn number(text: &str, start: usize) -> Option<(Json<'_>, usize)> {
         return None; // a leading zero followed by digits
     }
     if float {
-        let v = match decimal_fast(b, digits_start, digits_end, fraction) {
+        let v = match decimal_fast(b, digits_start, int_end, fraction) {
             Some(v) if negative => -v,
             Some(v) => v,
             None => text.get(start..i)?.parse().ok()?,
         };
         return v.is_finite().then_some((Json::Float(v), i));
     }
-    if digits_end - digits_start > 18 {
+    if int_end - digits_start > 18 {
         return None;
     }
-    let magnitude = b[digits_start..digits_end].iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    let magnitude = b[digits_start..int_end].iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
     match (negative, magnitude) {
         (true, 0) => None,
         (true, m) => Some((Json::Int(-m), i)),
         (false, m) => Some((Json::Int(m), i)),
     }
+}
+
+/// The index after the run of ASCII digits that starts at `i` (`i` itself when there is none).
+fn digits_end(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
 }
 
 /// Powers of ten a double holds exactly.

@@ -14,6 +14,10 @@ MOTO_PORT ?= 5000
 WEATHER_PORT ?= 8089
 LAMBDA_PORT ?= 9000
 
+# The Lambda functions: one crate each under functions/.
+FUNCTIONS := $(notdir $(wildcard functions/*))
+FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
+
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
@@ -55,7 +59,13 @@ fmt-check: toolchain
 clippy: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: lint template-check test-infra test-rust test-e2e
+# Each part prints its wall time (CI reads them; docs/benchmarks.md keeps the figures).
+TEST_PARTS := lint template-check test-infra test-rust test-e2e
+test:
+	@for part in $(TEST_PARTS); do \
+	  start=$$(date +%s); $(MAKE) --no-print-directory $$part || exit 1; \
+	  echo "==> make $$part: $$(( $$(date +%s) - start )) s"; \
+	done
 
 test-rust: toolchain venv
 	cargo test --workspace
@@ -111,14 +121,13 @@ bench-predict: toolchain venv
 
 # Cold start of every function (process start to its first poll of the runtime API), release binaries.
 bench-init: toolchain venv
-	# One package at a time: each binary gets only its own features of fleetlake-shared, as in `sam build`.
-	for f in msk-lander weather-enricher delta-writer partition-sync predictor; do cargo build --release -p $$f; done
+	cargo build --release $(FUNCTION_PACKAGES)
 	cargo build -p fleetlake-bench
 	$(TARGET_DIR)/debug/bench-init --dir $(TARGET_DIR)/release
 
 # One MSK batch → rows queryable through Glue, and → predictions in DynamoDB (release functions, local stack).
 bench-latency: toolchain venv
-	for f in msk-lander weather-enricher delta-writer partition-sync predictor; do cargo build --release -p $$f; done
+	cargo build --release $(FUNCTION_PACKAGES)
 	cargo build -p fleetlake-router -p weather-stub
 	$(PY) infra/bench/latency.py --bin-dir $(TARGET_DIR)/release --tools-dir $(TARGET_DIR)/debug
 
@@ -136,10 +145,12 @@ sam-build: toolchain venv
 # without LTO (CARGO_PROFILE_RELEASE_*) to keep CI short; `make sam-build` builds what you deploy.
 package: toolchain venv
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 sam build --template template.yaml --build-dir .aws-sam/package
-	@for f in MskLanderFunction WeatherEnricherFunction DeltaWriterFunction PartitionSyncFunction PredictorFunction; do \
-	  test -x .aws-sam/package/$$f/bootstrap || { echo "sam build left no bootstrap for $$f"; exit 1; }; \
-	  file .aws-sam/package/$$f/bootstrap | grep -q aarch64 || { echo "$$f is not an arm64 binary"; exit 1; }; \
-	done; echo "sam build: 5 arm64 bootstraps"
+	@n=0; for f in $(FUNCTIONS); do \
+	  id=$$(echo $$f | sed -E 's/(^|-)([a-z])/\U\2/g')Function; \
+	  test -x .aws-sam/package/$$id/bootstrap || { echo "sam build left no bootstrap for $$id"; exit 1; }; \
+	  file .aws-sam/package/$$id/bootstrap | grep -q aarch64 || { echo "$$id is not an arm64 binary"; exit 1; }; \
+	  n=$$((n + 1)); \
+	done; echo "sam build: $$n arm64 bootstraps"
 
 clean-local: down
 	rm -rf .local

@@ -165,25 +165,31 @@ class Pipeline(unittest.TestCase):
 
 
 class FailedMessages(unittest.TestCase):
-    """An object delta-writer cannot read: its message is reported in batchItemFailures, retried with backoff and
-    then moved to the dead-letter queue; the rest of its batch is committed."""
+    """One failure policy (the invocation runner): an object delta-writer cannot read is quarantined by reference
+    and acknowledged; a message that names no object is reported in batchItemFailures, retried with backoff and
+    then moved to the dead-letter queue; the rest of the batch is committed."""
 
-    def test_a_failing_message_is_retried_then_dead_lettered_and_the_batch_goes_on(self):
+    def test_a_bad_object_is_quarantined_a_bad_message_dead_lettered_and_the_batch_goes_on(self):
         tmp = Path(tempfile.mkdtemp(prefix="fleetlake-e2e-dlq-"))
         env = dict(os.environ, FLEETLAKE_STATE=str(tmp / "state"))
         subprocess.run([PY, ROOT / "infra/local/stack.py", "up", "--moto-port", str(free_port())],
                        check=True, env=env, stdout=subprocess.DEVNULL)
         try:
             names = dict(line.split("=", 1) for line in (tmp / "state" / "stack.env").read_text().split())
-            s3 = boto3.client("s3", endpoint_url=names["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+            creds = dict(endpoint_url=names["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                         aws_access_key_id="testing", aws_secret_access_key="testing")
+            s3 = boto3.client("s3", **creds)
+            sqs = boto3.client("sqs", **creds)
             bucket = names["LAKE_BUCKET"]
             good = b'{"op":"r","ts_ms":1,"lsn":1,"row":{"transport_unit_id":"TU-1","transport_type":"maritime"},' \
                    b'"_source":{"topic":"pg.public.transport_units","partition":0,"offset":1,"timestamp":1}}\n'
             import gzip
             s3.put_object(Bucket=bucket, Key="landing/transport_units/dt=2026-11-24/pg.public.transport_units-0-1-1.ndjson.gz",
                           Body=gzip.compress(good))
-            s3.put_object(Bucket=bucket, Key="landing/transport_units/dt=2026-11-24/broken.ndjson.gz", Body=b"not gzip at all")
+            broken = s3.put_object(Bucket=bucket, Key="landing/transport_units/dt=2026-11-24/broken.ndjson.gz",
+                                   Body=b"not gzip at all")
+            queue = sqs.get_queue_url(QueueName=names["QUEUE_DeltaWriterQueue"])["QueueUrl"]
+            sqs.send_message(QueueUrl=queue, MessageBody="this is no S3 notification")
             out = subprocess.run([BIN / "fleetlake-router", "--stack-env", tmp / "state" / "stack.env", "--binaries", BIN,
                                   "--idle-seconds", "2", "--timeout-seconds", "120"],
                                  cwd=ROOT, env=env, capture_output=True, text=True)
@@ -193,6 +199,13 @@ class FailedMessages(unittest.TestCase):
             self.assertEqual(report["dead_letter_queues"]["fleetlake-delta-writer-dlq"], 1, report)
             self.assertGreaterEqual(writer["item_failures"], 5, report)  # maxReceiveCount
             self.assertEqual(writer["failed_invocations"], 0, report)
+            etag = broken["ETag"].strip('"')[:16]
+            reference = s3.get_object(Bucket=bucket,
+                                      Key=f"quarantine/delta-writer/dt=2026-11-24/broken.{etag}.ndjson")["Body"].read()
+            line = json.loads(reference)
+            self.assertTrue(line["reason"].startswith("object refused: "), line)
+            self.assertEqual(line["source"]["key"], "landing/transport_units/dt=2026-11-24/broken.ndjson.gz")
+            self.assertIsNone(line["raw"])
             options = {"AWS_ENDPOINT_URL": names["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
                        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
             rows = DeltaTable(f"s3://{bucket}/bronze/transport_units", storage_options=options).to_pyarrow_table().num_rows

@@ -1,7 +1,7 @@
 //! delta-writer's configuration, read once at init.
 
-use fleetlake::config::{ConfigError, Env, LakeConfig, Prefix};
-use fleetlake::delta::DeltaSettings;
+use fleetlake_core::config::{ConfigError, Env, LakeConfig, Prefix};
+use fleetlake_delta::DeltaSettings;
 use url::Url;
 
 /// Everything delta-writer reads from its environment.
@@ -62,7 +62,7 @@ impl Config {
         }
         let bronze_url = Url::parse(&format!("s3://{}/{}", lake.bucket, bronze_prefix))
             .map_err(|e| ConfigError::new("BRONZE_PREFIX", format!("not usable in a URL: {e}")))?;
-        let storage_options = fleetlake::delta::storage_options(env);
+        let storage_options = fleetlake_delta::storage_options(env);
         Ok(Self {
             enriched_prefix: Prefix::parse("ENRICHED_PREFIX", env.get("ENRICHED_PREFIX").unwrap_or("enriched/"))?,
             chunk_records,

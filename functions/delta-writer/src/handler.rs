@@ -3,26 +3,27 @@
 //! Per invocation: the notified objects are grouped by table (`enriched/locations/` → `locations`,
 //! `landing/performance_stats/` → `performance_stats`, `landing/transport_units/` → `transport_units`). Each
 //! table's objects are streamed line by line, converted in chunks of `CHUNK_RECORDS` rows, checked for records the
-//! table already holds, written as Parquet and committed as one Delta version (see `fleetlake::delta` for the
+//! table already holds, written as Parquet and committed as one Delta version (see `fleetlake_delta` for the
 //! rule). A line that does not fit the schema goes to `quarantine/delta-writer/…` with its reason. An object that
-//! cannot be read fails only the SQS messages that named it (`batchItemFailures`); the rest commit.
+//! cannot be read (gone, not gzip) is quarantined by reference by the runner; one whose append fails for the
+//! environment's reasons fails only the SQS messages that named it (`batchItemFailures`); the rest commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::Utc;
 use deltalake::arrow::record_batch::RecordBatch;
-use fleetlake::bronze::{Converter, Identities, LineOrigin, TableSpec, Zone};
-use fleetlake::delta::{open_or_create, AppendStats, Appender, DeltaError};
-use fleetlake::enrich::key_date;
-use fleetlake::error::Fault;
-use fleetlake::ndjson::Line;
-use fleetlake::quarantine::{QuarantineLine, QuarantineWriter};
-use fleetlake::s3::S3Store;
-use fleetlake::s3event::{parse_trigger, EventError, ObjectRef, Trigger};
-use fleetlake::telemetry::Metrics;
-use lambda_runtime::{Diagnostic, LambdaEvent};
-use serde_json::{json, Value};
-use tokio::sync::{mpsc, Mutex};
+use fleetlake_aws::quarantine::{QuarantineLine, QuarantineWriter};
+use fleetlake_aws::s3::S3Store;
+use fleetlake_aws::s3event::ObjectRef;
+use fleetlake_core::bronze::{Converter, Identities, LineOrigin, TableSpec, Zone};
+use fleetlake_core::fault::{Classify, Fault};
+use fleetlake_core::lake::{key_date, quarantine_source_name};
+use fleetlake_core::ndjson::Line;
+use fleetlake_delta::{AppendStats, Appender, DeltaError, TableCache};
+use fleetlake_runner::{Invocation, ObjectHandler, Runner};
+use serde_json::json;
+use tokio::sync::mpsc;
 use tracing::{error, info, instrument, warn};
 
 use crate::config::Config;
@@ -40,42 +41,36 @@ pub(crate) struct Deps {
     config: Config,
     store: S3Store,
     quarantine: QuarantineWriter,
-    tables: Mutex<HashMap<&'static str, deltalake::DeltaTable>>,
+    tables: TableCache,
 }
 
 impl Deps {
     pub(crate) fn new(config: Config, s3: aws_sdk_s3::Client) -> Self {
         let store = S3Store::new(s3, config.lake.bucket.as_str());
         let quarantine = QuarantineWriter::new(store.clone(), config.lake.quarantine_prefix.clone(), STAGE);
-        Self { config, store, quarantine, tables: Mutex::new(HashMap::new()) }
+        let tables = TableCache::new(config.delta.clone());
+        Self { config, store, quarantine, tables }
     }
-}
 
-/// The invocation failed as a whole: an unrecognised event (permanent), or, for a trigger that cannot report
-/// single failures, any failure.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum HandlerError {
-    #[error(transparent)]
-    Event(#[from] EventError),
-    #[error("{failed} object(s) not appended; first error: {first}")]
-    Objects { failed: usize, first: String, fault: Fault },
-}
-
-impl From<HandlerError> for Diagnostic {
-    fn from(e: HandlerError) -> Self {
-        let fault = match &e {
-            HandlerError::Event(_) => Fault::Permanent,
-            HandlerError::Objects { fault, .. } => *fault,
-        };
-        Diagnostic { error_type: fault.error_type().to_owned(), error_message: e.to_string() }
+    /// The runner: one table at a time (each append already converts on every core); objects that cannot be
+    /// read are quarantined by reference.
+    pub(crate) fn runner(&self) -> Runner {
+        Runner::new(STAGE).quarantine(self.quarantine.clone())
     }
 }
 
 /// Why an object was not appended.
-#[derive(Debug, Clone)]
-struct ObjectFailure {
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct ObjectFailure {
     message: String,
     fault: Fault,
+}
+
+impl Classify for ObjectFailure {
+    fn fault(&self) -> Fault {
+        self.fault
+    }
 }
 
 /// Counts of one table's append.
@@ -88,94 +83,37 @@ struct TableResult {
     failed: BTreeMap<String, ObjectFailure>,
 }
 
-#[instrument(skip_all)]
-pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &'static Deps) -> Result<Value, HandlerError> {
-    let mut metrics = Metrics::new(STAGE);
-    metrics.property("requestId", event.context.request_id.clone());
-    let trigger = parse_trigger(&event.payload).inspect_err(|e| error!(error = %e, "event not understood"))?;
-    // Every object with the messages that named it (a message may name several; an object may be named twice).
-    let mut named: BTreeMap<String, (ObjectRef, Vec<String>)> = BTreeMap::new();
-    let mut bad_messages = Vec::new();
-    let (messages, reports_items) = match trigger {
-        Trigger::Sqs(messages) => (messages, true),
-        Trigger::Direct(objects) | Trigger::EventBridge(objects) => {
-            (vec![fleetlake::s3event::SqsMessage { message_id: String::new(), objects: Ok(objects) }], false)
-        }
-    };
-    for msg in messages {
-        match msg.objects {
-            Ok(objects) => {
-                for obj in objects {
-                    named.entry(obj.key.clone()).or_insert_with(|| (obj, Vec::new())).1.push(msg.message_id.clone());
-                }
-            }
-            Err(reason) => {
-                // Not an S3 notification: retried until it reaches the dead-letter queue, never dropped.
-                error!(message_id = %msg.message_id, reason, "SQS message not understood");
-                bad_messages.push(msg.message_id);
-            }
-        }
+impl ObjectHandler for Deps {
+    type Error = ObjectFailure;
+
+    /// Objects are grouped by the table they feed: one append, one commit per table.
+    fn group(&self, obj: &ObjectRef) -> Option<String> {
+        table_for(&self.config, obj).map(|spec| spec.name.to_owned())
     }
 
-    // Objects by table; anything else is logged and let go.
-    let mut by_table: BTreeMap<&'static str, (&'static TableSpec, Vec<ObjectRef>)> = BTreeMap::new();
-    for (obj, _) in named.values() {
-        match table_for(&deps.config, obj) {
-            Some(spec) => by_table.entry(spec.name).or_insert_with(|| (spec, Vec::new())).1.push(obj.clone()),
-            None => {
-                warn!(bucket = %obj.bucket, key = %obj.key, "not an input object of a bronze table; ignored");
-                metrics.add("objects_ignored", 1);
-            }
-        }
-    }
-
-    let mut failed: BTreeMap<String, ObjectFailure> = BTreeMap::new();
-    for (name, (spec, objects)) in by_table {
+    async fn process(
+        &'static self,
+        objects: Vec<ObjectRef>,
+        invocation: Arc<Invocation>,
+    ) -> Vec<Result<(), ObjectFailure>> {
+        let Some(spec) = objects.first().and_then(|o| table_for(&self.config, o)) else {
+            return Vec::new();
+        };
         // Boxed: deltalake's futures are deep and large.
-        let result = Box::pin(append_table(deps, spec, &objects)).await;
-        metrics.add("records_in", result.stats.rows_in);
-        metrics.add("records_written", result.stats.rows_written);
-        metrics.add("records_duplicate", result.stats.duplicates);
-        metrics.add("records_quarantined", result.quarantined);
-        metrics.add("files_checked", result.stats.files_checked);
-        metrics.add("objects_failed", result.failed.len() as u64);
-        metrics.add("objects_appended", (objects.len() - result.failed.len()) as u64);
+        let mut result = Box::pin(append_table(self, spec, &objects)).await;
+        invocation.add("records_in", result.stats.rows_in);
+        invocation.add("records_written", result.stats.rows_written);
+        invocation.add("records_duplicate", result.stats.duplicates);
+        invocation.add("records_quarantined", result.quarantined);
+        invocation.add("files_checked", result.stats.files_checked);
+        invocation.add("objects_appended", (objects.len() - result.failed.len()) as u64);
         if let Some(v) = result.version {
-            metrics.add("commits", 1);
-            metrics.property(&format!("{name}_version"), v);
+            invocation.add("commits", 1);
+            invocation.property(&format!("{}_version", spec.name), v);
         }
-        info!(table = name, version = ?result.version, stats = ?result.stats, quarantined = result.quarantined,
+        info!(table = spec.name, version = ?result.version, stats = ?result.stats, quarantined = result.quarantined,
               failed = result.failed.len(), "table done");
-        failed.extend(result.failed);
-    }
-
-    let mut failures: Vec<String> = bad_messages;
-    for (key, f) in &failed {
-        if let Some((_, ids)) = named.get(key) {
-            failures.extend(ids.iter().cloned());
-        }
-        warn!(key, error = %f.message, "object not appended");
-    }
-    failures.sort();
-    failures.dedup();
-    metrics.add("messages_failed", failures.len() as u64);
-    metrics.emit();
-    if reports_items {
-        return Ok(json!({
-            "batchItemFailures": failures.iter().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>()
-        }));
-    }
-    match failed.values().next() {
-        None => Ok(json!({"objects": named.len()})),
-        Some(first) => Err(HandlerError::Objects {
-            failed: failed.len(),
-            first: first.message.clone(),
-            fault: if failed.values().any(|f| f.fault == Fault::Retryable) {
-                Fault::Retryable
-            } else {
-                Fault::Permanent
-            },
-        }),
+        objects.iter().map(|o| result.failed.remove(&o.key).map_or(Ok(()), Err)).collect()
     }
 }
 
@@ -233,7 +171,7 @@ async fn try_append(
     failed: &mut BTreeMap<String, ObjectFailure>,
 ) -> Result<TableResult, DeltaError> {
     'attempt: loop {
-        let table = take_table(deps, spec).await?;
+        let table = deps.tables.take_or_create(spec).await?;
         let mut appender = Appender::new(spec, table, deps.config.target_file_bytes)?;
         let todo: Vec<ObjectRef> = objects.iter().filter(|o| !failed.contains_key(&o.key)).cloned().collect();
         let (tx, mut rx) = mpsc::channel(PIPELINE_CHUNKS);
@@ -278,7 +216,7 @@ async fn try_append(
         ];
         let committed = Box::pin(appender.commit(metadata)).await?;
         // Keep the table open for the next invocation.
-        deps.tables.lock().await.insert(spec.name, committed.table);
+        deps.tables.put(spec, committed.table).await;
         return Ok(TableResult {
             version: committed.version,
             stats: committed.stats,
@@ -343,21 +281,6 @@ async fn convert_objects(
     }
 }
 
-/// The table, brought up to date: the one kept from an earlier invocation, or opened (created) now.
-async fn take_table(deps: &Deps, spec: &'static TableSpec) -> Result<deltalake::DeltaTable, DeltaError> {
-    let kept = deps.tables.lock().await.remove(spec.name);
-    match kept {
-        Some(mut table) => match table.update_incremental(None).await {
-            Ok(()) => Ok(table),
-            Err(e) => {
-                warn!(error = %e, "reloading the kept table failed; opening it again");
-                open_or_create(&deps.config.delta, spec).await
-            }
-        },
-        None => open_or_create(&deps.config.delta, spec).await,
-    }
-}
-
 /// Streams the `index`-th object into chunks of rows; returns the lines quarantined. A closed channel ends it
 /// quietly (the writing side gave up).
 #[instrument(skip(deps, converter, tx), fields(key = %obj.key))]
@@ -367,14 +290,14 @@ async fn convert_object(
     index: usize,
     obj: &ObjectRef,
     tx: &mpsc::Sender<Produced>,
-) -> Result<u64, fleetlake::Error> {
+) -> Result<u64, fleetlake_aws::Error> {
     let mut lines = deps.store.gzip_lines(&obj.key).await?;
     let etag = obj.etag.as_deref().unwrap_or_default();
     let mut bad = Vec::new();
-    let send = |converter: &mut Converter| -> Result<Produced, fleetlake::Error> {
-        let (batch, ids) = converter
-            .finish()
-            .map_err(|e| fleetlake::Error::Encode(std::io::Error::other(format!("building a record batch: {e}"))))?;
+    let send = |converter: &mut Converter| -> Result<Produced, fleetlake_aws::Error> {
+        let (batch, ids) = converter.finish().map_err(|e| {
+            fleetlake_aws::Error::Encode(std::io::Error::other(format!("building a record batch: {e}")))
+        })?;
         Ok(Produced::Chunk { object: index, batch, ids })
     };
     while let Some(line) = lines.next_line().await? {
@@ -391,7 +314,7 @@ async fn convert_object(
                 }
             }
             Line::TooLong { number, head } => bad.push(QuarantineLine::new(
-                format!("line longer than {} bytes", fleetlake::ndjson::MAX_LINE_BYTES),
+                format!("line longer than {} bytes", fleetlake_core::ndjson::MAX_LINE_BYTES),
                 STAGE,
                 &json!({"key": obj.key, "line": number}),
                 Some(String::from_utf8_lossy(&head).into_owned()),
@@ -406,25 +329,16 @@ async fn convert_object(
     }
     // The quarantine is written before the commit: a failed write fails the object, never loses the lines.
     let dt = key_date(&obj.key).unwrap_or_else(|| Utc::now().date_naive());
-    deps.quarantine.write(dt, &quarantine_name(&obj.key, obj.etag.as_deref()), &bad).await?;
+    deps.quarantine.write(dt, &quarantine_source_name(&obj.key, obj.etag.as_deref()), &bad).await?;
     Ok(bad.len() as u64)
-}
-
-/// The quarantine object's name for an input object: its path below the `dt=` folder (or its file name),
-/// without `.ndjson.gz`, and the first 16 characters of its ETag when known.
-fn quarantine_name(key: &str, etag: Option<&str>) -> String {
-    let below_dt = key.split_once("/dt=").and_then(|(_, rest)| rest.split_once('/')).map(|(_, rest)| rest);
-    let name = below_dt.unwrap_or_else(|| key.rsplit('/').next().unwrap_or(key)).trim_end_matches(".ndjson.gz");
-    match etag {
-        Some(etag) => format!("{name}.{}", &etag[..etag.len().min(16)]),
-        None => name.to_owned(),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleetlake::config::Env;
+    use fleetlake_aws::s3event::{parse_trigger, Trigger};
+    use fleetlake_core::config::Env;
+    use serde_json::Value;
 
     fn cfg() -> Config {
         Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake")])).unwrap()
@@ -452,24 +366,13 @@ mod tests {
         let event: Value = serde_json::from_str(include_str!("../../../events/delta-writer/sqs.json")).unwrap();
         let Trigger::Sqs(messages) = parse_trigger(&event).unwrap() else { panic!("not an SQS event") };
         let mut cfg = cfg();
-        cfg.lake.bucket = fleetlake::config::BucketName::parse("B", "fleetlake-lake-123456789012-us-east-1").unwrap();
+        cfg.lake.bucket =
+            fleetlake_core::config::BucketName::parse("B", "fleetlake-lake-123456789012-us-east-1").unwrap();
         let tables: Vec<Vec<&str>> = messages
             .iter()
             .map(|m| m.objects.as_ref().unwrap().iter().filter_map(|o| table_for(&cfg, o)).map(|t| t.name).collect())
             .collect();
         // A real S3 notification, a moto one (every character encoded, no sequencer), and S3's test event.
         assert_eq!(tables, [vec!["locations"], vec!["performance_stats"], vec![]]);
-    }
-
-    #[test]
-    fn quarantine_names_keep_the_path_below_dt() {
-        assert_eq!(
-            quarantine_name(
-                "landing/transport_units/dt=2026-11-24/pg.public.transport_units-0-1-3.ndjson.gz",
-                Some("0123456789abcdef0123")
-            ),
-            "pg.public.transport_units-0-1-3.0123456789abcdef"
-        );
-        assert_eq!(quarantine_name("enriched/locations/x.ndjson.gz", None), "x");
     }
 }

@@ -3,16 +3,22 @@
 mod config;
 mod handler;
 
-use fleetlake::config::Env;
-use lambda_runtime::{run, service_fn, Error};
+use fleetlake_core::config::Env;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    fleetlake::telemetry::init_logging();
+    fleetlake_aws::telemetry::init_logging();
     let config = config::Config::from_env(&Env::process())
         .inspect_err(|e| tracing::error!(error = %e, "invalid configuration"))?;
-    let sdk = fleetlake::aws::load_sdk_config().await;
+    let sdk = fleetlake_aws::sdk::load_sdk_config().await;
     // Lives as long as the execution environment; 'static so objects can be converted on a task of their own.
-    let deps: &'static handler::Deps = Box::leak(Box::new(handler::Deps::new(config, fleetlake::aws::s3_client(&sdk))));
-    run(service_fn(move |event| handler::handle(event, deps))).await
+    let deps: &'static handler::Deps =
+        Box::leak(Box::new(handler::Deps::new(config, fleetlake_aws::sdk::s3_client(&sdk))));
+    let runner = &*Box::leak(Box::new(deps.runner()));
+    run(service_fn(move |event: LambdaEvent<Value>| async move {
+        runner.objects(&event.payload, &event.context, deps).await
+    }))
+    .await
 }

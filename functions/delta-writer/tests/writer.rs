@@ -81,7 +81,7 @@ fn s3_notification(bucket: &str, keys: &[&str]) -> Value {
 }
 
 fn gzip(lines: &[String]) -> Vec<u8> {
-    fleetlake::ndjson::gzip_lines(lines.iter().map(|l| l.as_bytes())).unwrap()
+    fleetlake_core::ndjson::gzip_lines(lines.iter().map(|l| l.as_bytes())).unwrap()
 }
 
 /// An enriched position from Kafka partition `partition` at `offset`.
@@ -267,8 +267,8 @@ async fn redelivered_reordered_and_recut_batches_land_each_record_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_writing_files_and_committing_loses_and_doubles_nothing() {
-    use fleetlake::bronze::{Converter, LineOrigin, LOCATIONS};
-    use fleetlake::delta::{open_or_create, Appender, DeltaSettings};
+    use fleetlake_core::bronze::{Converter, LineOrigin, LOCATIONS};
+    use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 
     let env = Env::new(&[]).await;
     let key = put_positions(&env, 3, 0..=499).await;
@@ -341,7 +341,7 @@ async fn eight_concurrent_writers_commit_every_row_once_with_contiguous_versions
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreadable_objects_fail_only_their_messages() {
+async fn unreadable_objects_are_quarantined_by_reference_and_only_a_non_event_fails() {
     let env = Env::new(&[]).await;
     let good = put_positions(&env, 1, 0..=49).await;
     let not_gzip = enriched_key(1, 50, 99);
@@ -365,8 +365,20 @@ async fn unreadable_objects_fail_only_their_messages() {
     let inv = writer.invoke(&event).await;
     let mut failed = failures(inv.outcome.as_ref().unwrap());
     failed.sort();
-    assert_eq!(failed, ["bad-gzip", "gone", "not-s3", "truncated"]);
+    // Only the message that is no notification is retried: no retry can make the others readable.
+    assert_eq!(failed, ["not-s3"]);
     assert_eq!(kafka_ids(&env.read("locations")), expected_ids(&[(1, 0..=49)]), "none of the truncated object's rows");
+    // Each unreadable object is in quarantine by reference, with the reason.
+    let refs = env.moto.keys(&env.bucket, "quarantine/delta-writer/").await;
+    assert_eq!(refs.len(), 3, "{refs:?}");
+    for key in [&not_gzip, &gone, &truncated] {
+        let name = key.rsplit('/').next().unwrap().trim_end_matches(".ndjson.gz");
+        let found = refs.iter().find(|r| r.contains(name)).unwrap_or_else(|| panic!("{name} not in {refs:?}"));
+        let line: Value = serde_json::from_slice(&env.moto.get(&env.bucket, found).await).unwrap();
+        assert!(line["reason"].as_str().unwrap().starts_with("object refused: "), "{line}");
+        assert_eq!(line["source"]["key"], json!(key), "{line}");
+        assert_eq!(line["raw"], Value::Null);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

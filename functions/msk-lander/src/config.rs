@@ -1,7 +1,7 @@
 //! msk-lander's configuration, read once at init.
 
-use fleetlake::config::{ConfigError, Env, LakeConfig};
-use fleetlake::landing::{TopicDatasets, DEFAULT_TOPIC_DATASETS};
+use fleetlake_core::config::{ConfigError, Env, LakeConfig};
+use fleetlake_core::landing::{TopicDatasets, DEFAULT_TOPIC_DATASETS};
 
 /// Everything msk-lander reads from its environment.
 #[derive(Debug, Clone)]

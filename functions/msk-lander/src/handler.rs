@@ -7,17 +7,17 @@
 //! so a retried batch finds the objects of the first try in place and leaves them byte for byte as they were.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::Utc;
-use fleetlake::config::LakeConfig;
-use fleetlake::lake::landing_key;
-use fleetlake::landing::{land_slice, KafkaMessage, LandedSlice, STAGE};
-use fleetlake::ndjson::gzip_lines;
-use fleetlake::quarantine::QuarantineWriter;
-use fleetlake::s3::{PutOutcome, S3Store};
-use fleetlake::telemetry::Metrics;
+use fleetlake_aws::quarantine::QuarantineWriter;
+use fleetlake_aws::s3::{PutOutcome, S3Store};
+use fleetlake_core::config::LakeConfig;
+use fleetlake_core::lake::landing_key;
+use fleetlake_core::landing::{land_slice, KafkaMessage, LandedSlice, STAGE};
+use fleetlake_core::ndjson::gzip_lines;
+use fleetlake_runner::Invocation;
 use futures::{StreamExt, TryStreamExt};
-use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde::Serialize;
 use tracing::{info, instrument};
 
@@ -58,26 +58,19 @@ pub(crate) struct Summary {
     quarantine_objects: Vec<String>,
 }
 
-/// The invocation failed in a way a retry can fix (S3 unavailable); the batch is retried whole.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub(crate) struct HandlerError(#[from] fleetlake::Error);
-
-impl From<HandlerError> for Diagnostic {
-    fn from(e: HandlerError) -> Self {
-        Diagnostic { error_type: e.0.fault().error_type().to_owned(), error_message: e.to_string() }
-    }
-}
-
+/// Lands one MSK batch. Record problems are quarantined; an error here is the environment's (S3 unavailable) and
+/// makes the runner fail the invocation, so Lambda retries the whole batch.
 #[instrument(skip_all, fields(
-    event_source = event.payload.event_source.as_deref().unwrap_or_default(),
-    cluster = event.payload.event_source_arn.as_deref().unwrap_or_default(),
+    event_source = event.event_source.as_deref().unwrap_or_default(),
+    cluster = event.event_source_arn.as_deref().unwrap_or_default(),
 ))]
-pub(crate) async fn handle(event: LambdaEvent<MskEvent>, deps: &Deps) -> Result<Summary, HandlerError> {
-    let mut metrics = Metrics::new(STAGE);
-    metrics.property("requestId", event.context.request_id.clone());
+pub(crate) async fn handle(
+    event: MskEvent,
+    deps: &'static Deps,
+    invocation: Arc<Invocation>,
+) -> Result<Summary, fleetlake_aws::Error> {
     let ingested_at = Utc::now();
-    let slices: Vec<LandedSlice> = slice_messages(event.payload)
+    let slices: Vec<LandedSlice> = slice_messages(event)
         .into_iter()
         .filter_map(|msgs| land_slice(msgs, &deps.config.topics, ingested_at))
         .collect();
@@ -86,12 +79,7 @@ pub(crate) async fn handle(event: LambdaEvent<MskEvent>, deps: &Deps) -> Result<
         .map(|slice| write_slice(slice, deps))
         .buffer_unordered(WRITE_CONCURRENCY)
         .try_collect()
-        .await
-        .inspect_err(|e| {
-            tracing::error!(error = %e, "batch not landed; Lambda will retry it");
-            metrics.add("invocations_failed", 1);
-            metrics.emit();
-        })?;
+        .await?;
 
     let mut summary = Summary::default();
     for WrittenSlice { slice, landed, quarantine_key } in written {
@@ -104,18 +92,18 @@ pub(crate) async fn handle(event: LambdaEvent<MskEvent>, deps: &Deps) -> Result<
             if outcome == PutOutcome::AlreadyExists {
                 summary.already_landed += 1;
             }
-            metrics.add(if outcome == PutOutcome::Created { "objects_written" } else { "objects_already_landed" }, 1);
+            invocation
+                .add(if outcome == PutOutcome::Created { "objects_written" } else { "objects_already_landed" }, 1);
             summary.objects.push(key);
         }
         summary.quarantine_objects.extend(quarantine_key);
     }
     summary.objects.sort();
     summary.quarantine_objects.sort();
-    metrics.add("records_in", summary.records);
-    metrics.add("records_landed", summary.landed);
-    metrics.add("records_quarantined", summary.quarantined);
-    metrics.add("tombstones_skipped", summary.tombstones);
-    metrics.emit();
+    invocation.add("records_in", summary.records);
+    invocation.add("records_landed", summary.landed);
+    invocation.add("records_quarantined", summary.quarantined);
+    invocation.add("tombstones_skipped", summary.tombstones);
     info!(
         records = summary.records,
         landed = summary.landed,
@@ -135,7 +123,7 @@ struct WrittenSlice {
 }
 
 /// Writes one slice: its landing object (if any record landed) and its quarantine object (if any was refused).
-async fn write_slice(slice: LandedSlice, deps: &Deps) -> Result<WrittenSlice, fleetlake::Error> {
+async fn write_slice(slice: LandedSlice, deps: &Deps) -> Result<WrittenSlice, fleetlake_aws::Error> {
     let landed = match (&slice.dataset, slice.lines.is_empty()) {
         (Some(dataset), false) => {
             let key = landing_key(&deps.config.lake.landing_prefix, dataset, slice.dt, &slice.name);

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use fleetlake::bronze::TABLES;
-use fleetlake::config::{BucketName, ConfigError, Env, Prefix};
+use fleetlake_core::bronze::TABLES;
+use fleetlake_core::config::{BucketName, ConfigError, Env, Prefix};
 
 /// Everything partition-sync reads from its environment.
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ impl Config {
             bronze_prefix: Prefix::parse("BRONZE_PREFIX", env.get("BRONZE_PREFIX").unwrap_or("bronze/"))?,
             glue_database,
             glue_tables,
-            storage_options: fleetlake::delta::storage_options(env),
+            storage_options: fleetlake_delta::storage_options(env),
         })
     }
 }

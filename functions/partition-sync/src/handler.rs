@@ -14,25 +14,24 @@
 //! manifests and partitions describe the newest version.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use aws_sdk_glue::types::StorageDescriptor;
-use fleetlake::bronze::TableSpec;
-use fleetlake::delta::{open_existing, DeltaError};
-use fleetlake::error::Fault;
-use fleetlake::glue::{Catalog, CatalogError};
-use fleetlake::partitions::{manifest_text, touched_partitions, CommitKey, Partition};
-use fleetlake::s3::S3Store;
-use fleetlake::s3event::{parse_trigger, EventError, ObjectRef, Trigger};
-use fleetlake::telemetry::Metrics;
-use lambda_runtime::{Diagnostic, LambdaEvent};
-use serde_json::{json, Value};
+use fleetlake_aws::glue::{Catalog, CatalogError};
+use fleetlake_aws::s3::S3Store;
+use fleetlake_aws::s3event::ObjectRef;
+use fleetlake_core::bronze::TableSpec;
+use fleetlake_core::fault::{Classify, Fault};
+use fleetlake_core::partitions::{manifest_text, touched_partitions, CommitKey, Partition};
+use fleetlake_delta::{active_files, DeltaError, DeltaSettings, TableCache};
+use fleetlake_runner::{Invocation, ObjectHandler};
 use tokio::sync::Mutex;
-use tracing::{error, info, instrument, warn};
+use tracing::{error, info, instrument};
 
 use crate::config::Config;
 
 /// The stage name in logs and metrics.
-const STAGE: &str = "partition-sync";
+pub(crate) const STAGE: &str = "partition-sync";
 
 /// The manifest folder below a table, as Delta's `GENERATE symlink_format_manifest` names it.
 pub(crate) const MANIFEST_FOLDER: &str = "_symlink_format_manifest";
@@ -46,15 +45,24 @@ pub(crate) struct Deps {
     config: Config,
     store: S3Store,
     catalog: Catalog,
-    tables: Mutex<HashMap<&'static str, deltalake::DeltaTable>>,
+    tables: TableCache,
     descriptors: Mutex<HashMap<String, StorageDescriptor>>,
 }
 
 impl Deps {
-    pub(crate) fn new(config: Config, s3: aws_sdk_s3::Client, glue: aws_sdk_glue::Client) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        s3: aws_sdk_s3::Client,
+        glue: aws_sdk_glue::Client,
+    ) -> Result<Self, url::ParseError> {
         let store = S3Store::new(s3, config.bucket.as_str());
         let catalog = Catalog::new(glue, config.glue_database.clone());
-        Self { config, store, catalog, tables: Mutex::new(HashMap::new()), descriptors: Mutex::new(HashMap::new()) }
+        let settings = DeltaSettings::reader(
+            config.bucket.as_str(),
+            config.bronze_prefix.as_str(),
+            config.storage_options.clone(),
+        )?;
+        Ok(Self { config, store, catalog, tables: TableCache::new(settings), descriptors: Mutex::new(HashMap::new()) })
     }
 
     fn table_root(&self, spec: &TableSpec) -> String {
@@ -62,34 +70,24 @@ impl Deps {
     }
 }
 
-/// The invocation failed as a whole.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum HandlerError {
-    #[error(transparent)]
-    Event(#[from] EventError),
-    #[error("{failed} commit(s) not synced; first error: {first}")]
-    Commits { failed: usize, first: String },
-}
-
-impl From<HandlerError> for Diagnostic {
-    fn from(e: HandlerError) -> Self {
-        let fault = match &e {
-            HandlerError::Event(_) => Fault::Permanent,
-            HandlerError::Commits { .. } => Fault::Retryable,
-        };
-        Diagnostic { error_type: fault.error_type().to_owned(), error_message: e.to_string() }
-    }
-}
-
 /// A failure that Lambda should retry: storage, Delta log or Glue.
 #[derive(Debug, thiserror::Error)]
-enum SyncError {
+pub(crate) enum SyncError {
     #[error(transparent)]
-    Lake(#[from] fleetlake::Error),
+    Lake(#[from] fleetlake_aws::Error),
     #[error(transparent)]
     Delta(#[from] DeltaError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error("delta table {0} does not exist, yet a commit of it was notified")]
+    NoTable(&'static str),
+}
+
+impl Classify for SyncError {
+    fn fault(&self) -> Fault {
+        // Even a table not found is the environment's: its first commit may not be visible yet.
+        Fault::Retryable
+    }
 }
 
 /// What syncing one commit did.
@@ -105,86 +103,45 @@ struct Synced {
 }
 
 impl Synced {
-    fn add(&mut self, o: &Synced) {
-        self.manifests_written += o.manifests_written;
-        self.manifests_current += o.manifests_current;
-        self.partitions_created += o.partitions_created;
-        self.partitions_deleted += o.partitions_deleted;
-        self.partitions_refused += o.partitions_refused;
-        self.commits_missing += o.commits_missing;
-        self.commits_unreadable += o.commits_unreadable;
+    fn count(&self, invocation: &Invocation) {
+        invocation.add("commits", 1);
+        invocation.add("manifests_written", self.manifests_written);
+        invocation.add("manifests_current", self.manifests_current);
+        invocation.add("partitions_created", self.partitions_created);
+        invocation.add("partitions_deleted", self.partitions_deleted);
+        invocation.add("partitions_refused", self.partitions_refused);
+        invocation.add("commits_missing", self.commits_missing);
+        invocation.add("commits_unreadable", self.commits_unreadable);
     }
 }
 
-#[instrument(skip_all)]
-pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &Deps) -> Result<Value, HandlerError> {
-    let mut metrics = Metrics::new(STAGE);
-    metrics.property("requestId", event.context.request_id.clone());
-    let trigger = parse_trigger(&event.payload).inspect_err(|e| error!(error = %e, "event not understood"))?;
-    let (messages, reports_items) = match trigger {
-        Trigger::Sqs(messages) => (messages.into_iter().map(|m| (m.message_id, m.objects)).collect(), true),
-        Trigger::Direct(objects) | Trigger::EventBridge(objects) => (vec![(String::new(), Ok(objects))], false),
-    };
-    let mut totals = Synced::default();
-    let mut failures = Vec::new();
-    let mut first_error = None;
-    let mut commits = 0;
-    for (message_id, objects) in messages {
-        let objects = match objects {
-            Ok(o) => o,
-            Err(reason) => {
-                error!(message_id = %message_id, reason, "SQS message not understood");
-                failures.push(message_id);
-                continue;
-            }
-        };
-        let mut failed = false;
+impl ObjectHandler for Deps {
+    type Error = SyncError;
+
+    /// Each commit of a bronze table on its own; any other key is not ours.
+    fn group(&self, obj: &ObjectRef) -> Option<String> {
+        commit_of(&self.config, obj).map(|_| obj.key.clone())
+    }
+
+    async fn process(
+        &'static self,
+        objects: Vec<ObjectRef>,
+        invocation: Arc<Invocation>,
+    ) -> Vec<Result<(), SyncError>> {
+        let mut results = Vec::with_capacity(objects.len());
         for obj in &objects {
-            let Some(commit) = commit_of(&deps.config, obj) else {
-                warn!(key = %obj.key, "not a commit of a bronze table; ignored");
-                continue;
+            let result = match commit_of(&self.config, obj) {
+                Some(commit) => Box::pin(sync_commit(self, &obj.key, &commit)).await.map(|s| s.count(&invocation)),
+                None => Ok(()),
             };
-            commits += 1;
-            match Box::pin(sync_commit(deps, &obj.key, &commit)).await {
-                Ok(s) => totals.add(&s),
-                Err(e) => {
-                    error!(key = %obj.key, error = %e, "commit not synced");
-                    first_error.get_or_insert_with(|| e.to_string());
-                    failed = true;
-                }
-            }
+            results.push(result);
         }
-        if failed {
-            failures.push(message_id);
-        }
-    }
-    for (name, n) in [
-        ("commits", commits),
-        ("manifests_written", totals.manifests_written),
-        ("manifests_current", totals.manifests_current),
-        ("partitions_created", totals.partitions_created),
-        ("partitions_deleted", totals.partitions_deleted),
-        ("partitions_refused", totals.partitions_refused),
-        ("commits_missing", totals.commits_missing),
-        ("commits_unreadable", totals.commits_unreadable),
-        ("messages_failed", failures.len() as u64),
-    ] {
-        metrics.add(name, n);
-    }
-    metrics.emit();
-    if reports_items {
-        return Ok(
-            json!({"batchItemFailures": failures.iter().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>()}),
-        );
-    }
-    match first_error {
-        None => Ok(json!({"commits": commits})),
-        Some(first) => Err(HandlerError::Commits { failed: failures.len().max(1), first }),
+        results
     }
 }
 
 fn commit_of(cfg: &Config, obj: &ObjectRef) -> Option<CommitKey> {
-    (obj.bucket == cfg.bucket.as_str()).then(|| CommitKey::parse(cfg.bronze_prefix.as_str(), &obj.key)).flatten()
+    CommitKey::in_lake(cfg.bucket.as_str(), cfg.bronze_prefix.as_str(), &obj.bucket, &obj.key)
 }
 
 #[instrument(skip(deps, commit), fields(table = commit.table.name, version = commit.version))]
@@ -193,7 +150,7 @@ async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey) -> Result<Synce
     let mut out = Synced::default();
     let bytes = match deps.store.get_bytes(key).await {
         Ok(b) => b,
-        Err(fleetlake::Error::NotFound { .. }) => {
+        Err(fleetlake_aws::Error::NotFound { .. }) => {
             // The log was cleaned up past this commit (logRetentionDuration): nothing to read, and a later
             // commit's sync covers the partitions. Reported, not retried.
             error!(key, "the commit file is gone (log cleaned up?); nothing to sync for it");
@@ -220,24 +177,9 @@ async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey) -> Result<Synce
     let glue_table = deps.config.glue_tables.get(spec.name).cloned();
 
     // The latest state: every touched partition's active files.
-    let (version, files) = {
-        let mut tables = deps.tables.lock().await;
-        let table = match tables.remove(spec.name) {
-            Some(mut t) => {
-                t.update_incremental(None).await.map_err(|source| DeltaError::Delta { table: spec.name, source })?;
-                t
-            }
-            None => {
-                let url = deltalake::table::builder::ensure_table_uri(deps.table_root(spec))
-                    .map_err(|source| DeltaError::Delta { table: spec.name, source })?;
-                open_existing(spec, url, deps.config.storage_options.clone()).await?
-            }
-        };
-        let version = table.version().unwrap_or(0);
-        let files = active_files(deps, spec, &table, &touched)?;
-        tables.insert(spec.name, table);
-        (version, files)
-    };
+    let table = deps.tables.latest(spec).await?.ok_or(SyncError::NoTable(spec.name))?;
+    let version = table.version().unwrap_or(0);
+    let files = touched_files(deps, spec, &table, &touched)?;
 
     let root = deps.table_root(spec);
     let mut to_create = Vec::new();
@@ -305,26 +247,22 @@ async fn descriptor(deps: &Deps, glue_table: &str) -> Result<StorageDescriptor, 
 }
 
 /// The absolute paths of the active data files of each touched partition.
-fn active_files(
+fn touched_files(
     deps: &Deps,
-    spec: &TableSpec,
+    spec: &'static TableSpec,
     table: &deltalake::DeltaTable,
     touched: &BTreeSet<Partition>,
 ) -> Result<BTreeMap<Partition, Vec<String>>, DeltaError> {
-    let snapshot = table.snapshot().map_err(|source| DeltaError::Delta { table: spec.name, source })?;
     let root = deps.table_root(spec);
-    let column = spec.partitioning.map(|p| p.column);
     let mut out: BTreeMap<Partition, Vec<String>> = BTreeMap::new();
-    for f in snapshot.log_data().iter() {
-        let partition = match column {
-            None => Partition::Whole,
-            Some(col) => match f.partition_values_map().get(col).cloned().flatten() {
-                Some(value) => Partition::Value { column: col.to_owned(), value },
-                None => continue,
-            },
+    for f in active_files(table, spec)? {
+        let partition = match (spec.partitioning, f.partition) {
+            (None, _) => Partition::Whole,
+            (Some(p), Some(value)) => Partition::Value { column: p.column.to_owned(), value },
+            (Some(_), None) => continue,
         };
         if touched.contains(&partition) {
-            out.entry(partition).or_default().push(format!("{root}{}", f.object_store_path()));
+            out.entry(partition).or_default().push(format!("{root}{}", f.path));
         }
     }
     Ok(out)
@@ -333,7 +271,9 @@ fn active_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleetlake::config::Env;
+    use fleetlake_aws::s3event::{parse_trigger, Trigger};
+    use fleetlake_core::config::Env;
+    use serde_json::Value;
 
     #[test]
     fn the_sample_event_names_two_commits_and_a_key_to_ignore() {

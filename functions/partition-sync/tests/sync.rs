@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fleetlake::bronze::{Converter, LineOrigin, LOCATIONS};
-use fleetlake::delta::{open_or_create, Appender, DeltaSettings};
+use fleetlake_core::bronze::{Converter, LineOrigin, LOCATIONS};
+use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{venv_bin, workspace_root, Invocation, LambdaHarness, Moto};
 use serde_json::{json, Value};
 

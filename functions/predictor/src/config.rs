@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use fleetlake::config::{BucketName, ConfigError, Env, Prefix};
+use fleetlake_core::config::{BucketName, ConfigError, Env, Prefix};
 
 /// Where the model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ impl Config {
             model: ModelSource::parse(env.get("MODEL_URI"))?,
             ttl_days,
             stats_lookback_days,
-            storage_options: fleetlake::delta::storage_options(env),
+            storage_options: fleetlake_delta::storage_options(env),
         })
     }
 }

@@ -19,19 +19,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use deltalake::DeltaTableError;
-use fleetlake::bronze::{TableSpec, LOCATIONS, PERFORMANCE_STATS};
-use fleetlake::delta::{open_existing, DeltaError};
-use fleetlake::error::Fault;
-use fleetlake::features::{unit_features, Contract};
-use fleetlake::model::{Model, ModelError};
-use fleetlake::partitions::CommitKey;
-use fleetlake::predictions::{Prediction, PredictionStore, PredictionsError, WriteStats};
-use fleetlake::s3::S3Store;
-use fleetlake::s3event::{parse_trigger, EventError, Trigger};
-use fleetlake::telemetry::Metrics;
-use lambda_runtime::{Diagnostic, LambdaEvent};
+use chrono::{DateTime, NaiveDate, SecondsFormat};
+use fleetlake_aws::predictions::{Prediction, PredictionStore, PredictionsError, WriteStats};
+use fleetlake_aws::s3::S3Store;
+use fleetlake_aws::s3event::ObjectRef;
+use fleetlake_core::bronze::{TableSpec, LOCATIONS, PERFORMANCE_STATS};
+use fleetlake_core::fault::{Classify, Fault};
+use fleetlake_core::features::{unit_features, Contract};
+use fleetlake_core::partitions::CommitKey;
+use fleetlake_delta::{DeltaError, DeltaSettings, TableCache};
+use fleetlake_model::{Model, ModelError};
+use fleetlake_runner::{Invocation, ObjectHandler};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tracing::{error, info, instrument, warn};
@@ -40,7 +38,7 @@ use crate::config::Config;
 use crate::source::{commit_adds, read_figures, read_tracks, DataFile, Figures, ReadError, Track};
 
 /// The stage name in logs and metrics.
-const STAGE: &str = "predictor";
+pub(crate) const STAGE: &str = "predictor";
 
 /// Time kept back from the invocation's deadline for reporting.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
@@ -55,7 +53,7 @@ pub(crate) struct Deps {
     model: Model,
     contract: Contract,
     predictions: PredictionStore,
-    tables: Mutex<HashMap<&'static str, deltalake::DeltaTable>>,
+    tables: TableCache,
     figures: Mutex<Option<FiguresCache>>,
 }
 
@@ -75,45 +73,29 @@ impl Deps {
         dynamodb: aws_sdk_dynamodb::Client,
         model: Model,
         contract: Contract,
-    ) -> Self {
+    ) -> Result<Self, url::ParseError> {
         let store = S3Store::new(s3, config.bucket.as_str());
         let predictions = PredictionStore::new(dynamodb, config.predictions_table.clone());
-        Self {
+        let settings = DeltaSettings::reader(
+            config.bucket.as_str(),
+            config.bronze_prefix.as_str(),
+            config.storage_options.clone(),
+        )?;
+        Ok(Self {
             config,
             store,
             model,
             contract,
             predictions,
-            tables: Mutex::new(HashMap::new()),
+            tables: TableCache::new(settings),
             figures: Mutex::new(None),
-        }
-    }
-
-    fn table_root(&self, spec: &TableSpec) -> String {
-        format!("s3://{}/{}{}/", self.config.bucket, self.config.bronze_prefix, spec.name)
+        })
     }
 
     /// The table at its latest version (kept open across invocations and brought up to date), or `None` if
     /// it does not exist yet.
     async fn table(&self, spec: &'static TableSpec) -> Result<Option<deltalake::DeltaTable>, DeltaError> {
-        let mut tables = self.tables.lock().await;
-        let table = match tables.remove(spec.name) {
-            Some(mut t) => {
-                t.update_incremental(None).await.map_err(|source| DeltaError::Delta { table: spec.name, source })?;
-                t
-            }
-            None => {
-                let url = deltalake::table::builder::ensure_table_uri(self.table_root(spec))
-                    .map_err(|source| DeltaError::Delta { table: spec.name, source })?;
-                match open_existing(spec, url, self.config.storage_options.clone()).await {
-                    Ok(t) => t,
-                    Err(DeltaError::Delta { source: DeltaTableError::NotATable(_), .. }) => return Ok(None),
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        tables.insert(spec.name, table.clone());
-        Ok(Some(table))
+        self.tables.latest(spec).await
     }
 
     /// Daily figures of every unit for days `from..=to`, from the latest `performance_stats` (read again only
@@ -139,44 +121,17 @@ impl Deps {
 
 /// The active data files of a table at its loaded version.
 fn active_files(table: &deltalake::DeltaTable, spec: &'static TableSpec) -> Result<Vec<DataFile>, DeltaError> {
-    let snapshot = table.snapshot().map_err(|source| DeltaError::Delta { table: spec.name, source })?;
-    let column = spec.partitioning.map(|p| p.column);
-    Ok(snapshot
-        .log_data()
-        .iter()
-        .map(|f| {
-            let date = column.and_then(|c| f.partition_values_map().get(c).cloned().flatten());
-            DataFile::new(f.object_store_path().as_ref(), date.as_deref(), f.stats().as_deref())
-        })
+    Ok(fleetlake_delta::active_files(table, spec)?
+        .into_iter()
+        .map(|f| DataFile::new(&f.path, f.partition.as_deref(), f.stats.as_deref()))
         .collect())
-}
-
-/// The invocation failed as a whole.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum HandlerError {
-    #[error(transparent)]
-    Event(#[from] EventError),
-    #[error("{failed} commit(s) not predicted; first error: {first}")]
-    Commits { failed: usize, first: String },
-    #[error("full refresh failed: {0}")]
-    Refresh(PredictError),
-}
-
-impl From<HandlerError> for Diagnostic {
-    fn from(e: HandlerError) -> Self {
-        let fault = match &e {
-            HandlerError::Event(_) => Fault::Permanent,
-            HandlerError::Commits { .. } | HandlerError::Refresh(_) => Fault::Retryable,
-        };
-        Diagnostic { error_type: fault.error_type().to_owned(), error_message: e.to_string() }
-    }
 }
 
 /// A failure that Lambda should retry: storage, the Delta log, a data file, the model or DynamoDB.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PredictError {
     #[error(transparent)]
-    Lake(#[from] fleetlake::Error),
+    Lake(#[from] fleetlake_aws::Error),
     #[error(transparent)]
     Delta(#[from] DeltaError),
     #[error(transparent)]
@@ -187,6 +142,13 @@ pub(crate) enum PredictError {
     Write(#[from] PredictionsError),
     #[error("bronze/locations does not exist, yet a commit of it was notified")]
     NoTable,
+}
+
+impl Classify for PredictError {
+    fn fault(&self) -> Fault {
+        // Storage, the log, a data file, the model or DynamoDB: each may work on a retry.
+        Fault::Retryable
+    }
 }
 
 /// What one commit or refresh did.
@@ -201,129 +163,75 @@ struct Done {
 }
 
 impl Done {
-    fn add(&mut self, o: &Done) {
-        self.positions += o.positions;
-        self.context_files += o.context_files;
-        self.units += o.units;
-        self.missing += o.missing;
-        self.unreadable += o.unreadable;
-        self.written.written += o.written.written;
-        self.written.kept += o.written.kept;
-        self.written.batch_calls += o.written.batch_calls;
-        self.written.retried_items += o.written.retried_items;
+    fn count(&self, invocation: &Invocation) {
+        for (name, n) in [
+            ("positions_read", self.positions),
+            ("context_files_read", self.context_files),
+            ("units", self.units),
+            ("predictions_written", self.written.written),
+            ("predictions_kept", self.written.kept),
+            ("batch_write_calls", self.written.batch_calls),
+            ("items_retried", self.written.retried_items),
+            ("commits_missing", self.missing),
+            ("commits_unreadable", self.unreadable),
+        ] {
+            invocation.add(name, n);
+        }
     }
 }
 
-fn is_schedule(payload: &Value) -> bool {
+pub(crate) fn is_schedule(payload: &Value) -> bool {
     payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
 }
 
-#[instrument(skip_all)]
-pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &Deps) -> Result<Value, HandlerError> {
-    let mut metrics = Metrics::new(STAGE);
-    metrics.property("requestId", event.context.request_id.clone());
-    metrics.property("model_version", deps.model.version());
-    let left_ms = event.context.deadline.saturating_sub(Utc::now().timestamp_millis().max(0) as u64);
-    let deadline = if event.context.deadline > 0 {
-        Instant::now() + Duration::from_millis(left_ms).saturating_sub(DEADLINE_MARGIN)
-    } else {
-        Instant::now() + Duration::from_secs(600)
-    };
-    let mut totals = Done::default();
-    let result = if is_schedule(&event.payload) {
-        let outcome = Box::pin(refresh(deps, deadline)).await;
-        match outcome {
-            Ok((version, done)) => {
-                totals.add(&done);
-                Ok(json!({"refresh": true, "source_version": version, "predictions": done.written.written}))
-            }
-            Err(e) => {
-                error!(error = %e, "full refresh failed");
-                Err(HandlerError::Refresh(e))
-            }
-        }
-    } else {
-        commits(&event.payload, deps, deadline, &mut totals, &mut metrics).await
-    };
-    for (name, n) in [
-        ("positions_read", totals.positions),
-        ("context_files_read", totals.context_files),
-        ("units", totals.units),
-        ("predictions_written", totals.written.written),
-        ("predictions_kept", totals.written.kept),
-        ("batch_write_calls", totals.written.batch_calls),
-        ("items_retried", totals.written.retried_items),
-        ("commits_missing", totals.missing),
-        ("commits_unreadable", totals.unreadable),
-    ] {
-        metrics.add(name, n);
+impl Deps {
+    /// When the invocation's work must end: its deadline less the time kept back for reporting.
+    fn deadline(invocation: &Invocation) -> Instant {
+        invocation.deadline().checked_sub(DEADLINE_MARGIN).unwrap_or_else(Instant::now)
     }
-    metrics.emit();
-    result
+
+    /// The scheduled full refresh.
+    pub(crate) async fn scheduled(&'static self, invocation: Arc<Invocation>) -> Result<Value, PredictError> {
+        invocation.property("model_version", self.model.version());
+        let (version, done) = Box::pin(refresh(self, Self::deadline(&invocation))).await?;
+        done.count(&invocation);
+        Ok(json!({"refresh": true, "source_version": version, "predictions": done.written.written}))
+    }
 }
 
-/// The commit notifications of an SQS batch (or a direct S3 event), one at a time.
-async fn commits(
-    payload: &Value,
-    deps: &Deps,
-    deadline: Instant,
-    totals: &mut Done,
-    metrics: &mut Metrics,
-) -> Result<Value, HandlerError> {
-    let trigger = parse_trigger(payload).inspect_err(|e| error!(error = %e, "event not understood"))?;
-    let (messages, reports_items) = match trigger {
-        Trigger::Sqs(messages) => (messages.into_iter().map(|m| (m.message_id, m.objects)).collect(), true),
-        Trigger::Direct(objects) | Trigger::EventBridge(objects) => (vec![(String::new(), Ok(objects))], false),
-    };
-    let mut failures = Vec::new();
-    let mut first_error = None;
-    let (mut seen, mut ignored) = (0u64, 0u64);
-    for (message_id, objects) in messages {
-        let objects = match objects {
-            Ok(o) => o,
-            Err(reason) => {
-                error!(message_id = %message_id, reason, "SQS message not understood");
-                failures.push(message_id);
-                continue;
-            }
-        };
-        let mut failed = false;
+impl ObjectHandler for Deps {
+    type Error = PredictError;
+
+    /// Each `bronze/locations` commit on its own. The topic carries every bronze commit (partition-sync needs
+    /// them all); the other tables' are not ours.
+    fn group(&self, obj: &ObjectRef) -> Option<String> {
+        locations_commit(&self.config, obj).map(|_| obj.key.clone())
+    }
+
+    async fn process(
+        &'static self,
+        objects: Vec<ObjectRef>,
+        invocation: Arc<Invocation>,
+    ) -> Vec<Result<(), PredictError>> {
+        invocation.property("model_version", self.model.version());
+        let deadline = Self::deadline(&invocation);
+        let mut results = Vec::with_capacity(objects.len());
         for obj in &objects {
-            let commit = (obj.bucket == deps.config.bucket.as_str())
-                .then(|| CommitKey::parse(deps.config.bronze_prefix.as_str(), &obj.key))
-                .flatten()
-                .filter(|c| c.table.name == LOCATIONS.name);
-            let Some(commit) = commit else {
-                // The topic carries every bronze commit (partition-sync needs them all); only locations matter here.
-                ignored += 1;
+            let Some(commit) = locations_commit(&self.config, obj) else {
+                results.push(Ok(()));
                 continue;
             };
-            seen += 1;
-            match Box::pin(predict_commit(deps, &obj.key, commit.version, deadline)).await {
-                Ok(done) => totals.add(&done),
-                Err(e) => {
-                    error!(key = %obj.key, error = %e, "commit not predicted");
-                    first_error.get_or_insert_with(|| e.to_string());
-                    failed = true;
-                }
-            }
+            invocation.add("commits", 1);
+            let done = Box::pin(predict_commit(self, &obj.key, commit.version, deadline)).await;
+            results.push(done.map(|d| d.count(&invocation)));
         }
-        if failed {
-            failures.push(message_id);
-        }
+        results
     }
-    metrics.add("commits", seen);
-    metrics.add("keys_ignored", ignored);
-    metrics.add("messages_failed", failures.len() as u64);
-    if reports_items {
-        return Ok(
-            json!({"batchItemFailures": failures.iter().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>()}),
-        );
-    }
-    match first_error {
-        None => Ok(json!({"commits": seen, "predictions": totals.written.written})),
-        Some(first) => Err(HandlerError::Commits { failed: failures.len().max(1), first }),
-    }
+}
+
+fn locations_commit(cfg: &Config, obj: &ObjectRef) -> Option<CommitKey> {
+    CommitKey::in_lake(cfg.bucket.as_str(), cfg.bronze_prefix.as_str(), &obj.bucket, &obj.key)
+        .filter(|c| c.table.name == LOCATIONS.name)
 }
 
 /// Predicts for the units of one `bronze/locations` commit.
@@ -332,7 +240,7 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
     let mut done = Done::default();
     let bytes = match deps.store.get_bytes(key).await {
         Ok(b) => b,
-        Err(fleetlake::Error::NotFound { .. }) => {
+        Err(fleetlake_aws::Error::NotFound { .. }) => {
             // Cleaned up past its log retention: a later commit or the scheduled refresh covers its units.
             error!(key, "the commit file is gone (log cleaned up?); nothing to predict from it");
             done.missing = 1;
@@ -483,6 +391,7 @@ async fn predict(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleetlake_aws::s3event::{parse_trigger, Trigger};
 
     #[test]
     fn the_sample_events_are_understood() {

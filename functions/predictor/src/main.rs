@@ -5,10 +5,12 @@ mod config;
 mod handler;
 mod source;
 
-use fleetlake::config::Env;
-use fleetlake::features::{Contract, SHIPPED_CONTRACT};
-use fleetlake::model::Model;
-use lambda_runtime::{run, service_fn, Error};
+use fleetlake_core::config::Env;
+use fleetlake_core::features::{Contract, SHIPPED_CONTRACT};
+use fleetlake_model::Model;
+use fleetlake_runner::{Reply, Runner};
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use serde_json::Value;
 
 use crate::config::{Config, ModelSource};
 
@@ -20,7 +22,7 @@ async fn load_model(config: &Config, s3: &aws_sdk_s3::Client) -> Result<(Model, 
     let (model, contract, origin) = match &config.model {
         ModelSource::Shipped => (SHIPPED_MODEL.to_vec(), SHIPPED_CONTRACT.to_owned(), "the shipped model".to_owned()),
         ModelSource::S3 { bucket, key } => {
-            let store = fleetlake::s3::S3Store::new(s3.clone(), bucket.as_str());
+            let store = fleetlake_aws::s3::S3Store::new(s3.clone(), bucket.as_str());
             let contract_key = match key.rsplit_once('/') {
                 Some((dir, _)) => format!("{dir}/contract.json"),
                 None => "contract.json".to_owned(),
@@ -50,13 +52,24 @@ async fn load_model(config: &Config, s3: &aws_sdk_s3::Client) -> Result<(Model, 
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    fleetlake::telemetry::init_logging();
+    fleetlake_aws::telemetry::init_logging();
     let config =
         Config::from_env(&Env::process()).inspect_err(|e| tracing::error!(error = %e, "invalid configuration"))?;
-    let sdk = fleetlake::aws::load_sdk_config().await;
-    let s3 = fleetlake::aws::s3_client(&sdk);
+    let sdk = fleetlake_aws::sdk::load_sdk_config().await;
+    let s3 = fleetlake_aws::sdk::s3_client(&sdk);
     let (model, contract) =
         load_model(&config, &s3).await.inspect_err(|e| tracing::error!(error = %e, "model refused"))?;
-    let deps = handler::Deps::new(config, s3, aws_sdk_dynamodb::Client::new(&sdk), model, contract);
-    run(service_fn(|event| handler::handle(event, &deps))).await
+    let deps = handler::Deps::new(config, s3, aws_sdk_dynamodb::Client::new(&sdk), model, contract)
+        .inspect_err(|e| tracing::error!(error = %e, "invalid LAKE_BUCKET or BRONZE_PREFIX"))?;
+    // Lives as long as the execution environment; 'static so the runner can run work on tasks of their own.
+    let deps: &'static handler::Deps = Box::leak(Box::new(deps));
+    let runner = &*Box::leak(Box::new(Runner::new(handler::STAGE)));
+    run(service_fn(move |event: LambdaEvent<Value>| async move {
+        if handler::is_schedule(&event.payload) {
+            runner.job(&event.context, move |invocation| deps.scheduled(invocation)).await.map(Reply::Summary)
+        } else {
+            runner.objects(&event.payload, &event.context, deps).await
+        }
+    }))
+    .await
 }

@@ -16,7 +16,7 @@ use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
 use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::Path;
-use fleetlake::features::{DailyFigures, Position};
+use fleetlake_core::features::{DailyFigures, Position};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
@@ -120,17 +120,18 @@ pub(crate) async fn read_tracks(
 ) -> Result<HashMap<String, Track>, ReadError> {
     let mut columns = POSITION_COLUMNS.to_vec();
     columns.push("precipitation_mm");
-    let per_file: Vec<HashMap<String, Track>> = futures::stream::iter(files)
-        .map(|f| {
-            let columns = &columns;
-            async move {
-                let batches = read_columns(store, &f.path, columns).await?;
-                Ok::<_, ReadError>(tracks_of(&batches, keep))
-            }
+    // The futures are made before the stream runs them: a closure held across the awaits would make the
+    // invocation's future lose `Send` (a known limit of the compiler with higher-ranked closures).
+    let columns = &columns;
+    let reads: Vec<_> = files
+        .iter()
+        .map(|f| async move {
+            let batches = read_columns(store, &f.path, columns).await?;
+            Ok::<_, ReadError>(tracks_of(&batches, keep))
         })
-        .buffer_unordered(READ_CONCURRENCY)
-        .try_collect()
-        .await?;
+        .collect();
+    let per_file: Vec<HashMap<String, Track>> =
+        futures::stream::iter(reads).buffer_unordered(READ_CONCURRENCY).try_collect().await?;
     let mut out: HashMap<String, Track> = HashMap::new();
     for tracks in per_file {
         for (unit, track) in tracks {
@@ -230,17 +231,17 @@ const STATS_COLUMNS: [&str; 6] = ["transport_unit_id", "op", "ts_ms", "lsn", "di
 pub(crate) async fn read_figures(store: &ObjectStoreRef, files: &[DataFile]) -> Result<Figures, ReadError> {
     let mut columns = STATS_COLUMNS.to_vec();
     columns.push("engine_hours");
-    let per_file: Vec<Vec<Change>> = futures::stream::iter(files.iter().filter(|f| f.date.is_some()))
-        .map(|f| {
-            let columns = &columns;
-            async move {
-                let batches = read_columns(store, &f.path, columns).await?;
-                Ok::<_, ReadError>(changes_of(&batches, f.date.unwrap_or_default()))
-            }
+    let columns = &columns;
+    let reads: Vec<_> = files
+        .iter()
+        .filter_map(|f| Some((f, f.date?)))
+        .map(|(f, date)| async move {
+            let batches = read_columns(store, &f.path, columns).await?;
+            Ok::<_, ReadError>(changes_of(&batches, date))
         })
-        .buffer_unordered(READ_CONCURRENCY)
-        .try_collect()
-        .await?;
+        .collect();
+    let per_file: Vec<Vec<Change>> =
+        futures::stream::iter(reads).buffer_unordered(READ_CONCURRENCY).try_collect().await?;
     Ok(resolve(per_file.into_iter().flatten()))
 }
 

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use fleetlake::bronze::{Converter, LineOrigin, TableSpec, LOCATIONS, PERFORMANCE_STATS};
-use fleetlake::delta::{open_or_create, Appender, DeltaSettings};
-use fleetlake::features::{haversine_km, Contract, SHIPPED_CONTRACT};
+use fleetlake_core::bronze::{Converter, LineOrigin, TableSpec, LOCATIONS, PERFORMANCE_STATS};
+use fleetlake_core::features::{haversine_km, Contract, SHIPPED_CONTRACT};
+use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{unique_name, venv_bin, workspace_root, Invocation, LambdaHarness, Moto};
 use serde_json::{json, Value};
 
@@ -266,7 +266,7 @@ async fn a_scheduled_refresh_covers_every_active_unit_and_an_older_commit_never_
     let late = predictor.invoke(&env.commits_event(&[("locations", earlier), ("performance_stats", stats)])).await;
     assert_eq!(late.outcome, Ok(json!({"batchItemFailures": []})));
     assert_eq!((metric(&late, "predictions_written"), metric(&late, "predictions_kept")), (1, 1));
-    assert_eq!(metric(&late, "keys_ignored"), 1, "performance_stats commits are not predicted from");
+    assert_eq!(metric(&late, "objects_ignored"), 1, "performance_stats commits are not predicted from");
     let after = env.items().await;
     assert_eq!(
         after[&("TU-C".to_owned(), "2026-11-24T08:00:00Z".to_owned())],

@@ -1,7 +1,7 @@
 //! weather-enricher's configuration, read once at init.
 
-use fleetlake::config::{ConfigError, Env, LakeConfig, Prefix};
-use fleetlake::weather::WeatherConfig;
+use fleetlake_core::config::{ConfigError, Env, LakeConfig, Prefix};
+use fleetlake_weather::WeatherConfig;
 
 /// Everything weather-enricher reads from its environment.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ impl Config {
             enriched_prefix: Prefix::parse("ENRICHED_PREFIX", env.get("ENRICHED_PREFIX").unwrap_or("enriched/"))?,
             chunk_records,
             output_part_bytes: match env.parse_or("OUTPUT_PART_BYTES", 8 << 20)? {
-                n if n < fleetlake::s3::MIN_PART_BYTES => {
+                n if n < fleetlake_aws::s3::MIN_PART_BYTES => {
                     return Err(ConfigError::new("OUTPUT_PART_BYTES", "must be at least 5242880 (S3's smallest part)"))
                 }
                 n => n,

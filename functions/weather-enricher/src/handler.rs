@@ -7,22 +7,21 @@
 //! retry can skip the quarantine. Weather that cannot be had flags the record (`weather_status`), never fails it.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::{NaiveDate, Utc};
-use fleetlake::enrich::{key_date, prepare, write_enriched, LineSource, Pending, WeatherStatus, STAGE};
-use fleetlake::error::Fault;
-use fleetlake::ndjson::{Line, MAX_LINE_BYTES};
-use fleetlake::quarantine::{QuarantineLine, QuarantineWriter};
-use fleetlake::s3::{GzipUpload, ObjectLines, PutOutcome, S3Store};
-use fleetlake::s3event::{parse_trigger, EventError, ObjectRef, Trigger};
-use fleetlake::telemetry::Metrics;
-use fleetlake::weather::{WeatherClient, WeatherStats};
-use futures::StreamExt;
-use lambda_runtime::{Diagnostic, LambdaEvent};
-use serde::Serialize;
-use serde_json::{json, Value};
-use tracing::{error, info, instrument, warn};
+use fleetlake_aws::quarantine::{QuarantineLine, QuarantineWriter};
+use fleetlake_aws::s3::{GzipUpload, ObjectLines, PutOutcome, S3Store};
+use fleetlake_aws::s3event::ObjectRef;
+use fleetlake_core::enrich::{prepare, write_enriched, LineSource, Pending, WeatherStatus, STAGE};
+use fleetlake_core::fault::Fault;
+use fleetlake_core::lake::{key_date, quarantine_source_name};
+use fleetlake_core::ndjson::{Line, MAX_LINE_BYTES};
+use fleetlake_runner::{Invocation, ObjectHandler, Runner};
+use fleetlake_weather::{WeatherClient, WeatherStats};
+use serde_json::json;
+use tracing::{info, instrument};
 
 use crate::config::Config;
 
@@ -32,21 +31,6 @@ const OBJECT_CONCURRENCY: usize = 4;
 /// User metadata of an enriched object: the ETag of the landed object it was made from.
 const SOURCE_ETAG: &str = "source-etag";
 
-/// The quarantine object's name for a landed object: its path below the `dt=` folder, without `.ndjson.gz`, and
-/// the source ETag when known — so two files of one name in different folders, or a file dropped again with
-/// other content, each keep their own quarantine object.
-fn quarantine_name(rel: &str, etag: Option<&str>) -> String {
-    let below_dt = match rel.split_once('/') {
-        Some((first, rest)) if first.starts_with("dt=") => rest,
-        _ => rel,
-    };
-    let name = below_dt.trim_end_matches(".ndjson.gz");
-    match etag {
-        Some(etag) => format!("{name}.{}", &etag[..etag.len().min(16)]),
-        None => name.to_owned(),
-    }
-}
-
 /// Clients and configuration built once at init; the weather cache lives as long as the execution environment.
 #[derive(Debug)]
 pub(crate) struct Deps {
@@ -54,6 +38,8 @@ pub(crate) struct Deps {
     store: S3Store,
     quarantine: QuarantineWriter,
     weather: WeatherClient,
+    /// The weather client's counters when the current invocation began.
+    weather_at_start: Mutex<WeatherStats>,
 }
 
 impl Deps {
@@ -61,175 +47,78 @@ impl Deps {
         let store = S3Store::new(s3, config.lake.bucket.as_str());
         let quarantine = QuarantineWriter::new(store.clone(), config.lake.quarantine_prefix.clone(), STAGE);
         let weather = WeatherClient::new(config.weather.clone())?;
-        Ok(Self { config, store, quarantine, weather })
+        Ok(Self { config, store, quarantine, weather, weather_at_start: Mutex::new(WeatherStats::default()) })
     }
-}
 
-/// The invocation failed: an unrecognised event (permanent) or an S3 failure (retryable).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum HandlerError {
-    #[error(transparent)]
-    Event(#[from] EventError),
-    #[error(transparent)]
-    Lake(#[from] fleetlake::Error),
-}
-
-impl From<HandlerError> for Diagnostic {
-    fn from(e: HandlerError) -> Self {
-        let fault = match &e {
-            HandlerError::Lake(inner) => inner.fault(),
-            HandlerError::Event(_) => Fault::Permanent,
-        };
-        Diagnostic { error_type: fault.error_type().to_owned(), error_message: e.to_string() }
+    /// The runner: objects on up to `OBJECT_CONCURRENCY` tasks (decoding and gzip are CPU work: tasks spread it
+    /// over the cores Lambda gives larger memory sizes); unreadable objects quarantined by reference.
+    pub(crate) fn runner(&self) -> Runner {
+        Runner::new(STAGE).quarantine(self.quarantine.clone()).concurrency(OBJECT_CONCURRENCY)
     }
 }
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
-    Enriched {
-        records: u64,
-        degraded: u64,
-        quarantined: u64,
-    },
+    Enriched { records: u64, degraded: u64, quarantined: u64 },
     AlreadyEnriched,
-    /// Not a landed positions object of the lake (logged).
-    Ignored,
-    /// Gone or not gzip: quarantined by reference.
-    Unreadable,
 }
 
-/// Counts of one invocation, returned for direct and EventBridge triggers.
-#[derive(Debug, Default, Serialize)]
-struct Totals {
-    objects_enriched: u64,
-    objects_already_enriched: u64,
-    objects_ignored: u64,
-    objects_unreadable: u64,
-    records_enriched: u64,
-    records_degraded: u64,
-    records_quarantined: u64,
-}
+impl ObjectHandler for Deps {
+    type Error = fleetlake_aws::Error;
 
-impl Totals {
-    fn add(&mut self, outcome: &Outcome) {
-        match outcome {
-            Outcome::Enriched { records, degraded, quarantined } => {
-                self.objects_enriched += 1;
-                self.records_enriched += records;
-                self.records_degraded += degraded;
-                self.records_quarantined += quarantined;
-            }
-            Outcome::AlreadyEnriched => self.objects_already_enriched += 1,
-            Outcome::Ignored => self.objects_ignored += 1,
-            Outcome::Unreadable => self.objects_unreadable += 1,
+    /// Landed positions objects of the lake, each on its own; anything else is not ours.
+    fn group(&self, obj: &ObjectRef) -> Option<String> {
+        source_rel(&self.config, obj).map(|_| obj.key.clone())
+    }
+
+    fn begin(&'static self, _invocation: &Invocation) {
+        *self.weather_at_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = self.weather.stats();
+    }
+
+    fn end(&'static self, invocation: &Invocation) {
+        let before = *self.weather_at_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let after = self.weather.stats();
+        invocation.add("weather_requests", after.requests - before.requests);
+        invocation.add("weather_cache_hits", after.cache_hits - before.cache_hits);
+        invocation.add("weather_failed_requests", after.failed_requests - before.failed_requests);
+        invocation.add("weather_short_circuited", after.short_circuited - before.short_circuited);
+    }
+
+    async fn process(
+        &'static self,
+        objects: Vec<ObjectRef>,
+        invocation: Arc<Invocation>,
+    ) -> Vec<Result<(), Self::Error>> {
+        let mut results = Vec::with_capacity(objects.len());
+        for obj in &objects {
+            let outcome = process(obj, self, Some(invocation.deadline())).await;
+            results.push(outcome.map(|o| match o {
+                Outcome::Enriched { records, degraded, quarantined } => {
+                    invocation.add("objects_enriched", 1);
+                    invocation.add("records_enriched", records);
+                    invocation.add("records_degraded", degraded);
+                    invocation.add("records_quarantined", quarantined);
+                }
+                Outcome::AlreadyEnriched => invocation.add("objects_already_enriched", 1),
+            }));
         }
+        results
     }
 }
 
-#[instrument(skip_all)]
-pub(crate) async fn handle(event: LambdaEvent<Value>, deps: &'static Deps) -> Result<Value, HandlerError> {
-    let mut metrics = Metrics::new(STAGE);
-    metrics.property("requestId", event.context.request_id.clone());
-    let weather_before = deps.weather.stats();
-    let trigger = parse_trigger(&event.payload).inspect_err(|e| error!(error = %e, "event not understood"))?;
-    // The invocation's deadline, as an Instant: no weather retry starts that could not finish before it.
-    let left_ms = event.context.deadline.saturating_sub(Utc::now().timestamp_millis().max(0) as u64);
-    let deadline = (event.context.deadline > 0).then(|| Instant::now() + Duration::from_millis(left_ms));
-    let mut totals = Totals::default();
-    let result = match trigger {
-        Trigger::Direct(objects) | Trigger::EventBridge(objects) => {
-            let outcomes = process_all(objects.iter(), deps, deadline).await;
-            let mut first_error = None;
-            for outcome in outcomes {
-                match outcome {
-                    Ok(o) => totals.add(&o),
-                    Err(e) => first_error = first_error.or(Some(e)),
-                }
-            }
-            match first_error {
-                Some(e) => Err(HandlerError::from(e)),
-                None => Ok(serde_json::to_value(&totals).unwrap_or_default()),
-            }
-        }
-        Trigger::Sqs(messages) => {
-            let mut failures = Vec::new();
-            for msg in messages {
-                let objects = match msg.objects {
-                    Ok(objects) => objects,
-                    Err(reason) => {
-                        // Not an S3 notification: retried until it reaches the dead-letter queue, never dropped.
-                        error!(message_id = %msg.message_id, reason, "SQS message not understood");
-                        failures.push(msg.message_id);
-                        continue;
-                    }
-                };
-                let mut failed = false;
-                for outcome in process_all(objects.iter(), deps, deadline).await {
-                    match outcome {
-                        Ok(o) => totals.add(&o),
-                        Err(_) => failed = true,
-                    }
-                }
-                if failed {
-                    failures.push(msg.message_id);
-                }
-            }
-            metrics.add("messages_failed", failures.len() as u64);
-            Ok(
-                json!({"batchItemFailures": failures.iter().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>()}),
-            )
-        }
-    };
-    emit_metrics(&mut metrics, &totals, weather_before, deps.weather.stats());
-    info!(?totals, "invocation done");
-    result
-}
-
-fn emit_metrics(metrics: &mut Metrics, t: &Totals, before: WeatherStats, after: WeatherStats) {
-    metrics.add("objects_enriched", t.objects_enriched);
-    metrics.add("objects_already_enriched", t.objects_already_enriched);
-    metrics.add("objects_unreadable", t.objects_unreadable);
-    metrics.add("objects_ignored", t.objects_ignored);
-    metrics.add("records_enriched", t.records_enriched);
-    metrics.add("records_degraded", t.records_degraded);
-    metrics.add("records_quarantined", t.records_quarantined);
-    metrics.add("weather_requests", after.requests - before.requests);
-    metrics.add("weather_cache_hits", after.cache_hits - before.cache_hits);
-    metrics.add("weather_failed_requests", after.failed_requests - before.failed_requests);
-    metrics.add("weather_short_circuited", after.short_circuited - before.short_circuited);
-    metrics.emit();
-}
-
-/// Enriches objects on up to `OBJECT_CONCURRENCY` tasks (decoding and gzip are CPU work: tasks spread it over
-/// the cores Lambda gives larger memory sizes).
-async fn process_all<'a>(
-    objects: impl Iterator<Item = &'a ObjectRef>,
-    deps: &'static Deps,
-    deadline: Option<Instant>,
-) -> Vec<Result<Outcome, fleetlake::Error>> {
-    futures::stream::iter(objects.cloned())
-        .map(|obj| async move {
-            tokio::spawn(async move { process(&obj, deps, deadline).await }).await.unwrap_or_else(|e| {
-                // A panic in one object's task: report it as a failure of that object, which Lambda retries.
-                Err(fleetlake::Error::Encode(std::io::Error::other(format!("enrichment task failed: {e}"))))
-            })
-        })
-        .buffered(OBJECT_CONCURRENCY)
-        .collect()
-        .await
+/// The key below `landing/locations/` of a landed positions object of the lake, or `None`.
+fn source_rel<'a>(cfg: &Config, obj: &'a ObjectRef) -> Option<&'a str> {
+    let rel = obj.key.strip_prefix(cfg.lake.landing_prefix.as_str())?.strip_prefix("locations/")?;
+    (obj.bucket == cfg.lake.bucket.as_str() && rel.ends_with(".ndjson.gz")).then_some(rel)
 }
 
 #[instrument(skip(deps, deadline), fields(key = %obj.key))]
-async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Result<Outcome, fleetlake::Error> {
+async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Result<Outcome, fleetlake_aws::Error> {
     let cfg = &deps.config;
-    let source_prefix = format!("{}locations/", cfg.lake.landing_prefix);
-    let rel = match obj.key.strip_prefix(&source_prefix) {
-        Some(rel) if obj.bucket == cfg.lake.bucket.as_str() && rel.ends_with(".ndjson.gz") => rel,
-        _ => {
-            warn!(bucket = %obj.bucket, expected = %source_prefix, "not a landed positions object of the lake; ignored");
-            return Ok(Outcome::Ignored);
-        }
+    let Some(rel) = source_rel(cfg, obj) else {
+        // group() let only these through.
+        return Err(fleetlake_aws::Error::NotFound { bucket: obj.bucket.clone(), key: obj.key.clone() });
     };
     let out_key = format!("{}locations/{rel}", cfg.enriched_prefix);
     // Done already, for this very content? The enriched object records the ETag of the object it came from; a
@@ -244,13 +133,10 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
     };
     let today = Utc::now().date_naive();
     let dt = key_date(&obj.key).unwrap_or(today);
-    let source_name = quarantine_name(rel, obj.etag.as_deref());
+    let source_name = quarantine_source_name(&obj.key, obj.etag.as_deref());
 
-    let mut lines = match deps.store.gzip_lines(&obj.key).await {
-        Ok(lines) => lines,
-        Err(e) if e.fault() == Fault::Permanent => return unreadable(obj, &e, dt, &source_name, deps).await,
-        Err(e) => return Err(e),
-    };
+    // Gone or not gzip: a permanent error, which the runner quarantines by reference.
+    let mut lines = deps.store.gzip_lines(&obj.key).await?;
     // The enriched object streams out in multipart parts as chunks are enriched; it becomes visible only when
     // completed, after the quarantine parts are written.
     let meta: Vec<(&str, &str)> = obj.etag.as_deref().map(|e| (SOURCE_ETAG, e)).into_iter().collect();
@@ -261,7 +147,7 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
         Ok(Ok(counts)) => counts,
         Ok(Err(unreadable_error)) => {
             out.abort().await;
-            return unreadable(obj, &unreadable_error, dt, &source_name, deps).await;
+            return Err(unreadable_error);
         }
         Err(e) => {
             out.abort().await;
@@ -295,7 +181,7 @@ async fn enrich_lines(
     bad: &mut QuarantineParts<'_>,
     today: NaiveDate,
     deadline: Option<Instant>,
-) -> Result<Result<(u64, u64), fleetlake::Error>, fleetlake::Error> {
+) -> Result<Result<(u64, u64), fleetlake_aws::Error>, fleetlake_aws::Error> {
     let cfg = &deps.config;
     let mut pending = Vec::with_capacity(cfg.chunk_records);
     let (mut records, mut degraded) = (0_u64, 0_u64);
@@ -358,14 +244,14 @@ impl<'a> QuarantineParts<'a> {
         self.lines.push(line);
     }
 
-    async fn flush_if_full(&mut self) -> Result<(), fleetlake::Error> {
+    async fn flush_if_full(&mut self) -> Result<(), fleetlake_aws::Error> {
         if self.bytes >= self.part_bytes {
             self.flush().await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), fleetlake::Error> {
+    async fn flush(&mut self) -> Result<(), fleetlake_aws::Error> {
         let name = match self.parts {
             0 => self.name.to_owned(),
             n => format!("{}.part-{}", self.name, n + 1),
@@ -379,7 +265,7 @@ impl<'a> QuarantineParts<'a> {
     }
 
     /// Writes what is left; returns how many lines were quarantined in all.
-    async fn finish(mut self) -> Result<u64, fleetlake::Error> {
+    async fn finish(mut self) -> Result<u64, fleetlake_aws::Error> {
         if !self.lines.is_empty() {
             self.flush().await?;
         }
@@ -395,7 +281,7 @@ async fn enrich_chunk(
     weather: &WeatherClient,
     today: NaiveDate,
     deadline: Option<Instant>,
-) -> Result<(u64, u64), fleetlake::Error> {
+) -> Result<(u64, u64), fleetlake_aws::Error> {
     let cells: BTreeSet<_> = pending.iter().map(|p| p.cell).collect();
     let answers = weather.lookup(&cells, today, deadline).await;
     let mut text = Vec::with_capacity(pending.iter().map(|p| p.line.len() + 160).sum());
@@ -411,41 +297,16 @@ async fn enrich_chunk(
     Ok((n, degraded))
 }
 
-/// A landed object that cannot be read (gone, or not gzip): recorded in quarantine with the reason, so it is
-/// reported and traceable; retrying would not help.
-async fn unreadable(
-    obj: &ObjectRef,
-    e: &fleetlake::Error,
-    dt: NaiveDate,
-    source_name: &str,
-    deps: &Deps,
-) -> Result<Outcome, fleetlake::Error> {
-    error!(error = %e, "landed object cannot be read; quarantined by reference");
-    let line =
-        QuarantineLine::new(format!("object unreadable: {e}"), STAGE, &json!({"key": obj.key, "etag": obj.etag}), None);
-    deps.quarantine.write(dt, source_name, std::slice::from_ref(&line)).await?;
-    Ok(Outcome::Unreadable)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use fleetlake_aws::s3event::{parse_trigger, Trigger};
+    use serde_json::Value;
 
     const SAMPLES: [(&str, &str); 3] = [
         ("s3-direct.json", include_str!("../../../events/weather-enricher/s3-direct.json")),
         ("sqs.json", include_str!("../../../events/weather-enricher/sqs.json")),
         ("eventbridge.json", include_str!("../../../events/weather-enricher/eventbridge.json")),
     ];
-
-    #[test]
-    fn quarantine_names_keep_folders_and_content_apart() {
-        assert_eq!(quarantine_name("dt=2026-11-24/fleet.locations-0-1-9.ndjson.gz", None), "fleet.locations-0-1-9");
-        assert_eq!(
-            quarantine_name("dt=2026-11-24/a/x.ndjson.gz", Some("0ad3c6d1b1f2e3d4c5b6a7980a1b2c3d")),
-            "a/x.0ad3c6d1b1f2e3d4"
-        );
-        assert_eq!(quarantine_name("b/x.ndjson.gz", Some("e1")), "b/x.e1");
-    }
 
     #[test]
     fn every_sample_event_names_the_same_landed_object() {

@@ -3,15 +3,16 @@
 mod config;
 mod handler;
 
-use fleetlake::config::Env;
-use lambda_runtime::{run, service_fn, Error};
+use fleetlake_core::config::Env;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    fleetlake::telemetry::init_logging();
+    fleetlake_aws::telemetry::init_logging();
     let mut config = config::Config::from_env(&Env::process())
         .inspect_err(|e| tracing::error!(error = %e, "invalid configuration"))?;
-    let sdk = fleetlake::aws::load_sdk_config().await;
+    let sdk = fleetlake_aws::sdk::load_sdk_config().await;
     if let Some(param) = config.weather.api_key_param.clone() {
         let ssm = aws_sdk_ssm::Client::new(&sdk);
         config.weather.api_key = Some(
@@ -22,6 +23,10 @@ async fn main() -> Result<(), Error> {
     }
     // Lives as long as the execution environment; 'static so objects can be enriched on separate tasks.
     let deps: &'static handler::Deps =
-        Box::leak(Box::new(handler::Deps::new(config, fleetlake::aws::s3_client(&sdk))?));
-    run(service_fn(move |event| handler::handle(event, deps))).await
+        Box::leak(Box::new(handler::Deps::new(config, fleetlake_aws::sdk::s3_client(&sdk))?));
+    let runner = &*Box::leak(Box::new(deps.runner()));
+    run(service_fn(move |event: LambdaEvent<Value>| async move {
+        runner.objects(&event.payload, &event.context, deps).await
+    }))
+    .await
 }

@@ -315,7 +315,7 @@ async fn unreadable_objects_are_reported_and_s3_failures_are_retried() {
         )
         .unwrap();
         let line: Value = serde_json::from_str(q.trim()).unwrap();
-        assert!(line["reason"].as_str().unwrap().starts_with("object unreadable"), "{line}");
+        assert!(line["reason"].as_str().unwrap().starts_with("object refused"), "{line}");
         assert_eq!(line["source"]["key"], json!(format!("landing/locations/dt={DAY}/{name}.ndjson.gz")));
     }
 

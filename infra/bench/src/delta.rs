@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use deltalake::parquet::arrow::ArrowWriter;
-use fleetlake::bronze::{Converter, LineOrigin, LOCATIONS};
+use fleetlake_core::bronze::{Converter, LineOrigin, LOCATIONS};
 use fleetlake_testkit::{venv_bin, workspace_root, LambdaHarness, Moto};
 use serde_json::{json, Value};
 
@@ -97,7 +97,7 @@ fn round(x: f64, digits: i32) -> f64 {
 fn ceiling(objects: &[(String, Vec<u8>)]) -> (usize, f64, usize) {
     let started = Instant::now();
     let mut converter = Converter::new(&LOCATIONS);
-    let props = fleetlake::delta::writer_properties();
+    let props = fleetlake_delta::writer_properties();
     let mut writer = ArrowWriter::try_new(Vec::new(), LOCATIONS.arrow_schema(), Some(props)).unwrap();
     let mut records = 0;
     for (key, gz) in objects {

@@ -11,8 +11,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fleetlake::bronze::{Converter, LineOrigin, TableSpec, LOCATIONS, PERFORMANCE_STATS};
-use fleetlake::delta::{open_or_create, Appender, DeltaSettings};
+use fleetlake_core::bronze::{Converter, LineOrigin, TableSpec, LOCATIONS, PERFORMANCE_STATS};
+use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{LambdaHarness, Moto};
 use serde_json::{json, Value};
 

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use chrono::{Duration, NaiveDate};
-use fleetlake::bronze::{Converter, LineOrigin, LOCATIONS};
-use fleetlake::delta::{open_or_create, Appender, DeltaSettings};
+use fleetlake_core::bronze::{Converter, LineOrigin, LOCATIONS};
+use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{LambdaHarness, Moto};
 use serde_json::{json, Value};
 

@@ -411,7 +411,7 @@ async fn run() -> Fallible<Value> {
         None,
         "stack.env",
     );
-    let sdk = aws_sdk_sqs::config::Builder::from(&fleetlake::aws::load_sdk_config().await)
+    let sdk = aws_sdk_sqs::config::Builder::from(&fleetlake_aws::sdk::load_sdk_config().await)
         .endpoint_url(var("AWS_ENDPOINT_URL")?)
         .region(aws_sdk_sqs::config::Region::new(env.get("AWS_REGION").cloned().unwrap_or("us-east-1".into())))
         .credentials_provider(credentials)

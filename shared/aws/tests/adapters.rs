@@ -2,12 +2,12 @@
 #![allow(clippy::unwrap_used)]
 
 use chrono::NaiveDate;
-use fleetlake::config::Prefix;
-use fleetlake::error::Fault;
-use fleetlake::ndjson::{gzip_lines, Line, MAX_LINE_BYTES};
-use fleetlake::quarantine::{QuarantineLine, QuarantineWriter};
-use fleetlake::s3::{PutOutcome, S3Store};
-use fleetlake::Error;
+use fleetlake_aws::quarantine::{QuarantineLine, QuarantineWriter};
+use fleetlake_aws::s3::{PutOutcome, S3Store};
+use fleetlake_aws::Error;
+use fleetlake_core::config::Prefix;
+use fleetlake_core::fault::Fault;
+use fleetlake_core::ndjson::{gzip_lines, Line, MAX_LINE_BYTES};
 use fleetlake_testkit::Moto;
 use serde_json::json;
 

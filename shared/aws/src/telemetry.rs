@@ -77,6 +77,11 @@ impl Metrics {
         Value::Object(doc)
     }
 
+    /// The counters so far, by name (what an invocation that is not from SQS answers).
+    pub fn counters(&self) -> Map<String, Value> {
+        self.counts.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect()
+    }
+
     /// Writes the EMF line to stdout, where the Lambda log agent picks it up.
     pub fn emit(&self) {
         let line = self.to_emf(chrono::Utc::now().timestamp_millis());

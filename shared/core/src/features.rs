@@ -7,7 +7,7 @@ use serde::Deserialize;
 pub const EARTH_RADIUS_KM: f64 = 6371.0088;
 
 /// The shipped model's contract.
-pub const SHIPPED_CONTRACT: &str = include_str!("../../models/fuel-24h/contract.json");
+pub const SHIPPED_CONTRACT: &str = include_str!("../../../models/fuel-24h/contract.json");
 
 /// One feature of the contract.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use fleetlake::predictions::{Prediction, PredictionStore};
+use fleetlake_aws::predictions::{Prediction, PredictionStore};
 use fleetlake_testkit::Moto;
 
 const TABLE: &str = "predictions";

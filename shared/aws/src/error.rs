@@ -1,28 +1,10 @@
 //! The error type of the adapters, split by whose fault it is: the environment's (retry) or the input's (report).
 
-use crate::config::ConfigError;
+use fleetlake_core::config::ConfigError;
+pub use fleetlake_core::fault::{Classify, Fault};
 
 /// Result of an adapter call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Whether retrying the same input can succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// A dependency failed (S3 unreachable, throttled, timed out): Lambda should retry the invocation.
-    Retryable,
-    /// The input itself is at fault (object missing, not gzip): retrying gives the same answer.
-    Permanent,
-}
-
-impl Fault {
-    /// The `errorType` a handler reports to Lambda: `fleetlake.Retryable` or `fleetlake.Permanent`.
-    pub fn error_type(self) -> &'static str {
-        match self {
-            Fault::Retryable => "fleetlake.Retryable",
-            Fault::Permanent => "fleetlake.Permanent",
-        }
-    }
-}
 
 /// Errors of the S3 and quarantine adapters and of configuration.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +49,12 @@ pub enum Error {
     /// Encoding output (gzip, JSON) failed.
     #[error("encoding output: {0}")]
     Encode(#[from] std::io::Error),
+}
+
+impl Classify for Error {
+    fn fault(&self) -> Fault {
+        Error::fault(self)
+    }
 }
 
 impl Error {

@@ -1,35 +1,13 @@
-//! The quarantine: records a stage could not process, kept with the reason, never dropped.
+//! The quarantine writer: records a stage could not process, kept with the reason, never dropped.
 
 use chrono::NaiveDate;
-use serde::Serialize;
-use serde_json::Value;
+use fleetlake_core::config::Prefix;
+use fleetlake_core::lake::quarantine_key;
+pub use fleetlake_core::quarantine::QuarantineLine;
 use tracing::{info, instrument};
 
-use crate::config::Prefix;
-use crate::lake::quarantine_key;
 use crate::s3::{PutOutcome, S3Store};
 use crate::Result;
-
-/// One quarantined record: `{reason, stage, source, raw}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct QuarantineLine {
-    /// Why the record was refused.
-    pub reason: String,
-    /// The stage that refused it.
-    pub stage: String,
-    /// Where the record came from (Kafka coordinates, or the object key and line).
-    pub source: Value,
-    /// The record as received (`null` when there was no value at all).
-    pub raw: Option<String>,
-}
-
-impl QuarantineLine {
-    /// A line for `source` (anything serialisable, normally a lineage struct).
-    pub fn new(reason: impl Into<String>, stage: &str, source: &impl Serialize, raw: Option<String>) -> Self {
-        let source = serde_json::to_value(source).unwrap_or(Value::Null);
-        Self { reason: reason.into(), stage: stage.to_owned(), source, raw }
-    }
-}
 
 /// Writes quarantine objects `quarantine/<stage>/dt=…/<source-name>.ndjson` for one stage.
 #[derive(Debug, Clone)]

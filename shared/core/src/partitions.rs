@@ -30,6 +30,15 @@ impl CommitKey {
         let table = TABLES.into_iter().find(|t| t.name == table)?;
         Some(CommitKey { table, version: digits.parse().ok()? })
     }
+
+    /// A commit key of a bronze table in the lake bucket: `bucket` must be `lake_bucket`.
+    pub fn in_lake(lake_bucket: &str, bronze_prefix: &str, bucket: &str, key: &str) -> Option<CommitKey> {
+        if bucket == lake_bucket {
+            Self::parse(bronze_prefix, key)
+        } else {
+            None
+        }
+    }
 }
 
 /// One partition of a table: its column and value (`event_date`, `2026-11-24`), or the whole of an unpartitioned
@@ -188,7 +197,7 @@ mod tests {
     fn the_stack_definitions_glue_tables_have_the_delta_schema() {
         // The local stack creates the Glue tables from stack.json, and template.yaml must agree with stack.json
         // (`stack.py check-template`): so both carry the schema defined in bronze.rs.
-        let stack: Value = serde_json::from_str(include_str!("../../infra/local/stack.json")).unwrap();
+        let stack: Value = serde_json::from_str(include_str!("../../../infra/local/stack.json")).unwrap();
         let glue = stack["glue_tables"].as_array().unwrap();
         assert_eq!(glue.len(), TABLES.len());
         for t in TABLES {

@@ -23,14 +23,12 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use chrono::{DateTime, Datelike, NaiveDate};
-use deltalake::arrow::array::{
-    ArrayBuilder, ArrayRef, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+use arrow_array::builder::{
+    ArrayBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
-use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use deltalake::arrow::error::ArrowError;
-use deltalake::arrow::record_batch::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{DateTime, Datelike, NaiveDate};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
@@ -1300,8 +1298,9 @@ pub fn identity_columns(spec: &TableSpec) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deltalake::arrow::array::{Array, AsArray, Float64Array};
-    use deltalake::arrow::datatypes::{Date32Type, Int64Type, TimestampMicrosecondType};
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Date32Type, Int64Type, TimestampMicrosecondType};
+    use arrow_array::{Array, Float64Array};
 
     fn origin(line: u64) -> LineOrigin<'static> {
         LineOrigin { key: "enriched/locations/dt=2026-11-24/f.ndjson.gz", etag: "e1", line }

@@ -8,8 +8,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
 use tracing::{debug, instrument, warn};
 
-use crate::ndjson::{Line, LineReader};
 use crate::{Error, Result};
+use fleetlake_core::ndjson::{Line, LineReader};
 
 /// What a create-only put found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

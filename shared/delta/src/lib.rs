@@ -25,6 +25,12 @@
 //! Files written by an append that never commits (a crash, an overlap) are not in the log: readers never see
 //! them and `VACUUM` removes them.
 
+pub mod cache;
+pub mod scan;
+
+pub use cache::TableCache;
+pub use scan::{active_files, ActiveFile};
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,11 +60,11 @@ use serde_json::Value;
 use tracing::{info, instrument, warn};
 use url::Url;
 
-use crate::bronze::{
+use fleetlake_core::bronze::{
     change_group, date_text, file_group, identity_columns, kafka_group, IdKind, Identities, Identity, Kind, Layout,
     TableSpec,
 };
-use crate::error::Fault;
+use fleetlake_core::fault::{Classify, Fault};
 
 /// Commit attempts before the append gives up and fails (Lambda retries the invocation).
 const MAX_COMMIT_ATTEMPTS: u32 = 25;
@@ -118,6 +124,12 @@ impl DeltaError {
     }
 }
 
+impl Classify for DeltaError {
+    fn fault(&self) -> Fault {
+        DeltaError::fault(self)
+    }
+}
+
 /// Where the bronze tables live and how they are created.
 #[derive(Debug, Clone)]
 pub struct DeltaSettings {
@@ -134,6 +146,22 @@ pub struct DeltaSettings {
 }
 
 impl DeltaSettings {
+    /// Settings of a function that only reads tables: `s3://<bucket>/<bronze prefix>` and the storage options.
+    /// (The creation settings are deltalake's defaults; a reader never creates a table.)
+    pub fn reader(
+        bucket: &str,
+        bronze_prefix: &str,
+        storage_options: HashMap<String, String>,
+    ) -> Result<Self, url::ParseError> {
+        Ok(Self {
+            bronze_url: Url::parse(&format!("s3://{bucket}/{bronze_prefix}"))?,
+            storage_options,
+            checkpoint_interval: 100,
+            log_retention: "interval 30 days".to_owned(),
+            txn_retention: "interval 7 days".to_owned(),
+        })
+    }
+
     /// The URL of one table.
     pub fn table_url(&self, spec: &TableSpec) -> Result<Url, DeltaError> {
         self.bronze_url
@@ -145,7 +173,7 @@ impl DeltaSettings {
 /// deltalake storage options from the standard environment: the endpoint (`AWS_ENDPOINT_URL_S3` or
 /// `AWS_ENDPOINT_URL`, with `allow_http` for `http://`), the region, and request deadlines. Credentials are read
 /// by the object store from the environment itself.
-pub fn storage_options(env: &crate::config::Env) -> HashMap<String, String> {
+pub fn storage_options(env: &fleetlake_core::config::Env) -> HashMap<String, String> {
     let mut options = HashMap::from([
         // Every request has a deadline; the object store retries within it.
         ("timeout".to_owned(), "30s".to_owned()),

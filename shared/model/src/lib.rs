@@ -5,7 +5,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
-use crate::features::Contract;
+use fleetlake_core::features::Contract;
 
 /// Why a model cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -125,14 +125,14 @@ fn feature_list(c: &Contract) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::SHIPPED_CONTRACT;
+    use fleetlake_core::features::SHIPPED_CONTRACT;
 
-    const MODEL: &[u8] = include_bytes!("../../models/fuel-24h/model.onnx");
+    const MODEL: &[u8] = include_bytes!("../../../models/fuel-24h/model.onnx");
 
     #[test]
     fn the_shipped_model_answers_as_onnxruntime_does() {
         let expected: serde_json::Value =
-            serde_json::from_str(include_str!("../../models/fuel-24h/expected.json")).unwrap();
+            serde_json::from_str(include_str!("../../../models/fuel-24h/expected.json")).unwrap();
         let rows: Vec<Vec<f32>> = serde_json::from_value(expected["features"].clone()).unwrap();
         let want: Vec<f32> = serde_json::from_value(expected["predictions"].clone()).unwrap();
         let model = Model::load(MODEL, Contract::parse(SHIPPED_CONTRACT).unwrap()).unwrap();

@@ -1,6 +1,6 @@
 //! Landed position lines + weather lookups → enriched lines: the functional core of weather-enricher.
 
-use chrono::{NaiveDate, Timelike};
+use chrono::Timelike;
 use serde_json::{json, Value};
 
 use crate::quarantine::QuarantineLine;
@@ -232,11 +232,6 @@ pub fn write_enriched(
     status
 }
 
-/// The `dt=YYYY-MM-DD` of a key, if it has a valid one.
-pub fn key_date(key: &str) -> Option<NaiveDate> {
-    key.split('/').find_map(|seg| seg.strip_prefix("dt=")).and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,12 +344,5 @@ mod tests {
         let bom = [b"\xEF\xBB\xBF".as_slice(), format!(" {{{base},\"x\":\"3e\"}} ").as_bytes()].concat();
         assert_eq!(ok(&bom)["x"], json!("3e"));
         assert!(!needs_full_parse(format!("{{{base},\"b\":true,\"f\":false,\"s\":\"12e4\"}}").as_bytes()));
-    }
-
-    #[test]
-    fn dates_come_from_the_key() {
-        assert_eq!(key_date("landing/locations/dt=2026-11-24/x.ndjson.gz"), NaiveDate::from_ymd_opt(2026, 11, 24));
-        assert_eq!(key_date("landing/locations/dt=2026-13-24/x"), None);
-        assert_eq!(key_date("landing/locations/x"), None);
     }
 }

@@ -1,0 +1,125 @@
+//! The lake's key layout, one place for every object name the functions write.
+
+use chrono::NaiveDate;
+
+use crate::config::Prefix;
+
+/// `landing/<dataset>/dt=YYYY-MM-DD/<topic>-<partition>-<first>-<last>.ndjson.gz`: deterministic, so a retried
+/// MSK batch addresses the same object.
+pub fn landing_key(landing: &Prefix, dataset: &str, dt: NaiveDate, batch: &BatchName) -> String {
+    format!("{landing}{dataset}/dt={}/{batch}.ndjson.gz", dt.format("%Y-%m-%d"))
+}
+
+/// `quarantine/<stage>/dt=YYYY-MM-DD/<source-name>.ndjson`.
+pub fn quarantine_key(quarantine: &Prefix, stage: &str, dt: NaiveDate, source_name: &str) -> String {
+    format!("{quarantine}{stage}/dt={}/{source_name}.ndjson", dt.format("%Y-%m-%d"))
+}
+
+/// The `dt=YYYY-MM-DD` of a key, if it has a valid one.
+pub fn key_date(key: &str) -> Option<NaiveDate> {
+    key.split('/').find_map(|seg| seg.strip_prefix("dt=")).and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+}
+
+/// Characters of an ETag kept in a quarantine object's name.
+const ETAG_CHARS_IN_NAME: usize = 16;
+
+/// The name a quarantine object takes after the input object it holds lines (or a reference) of: the path below
+/// the `dt=` folder (or the file name when there is none), without `.ndjson.gz`, then `.` and the first 16 of the
+/// ETag's characters that are safe in a key (ASCII letters, digits, `-`, `_`), when there is an ETag. So two files
+/// of one name in different folders, or a file dropped again with other content, each keep their own object.
+pub fn quarantine_source_name(key: &str, etag: Option<&str>) -> String {
+    let mut segments = key.split('/');
+    let below_dt = segments.position(|seg| seg.starts_with("dt=")).and_then(|i| key.splitn(i + 2, '/').nth(i + 1));
+    let name = below_dt.unwrap_or_else(|| key.rsplit('/').next().unwrap_or(key)).trim_end_matches(".ndjson.gz");
+    let tag: String = etag
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(ETAG_CHARS_IN_NAME)
+        .collect();
+    if tag.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}.{tag}")
+    }
+}
+
+/// The identity of one topic-partition slice of an MSK batch: `<topic>-<partition>-<first>-<last>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchName {
+    /// Kafka topic (validated: `[A-Za-z0-9._-]`, as Kafka itself allows).
+    pub topic: String,
+    /// Kafka partition.
+    pub partition: i64,
+    /// Lowest offset in the slice.
+    pub first_offset: i64,
+    /// Highest offset in the slice.
+    pub last_offset: i64,
+}
+
+impl std::fmt::Display for BatchName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}-{}-{}", self.topic, self.partition, self.first_offset, self.last_offset)
+    }
+}
+
+/// Whether `topic` is a legal Kafka topic name (and therefore safe inside an S3 key).
+pub fn is_valid_topic(topic: &str) -> bool {
+    (1..=249).contains(&topic.len())
+        && topic != "."
+        && topic != ".."
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quarantine_names_keep_the_path_below_dt_and_a_safe_etag() {
+        assert_eq!(
+            quarantine_source_name(
+                "landing/transport_units/dt=2026-11-24/pg.public.transport_units-0-1-3.ndjson.gz",
+                Some("0123456789abcdef0123")
+            ),
+            "pg.public.transport_units-0-1-3.0123456789abcdef"
+        );
+        assert_eq!(quarantine_source_name("enriched/locations/x.ndjson.gz", None), "x");
+        assert_eq!(quarantine_source_name("landing/xdt=1/x.ndjson.gz", None), "x");
+        assert_eq!(quarantine_source_name("landing/locations/dt=2026-11-24/a/b.ndjson.gz", Some("e1")), "a/b.e1");
+        // A non-ASCII ETag (a hostile notification) is no reason to panic: unsafe characters are left out.
+        assert_eq!(quarantine_source_name("landing/locations/dt=2026-11-24/x.ndjson.gz", Some("é€ab/../c")), "x.abc");
+        assert_eq!(quarantine_source_name("landing/locations/dt=2026-11-24/x.ndjson.gz", Some("ééé")), "x");
+    }
+
+    #[test]
+    fn key_dates_are_read_from_the_dt_folder() {
+        assert_eq!(key_date("landing/locations/dt=2026-11-24/x.ndjson.gz"), NaiveDate::from_ymd_opt(2026, 11, 24));
+        assert_eq!(key_date("landing/locations/dt=2026-13-24/x.ndjson.gz"), None);
+        assert_eq!(key_date("landing/locations/x.ndjson.gz"), None);
+    }
+
+    #[test]
+    fn keys_follow_the_design_layout() {
+        let landing = Prefix::parse("L", "landing/").unwrap();
+        let q = Prefix::parse("Q", "quarantine").unwrap();
+        let dt = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        let name = BatchName { topic: "fleet.locations".into(), partition: 3, first_offset: 100, last_offset: 199 };
+        assert_eq!(
+            landing_key(&landing, "locations", dt, &name),
+            "landing/locations/dt=2026-11-23/fleet.locations-3-100-199.ndjson.gz"
+        );
+        assert_eq!(
+            quarantine_key(&q, "msk-lander", dt, &name.to_string()),
+            "quarantine/msk-lander/dt=2026-11-23/fleet.locations-3-100-199.ndjson"
+        );
+    }
+
+    #[test]
+    fn topic_names_are_checked() {
+        assert!(is_valid_topic("pg.public.transport_units"));
+        for bad in ["", "..", "a/b", "a b", "ü"] {
+            assert!(!is_valid_topic(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Open tables kept across warm invocations: each is brought up to date with the log entries committed since,
+//! instead of being loaded again.
+
+use std::collections::HashMap;
+
+use deltalake::{DeltaTable, DeltaTableError};
+use fleetlake_core::bronze::TableSpec;
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use crate::{open_existing, open_or_create, DeltaError, DeltaSettings};
+
+/// The bronze tables a function has open, by name.
+#[derive(Debug)]
+pub struct TableCache {
+    settings: DeltaSettings,
+    tables: Mutex<HashMap<&'static str, DeltaTable>>,
+}
+
+impl TableCache {
+    /// An empty cache of the tables under `settings.bronze_url`.
+    pub fn new(settings: DeltaSettings) -> Self {
+        Self { settings, tables: Mutex::new(HashMap::new()) }
+    }
+
+    /// Where the tables live.
+    pub fn settings(&self) -> &DeltaSettings {
+        &self.settings
+    }
+
+    /// The table at its latest version, or `None` when it does not exist (yet). Readers use this.
+    pub async fn latest(&self, spec: &'static TableSpec) -> Result<Option<DeltaTable>, DeltaError> {
+        let mut tables = self.tables.lock().await;
+        let table = match tables.remove(spec.name) {
+            Some(mut t) => match t.update_incremental(None).await {
+                Ok(()) => t,
+                Err(e) => {
+                    warn!(table = spec.name, error = %e, "bringing the kept table up to date failed; loading it again");
+                    match self.open(spec).await? {
+                        Some(t) => t,
+                        None => return Ok(None),
+                    }
+                }
+            },
+            None => match self.open(spec).await? {
+                Some(t) => t,
+                None => return Ok(None),
+            },
+        };
+        tables.insert(spec.name, table.clone());
+        Ok(Some(table))
+    }
+
+    /// The table at its latest version, created (or evolved to the schema) first when needed; taken out of the
+    /// cache until [`TableCache::put`] returns it. Writers use this.
+    pub async fn take_or_create(&self, spec: &'static TableSpec) -> Result<DeltaTable, DeltaError> {
+        let kept = self.tables.lock().await.remove(spec.name);
+        match kept {
+            Some(mut table) => match table.update_incremental(None).await {
+                Ok(()) => Ok(table),
+                Err(e) => {
+                    warn!(table = spec.name, error = %e, "bringing the kept table up to date failed; opening it again");
+                    open_or_create(&self.settings, spec).await
+                }
+            },
+            None => open_or_create(&self.settings, spec).await,
+        }
+    }
+
+    /// Keeps `table` for the next invocation.
+    pub async fn put(&self, spec: &'static TableSpec, table: DeltaTable) {
+        self.tables.lock().await.insert(spec.name, table);
+    }
+
+    async fn open(&self, spec: &'static TableSpec) -> Result<Option<DeltaTable>, DeltaError> {
+        let url = self.settings.table_url(spec)?;
+        match open_existing(spec, url, self.settings.storage_options.clone()).await {
+            Ok(t) => Ok(Some(t)),
+            Err(DeltaError::Delta { source: DeltaTableError::NotATable(_), .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

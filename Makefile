@@ -21,13 +21,14 @@ FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency build sam-build package clean-local
+.PHONY: help toolchain venv schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency build sam-build package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
 	@echo "make model  - train the fuel-24h model on a synthetic fleet and export it to models/fuel-24h/ (ONNX + test fixture)"
 	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions (release builds)"
+	@echo "make schema - regenerate the Glue columns (stack.json, template.yaml, Athena DDL) from the bronze table specs"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
 
@@ -81,7 +82,13 @@ model: venv
 test-infra: venv
 	$(PY) -m unittest discover -s infra/tests -v
 
+# The Glue columns everywhere they are declared, from the bronze table specs (shared/core/src/bronze.rs).
+schema: toolchain venv
+	cargo run --quiet -p fleetlake-core --example glue_schema > infra/schema/bronze.json
+	$(PY) infra/schema/generate.py
+
 template-check: venv
+	$(PY) infra/schema/generate.py --check
 	sam validate --region us-east-1 --template template.yaml
 	cfn-lint template.yaml
 	$(PY) infra/policy/check_template.py
@@ -143,8 +150,13 @@ sam-build: toolchain venv
 
 # What CI checks of the deployment: `sam build` drives cargo lambda for every function of the template. Built
 # without LTO (CARGO_PROFILE_RELEASE_*) to keep CI short; `make sam-build` builds what you deploy.
+# The functions are first built together in one cargo run, exactly as sam build's per-function runs build them
+# (from the workspace root, the same flags): both cores stay busy across the whole dependency graph, and sam build
+# then finds every binary up to date and packages it.
+PACKAGE_ENV := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 package: toolchain venv
-	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 sam build --template template.yaml --build-dir .aws-sam/package
+	$(PACKAGE_ENV) cargo lambda build --release --arm64 $(addprefix --bin ,$(FUNCTIONS))
+	$(PACKAGE_ENV) sam build --template template.yaml --build-dir .aws-sam/package
 	@n=0; for f in $(FUNCTIONS); do \
 	  id=$$(echo $$f | sed -E 's/(^|-)([a-z])/\U\2/g')Function; \
 	  test -x .aws-sam/package/$$id/bootstrap || { echo "sam build left no bootstrap for $$id"; exit 1; }; \

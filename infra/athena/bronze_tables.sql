@@ -1,7 +1,8 @@
 -- fleetlake bronze tables for Athena (engine v3) and Redshift Spectrum, over the symlink manifests that
 -- partition-sync writes. template.yaml and the local stack create the same tables as AWS::Glue::Table resources;
--- this file is for creating them by hand (replace the bucket). Columns follow shared/src/bronze.rs; the partition
--- column is not stored in the data files.
+-- this file is for creating them by hand (replace the bucket). The column lists are generated from the table specs
+-- (shared/core/src/bronze.rs → infra/schema/bronze.json → `make schema`); the partition column is not stored in the
+-- data files.
 
 CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_locations (
   transport_unit_id string, ts timestamp, lat double, lon double, transport_type string, speed_kmh double,
@@ -18,8 +19,8 @@ OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
 LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/locations/_symlink_format_manifest/';
 
 CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_performance_stats (
-  op string, ts_ms timestamp, lsn bigint,
-  transport_unit_id string, distance_km double, fuel_used_l double, engine_hours double,
+  op string, ts_ms timestamp, lsn bigint, transport_unit_id string, distance_km double, fuel_used_l double,
+  engine_hours double,
   `_extra` string, `_source_topic` string, `_source_partition` int, `_source_offset` bigint,
   `_source_timestamp` timestamp, `_source_key` string, `_source_etag` string, `_ingested_at` timestamp,
   `_file` string, `_line` bigint
@@ -31,8 +32,8 @@ OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
 LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/performance_stats/_symlink_format_manifest/';
 
 CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_transport_units (
-  op string, ts_ms timestamp, lsn bigint,
-  transport_unit_id string, transport_type string, name string, capacity_t double,
+  op string, ts_ms timestamp, lsn bigint, transport_unit_id string, transport_type string, name string,
+  capacity_t double,
   `_extra` string, `_source_topic` string, `_source_partition` int, `_source_offset` bigint,
   `_source_timestamp` timestamp, `_source_key` string, `_source_etag` string, `_ingested_at` timestamp,
   `_file` string, `_line` bigint

@@ -56,6 +56,6 @@ rm -f .local/events.jsonl
 echo
 echo "done in $(( $(date +%s) - started )) s. The local stack is still up (settings in .local/stack.env); stop it with: make down"
 cat <<'TXT'
-Query the tables (README, "Reading the lake locally"):
+Query the tables (docs/local-stack.md, "Reading the lake locally"):
   set -a; . .local/stack.env; set +a; .venv/bin/python infra/local/query.py
 TXT

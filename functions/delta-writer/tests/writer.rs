@@ -1,6 +1,6 @@
 //! delta-writer end to end: the real binary behind a Lambda runtime API, moto's S3, and the Python `deltalake`
 //! package reading the tables back.
-#![allow(clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! msk-lander end to end: the real binary behind a Lambda runtime API, against moto's S3.
-#![allow(clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -22,6 +22,7 @@ use fleetlake_aws::s3::S3Store;
 use fleetlake_aws::s3event::ObjectRef;
 use fleetlake_core::bronze::TableSpec;
 use fleetlake_core::fault::{Classify, Fault};
+use fleetlake_core::lake::{manifest_key, manifest_location, table_root};
 use fleetlake_core::partitions::{manifest_text, touched_partitions, CommitKey, Partition};
 use fleetlake_delta::{active_files, DeltaError, DeltaSettings, TableCache};
 use fleetlake_runner::{Invocation, ObjectHandler};
@@ -32,9 +33,6 @@ use crate::config::Config;
 
 /// The stage name in logs and metrics.
 pub(crate) const STAGE: &str = "partition-sync";
-
-/// The manifest folder below a table, as Delta's `GENERATE symlink_format_manifest` names it.
-pub(crate) const MANIFEST_FOLDER: &str = "_symlink_format_manifest";
 
 /// User metadata of a manifest: the table version it lists.
 const VERSION_META: &str = "delta-version";
@@ -66,7 +64,7 @@ impl Deps {
     }
 
     fn table_root(&self, spec: &TableSpec) -> String {
-        format!("s3://{}/{}{}/", self.config.bucket, self.config.bronze_prefix, spec.name)
+        table_root(self.config.bucket.as_str(), &self.config.bronze_prefix, spec.name)
     }
 }
 
@@ -187,8 +185,7 @@ async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey) -> Result<Synce
     for partition in &touched {
         let paths = files.get(partition).cloned().unwrap_or_default();
         let has_files = !paths.is_empty();
-        let manifest_key =
-            format!("{}{}/{MANIFEST_FOLDER}/{}manifest", deps.config.bronze_prefix, spec.name, partition.folder());
+        let manifest_key = manifest_key(&deps.config.bronze_prefix, spec.name, &partition.folder());
         let current = deps.store.metadata(&manifest_key).await?;
         let stamped = current.as_ref().and_then(|m| m.get(VERSION_META)).and_then(|v| v.parse::<u64>().ok());
         if stamped.is_some_and(|v| v >= version) {
@@ -207,7 +204,7 @@ async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey) -> Result<Synce
             out.manifests_written += 1;
         }
         if let Partition::Value { .. } = partition {
-            let location = format!("{root}{MANIFEST_FOLDER}/{}", partition.folder());
+            let location = manifest_location(&root, &partition.folder());
             if has_files {
                 to_create.push((partition.values(), location));
             } else {

@@ -1,6 +1,6 @@
 //! partition-sync end to end: bronze tables written by the shared Delta adapter on moto's S3, the real binary
 //! behind a Lambda runtime API, moto's Glue, and the Python `deltalake` package as the independent reader.
-#![allow(clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
 
 use std::collections::BTreeMap;
 use std::path::Path;

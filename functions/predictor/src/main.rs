@@ -23,10 +23,7 @@ async fn load_model(config: &Config, s3: &aws_sdk_s3::Client) -> Result<(Model, 
         ModelSource::Shipped => (SHIPPED_MODEL.to_vec(), SHIPPED_CONTRACT.to_owned(), "the shipped model".to_owned()),
         ModelSource::S3 { bucket, key } => {
             let store = fleetlake_aws::s3::S3Store::new(s3.clone(), bucket.as_str());
-            let contract_key = match key.rsplit_once('/') {
-                Some((dir, _)) => format!("{dir}/contract.json"),
-                None => "contract.json".to_owned(),
-            };
+            let contract_key = fleetlake_core::lake::contract_key(key);
             let get = |k: String| {
                 let store = &store;
                 async move { store.get_bytes(&k).await.map_err(|e| format!("MODEL_URI s3://{bucket}/{key}: {e}")) }

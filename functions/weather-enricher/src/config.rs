@@ -43,36 +43,6 @@ impl Config {
     }
 }
 
-/// Why the API key could not be read at init.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ApiKeyError {
-    /// The SSM call failed (missing parameter, no permission, SSM unreachable).
-    #[error("reading SSM parameter {name}: {message}")]
-    Ssm {
-        name: String,
-        message: String,
-        #[source]
-        source: Box<aws_sdk_ssm::Error>,
-    },
-    /// The parameter exists but holds nothing.
-    #[error("SSM parameter {0} has no value")]
-    Empty(String),
-}
-
-/// Reads the API key from SSM Parameter Store (SecureString, decrypted).
-pub(crate) async fn read_api_key(ssm: &aws_sdk_ssm::Client, name: &str) -> Result<String, ApiKeyError> {
-    let out = ssm.get_parameter().name(name).with_decryption(true).send().await.map_err(|e| ApiKeyError::Ssm {
-        name: name.to_owned(),
-        message: aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
-        source: Box::new(e.into()),
-    })?;
-    out.parameter()
-        .and_then(|p| p.value())
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| v.trim().to_owned())
-        .ok_or_else(|| ApiKeyError::Empty(name.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

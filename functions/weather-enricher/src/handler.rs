@@ -16,7 +16,7 @@ use fleetlake_aws::s3::{GzipUpload, ObjectLines, PutOutcome, S3Store};
 use fleetlake_aws::s3event::ObjectRef;
 use fleetlake_core::enrich::{prepare, write_enriched, LineSource, Pending, WeatherStatus, STAGE};
 use fleetlake_core::fault::Fault;
-use fleetlake_core::lake::{key_date, quarantine_source_name};
+use fleetlake_core::lake::{enriched_key, key_date, quarantine_source_name};
 use fleetlake_core::ndjson::{Line, MAX_LINE_BYTES};
 use fleetlake_runner::{Invocation, ObjectHandler, Runner};
 use fleetlake_weather::{WeatherClient, WeatherStats};
@@ -120,7 +120,7 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
         // group() let only these through.
         return Err(fleetlake_aws::Error::NotFound { bucket: obj.bucket.clone(), key: obj.key.clone() });
     };
-    let out_key = format!("{}locations/{rel}", cfg.enriched_prefix);
+    let out_key = enriched_key(&cfg.enriched_prefix, "locations", rel);
     // Done already, for this very content? The enriched object records the ETag of the object it came from; a
     // file dropped again under the same key with other content is enriched again and replaces it.
     let replace = match deps.store.metadata(&out_key).await? {

@@ -16,7 +16,7 @@ async fn main() -> Result<(), Error> {
     if let Some(param) = config.weather.api_key_param.clone() {
         let ssm = aws_sdk_ssm::Client::new(&sdk);
         config.weather.api_key = Some(
-            config::read_api_key(&ssm, &param)
+            fleetlake_aws::ssm::read_secure_parameter(&ssm, &param)
                 .await
                 .inspect_err(|e| tracing::error!(error = %e, parameter = %param, "cannot read the weather API key"))?,
         );

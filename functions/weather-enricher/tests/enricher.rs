@@ -1,5 +1,5 @@
 //! weather-enricher end to end: the real binary behind a Lambda runtime API, moto's S3 and the weather stub.
-#![allow(clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
 
 use std::io::{Read, Write};
 use std::path::Path;

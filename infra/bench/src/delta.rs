@@ -13,7 +13,7 @@
 //!   each idiom in its own process; its peak RSS is read with getrusage.
 //!
 //! Prints one JSON line per measurement and a summary with medians, and ratios of medians.
-#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line tool that reports on stdout
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice)] // a command-line tool that reports on stdout
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

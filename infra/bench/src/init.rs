@@ -4,7 +4,7 @@
 //! measures.
 //!
 //! usage: bench-init --dir TARGET/release [--runs 5] [NAME ...]
-#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line tool that reports on stdout
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice)] // a command-line tool that reports on stdout
 
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@
 //! Each run starts the function afresh against an empty predictions table: init time (process start to its first
 //! request for an invocation, the model loaded), then the commit's invocation, then the same commit again (a
 //! replay: every item is kept). Prints one JSON line per run and the medians.
-#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // a command-line tool that reports on stdout
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice)] // a command-line tool that reports on stdout
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -20,6 +20,9 @@
 //! recorded event once more (at-least-once delivery, replayed), then routes as usual. The router stops when the
 //! pipeline has been idle (no MSK batch left, nothing in flight, every polled queue empty) for `--idle-seconds`,
 //! and prints a JSON report.
+
+// A test and benchmark tool, not Lambda code: a failed setup stops it with its reason.
+#![allow(clippy::expect_used, clippy::panic, clippy::string_slice)]
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool that reports on stdout
 
 use std::collections::{BTreeMap, HashMap};

@@ -2,6 +2,9 @@
 //! response shapes, deterministic values, and injectable latency, failures and rate limits, plus a request
 //! counter. The project's tests and local stack talk to it instead of the real API.
 
+// A test and benchmark tool, not Lambda code: a failed setup stops it with its reason.
+#![allow(clippy::expect_used, clippy::panic, clippy::string_slice)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,5 +1,8 @@
 //! The `weather-stub` binary over real HTTP: starts on a free port, answers forecasts, counts requests.
 
+// Test code: a failed setup or a broken expectation stops the test with its reason.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};

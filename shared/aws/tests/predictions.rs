@@ -1,6 +1,6 @@
 //! The predictions table adapter against moto's DynamoDB, and behind a proxy that throttles BatchWriteItem the way
 //! DynamoDB does (answering with every item in `UnprocessedItems`), which moto cannot do.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

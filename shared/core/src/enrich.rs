@@ -34,9 +34,8 @@ impl WeatherStatus {
     }
 }
 
-/// The fields weather-enricher adds, in output order.
-pub const WEATHER_FIELDS: [&str; 5] =
-    ["temperature_c", "wind_speed_kmh", "precipitation_mm", "weather_code", "weather_status"];
+/// The fields weather-enricher adds, in output order: the weather columns of the bronze `locations` spec.
+pub const WEATHER_FIELDS: [&str; 5] = crate::bronze::WEATHER_COLUMNS;
 
 /// A landed line that passed validation, with the cell-day and hour its weather comes from.
 #[derive(Debug, Clone, PartialEq)]

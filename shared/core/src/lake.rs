@@ -10,6 +10,38 @@ pub fn landing_key(landing: &Prefix, dataset: &str, dt: NaiveDate, batch: &Batch
     format!("{landing}{dataset}/dt={}/{batch}.ndjson.gz", dt.format("%Y-%m-%d"))
 }
 
+/// `enriched/locations/<path below landing/locations/>`: an enriched object mirrors the landed one's name.
+pub fn enriched_key(enriched: &Prefix, dataset: &str, below_dataset: &str) -> String {
+    format!("{enriched}{dataset}/{below_dataset}")
+}
+
+/// `s3://<bucket>/<bronze prefix><table>/`: the root of a bronze Delta table.
+pub fn table_root(bucket: &str, bronze: &Prefix, table: &str) -> String {
+    format!("s3://{bucket}/{bronze}{table}/")
+}
+
+/// The folder of a table's symlink manifests, as Delta's `GENERATE symlink_format_manifest` names it.
+pub const MANIFEST_FOLDER: &str = "_symlink_format_manifest";
+
+/// `<bronze prefix><table>/_symlink_format_manifest/<partition folder>manifest`, where the partition folder is
+/// `<column>=<value>/` (empty for an unpartitioned table). The value must have been checked for a key already.
+pub fn manifest_key(bronze: &Prefix, table: &str, partition_folder: &str) -> String {
+    format!("{bronze}{table}/{MANIFEST_FOLDER}/{partition_folder}manifest")
+}
+
+/// The absolute location of a partition's manifest folder, as Glue partitions name it.
+pub fn manifest_location(table_root: &str, partition_folder: &str) -> String {
+    format!("{table_root}{MANIFEST_FOLDER}/{partition_folder}")
+}
+
+/// The key of the contract (`contract.json`) beside a model file's key.
+pub fn contract_key(model_key: &str) -> String {
+    match model_key.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/contract.json"),
+        None => "contract.json".to_owned(),
+    }
+}
+
 /// `quarantine/<stage>/dt=YYYY-MM-DD/<source-name>.ndjson`.
 pub fn quarantine_key(quarantine: &Prefix, stage: &str, dt: NaiveDate, source_name: &str) -> String {
     format!("{quarantine}{stage}/dt={}/{source_name}.ndjson", dt.format("%Y-%m-%d"))
@@ -90,6 +122,30 @@ mod tests {
         // A non-ASCII ETag (a hostile notification) is no reason to panic: unsafe characters are left out.
         assert_eq!(quarantine_source_name("landing/locations/dt=2026-11-24/x.ndjson.gz", Some("é€ab/../c")), "x.abc");
         assert_eq!(quarantine_source_name("landing/locations/dt=2026-11-24/x.ndjson.gz", Some("ééé")), "x");
+    }
+
+    #[test]
+    fn every_name_is_built_here() {
+        let p = |s: &str| Prefix::parse("P", s).unwrap();
+        assert_eq!(
+            enriched_key(&p("enriched/"), "locations", "dt=2026-11-24/a.ndjson.gz"),
+            "enriched/locations/dt=2026-11-24/a.ndjson.gz"
+        );
+        assert_eq!(table_root("lake", &p("bronze/"), "locations"), "s3://lake/bronze/locations/");
+        assert_eq!(
+            manifest_key(&p("bronze/"), "locations", "event_date=2026-11-24/"),
+            "bronze/locations/_symlink_format_manifest/event_date=2026-11-24/manifest"
+        );
+        assert_eq!(
+            manifest_key(&p("bronze/"), "transport_units", ""),
+            "bronze/transport_units/_symlink_format_manifest/manifest"
+        );
+        assert_eq!(
+            manifest_location("s3://lake/bronze/locations/", "event_date=2026-11-24/"),
+            "s3://lake/bronze/locations/_symlink_format_manifest/event_date=2026-11-24/"
+        );
+        assert_eq!(contract_key("models/fuel-24h/model.onnx"), "models/fuel-24h/contract.json");
+        assert_eq!(contract_key("model.onnx"), "contract.json");
     }
 
     #[test]

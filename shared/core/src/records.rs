@@ -3,11 +3,16 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-/// Transport types a position may declare.
-pub const TRANSPORT_TYPES: [&str; 3] = ["aerial", "maritime", "terrestrial"];
+use crate::bronze::{Check, UNIT_ID};
 
-/// Longest accepted `transport_unit_id`, in characters.
-pub const MAX_UNIT_ID_CHARS: usize = 64;
+/// Transport types a position may declare (the bronze schema's list).
+pub use crate::bronze::TRANSPORT_TYPES;
+
+/// Longest accepted `transport_unit_id`, in characters (the bronze schema's rule).
+pub const MAX_UNIT_ID_CHARS: usize = match UNIT_ID {
+    Check::Id(_, max) => max,
+    _ => 64,
+};
 
 /// Why a record was refused; the `Display` text is the quarantine reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

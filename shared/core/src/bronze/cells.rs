@@ -1,0 +1,156 @@
+//! One JSON value read as a typed cell of a column, and checked against the column's rule.
+
+use super::*;
+
+/// Why a line was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError(pub String);
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub(crate) fn invalid(field: &str, problem: impl fmt::Display) -> RowError {
+    RowError(format!("{field}: {problem}"))
+}
+
+/// A typed value read from JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Cell<'a> {
+    Null,
+    Str(Cow<'a, str>),
+    F64(f64),
+    I64(i64),
+    /// Microseconds since the epoch.
+    Micros(i64),
+    /// Days since the epoch.
+    Days(i32),
+}
+
+pub(crate) fn read_cell<'a>(c: &Column, value: Option<Json<'a>>) -> Result<Cell<'a>, RowError> {
+    let value = value.unwrap_or(Json::Null);
+    if matches!(value, Json::Null) {
+        return if c.required { Err(invalid(c.name, "required")) } else { Ok(Cell::Null) };
+    }
+    let got = value.kind();
+    let wrong = |want: &str| invalid(c.name, format!("expected {want}, got {got}"));
+    let cell = match (c.kind, value) {
+        (Kind::Utf8, Json::Str(s)) => Cell::Str(s),
+        (Kind::Utf8, _) => return Err(wrong("a string")),
+        (Kind::Float64, Json::Int(v)) => Cell::F64(v as f64),
+        (Kind::Float64, Json::UInt(v)) => Cell::F64(v as f64),
+        (Kind::Float64, Json::Float(v)) => {
+            if !v.is_finite() {
+                return Err(invalid(c.name, "not a finite number"));
+            }
+            Cell::F64(v)
+        }
+        (Kind::Float64, _) => return Err(wrong("a number")),
+        (Kind::Int32, Json::Int(v)) => {
+            if i32::try_from(v).is_err() {
+                return Err(invalid(c.name, format!("{v} does not fit in 32 bits")));
+            }
+            Cell::I64(v)
+        }
+        (Kind::Int64, Json::Int(v)) => Cell::I64(v),
+        (Kind::Int32 | Kind::Int64, _) => return Err(wrong("an integer")),
+        (Kind::EpochMillis, Json::Int(ms)) => {
+            Cell::Micros(ms.checked_mul(1000).ok_or_else(|| invalid(c.name, "out of range"))?)
+        }
+        (Kind::EpochMillis, _) => return Err(wrong("integer epoch milliseconds")),
+        (Kind::Timestamp, Json::Str(s)) => match rfc3339_micros_fast(&s) {
+            Some(us) => Cell::Micros(us),
+            None => {
+                let t = DateTime::parse_from_rfc3339(&s)
+                    .map_err(|e| invalid(c.name, format!("not an RFC 3339 timestamp ({e}): {s:?}")))?;
+                Cell::Micros(t.timestamp_micros())
+            }
+        },
+        (Kind::Timestamp, _) => return Err(wrong("an RFC 3339 timestamp string")),
+        (Kind::Date, Json::Str(s)) => {
+            let d = NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+                .map_err(|e| invalid(c.name, format!("not a YYYY-MM-DD date ({e}): {s:?}")))?;
+            Cell::Days(d.num_days_from_ce() - UNIX_EPOCH_DAYS_CE)
+        }
+        (Kind::Date, Json::Int(days)) => {
+            Cell::Days(i32::try_from(days).map_err(|_| wrong("a YYYY-MM-DD string or epoch days"))?)
+        }
+        (Kind::Date, _) => return Err(wrong("a YYYY-MM-DD string or epoch days")),
+    };
+    check(c, &cell)?;
+    Ok(cell)
+}
+
+/// The common shape `YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|±HH:MM)` as UTC microseconds, without chrono's general
+/// parser (a third of a row's conversion time); `None` for anything else, which then takes chrono's parser, so the
+/// two always agree on what is valid.
+pub(crate) fn rfc3339_micros_fast(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let digits = b.get(r)?;
+        digits.iter().try_fold(0u32, |n, d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if hour > 23 || minute > 59 || second > 59 {
+        return None; // leap seconds and errors: chrono decides
+    }
+    let date = NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
+    let mut i = 19;
+    let mut micros = 0i64;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = i - start;
+        if frac == 0 || frac > 9 {
+            return None;
+        }
+        let digits = frac.min(6);
+        micros = i64::from(num(start..start + digits)?) * 10i64.pow(6 - digits as u32);
+    }
+    let offset_s = match &b[i..] {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = i64::from(oh * 3600 + om * 60);
+            if *sign == b'-' {
+                -off
+            } else {
+                off
+            }
+        }
+        _ => return None,
+    };
+    let days = i64::from(date.num_days_from_ce() - UNIX_EPOCH_DAYS_CE);
+    let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset_s;
+    Some(secs * 1_000_000 + micros)
+}
+
+pub(crate) fn check(c: &Column, cell: &Cell<'_>) -> Result<(), RowError> {
+    match (c.check, cell) {
+        (Check::Range(lo, hi), Cell::F64(v)) if !(lo..=hi).contains(v) => {
+            Err(invalid(c.name, format!("{v} is outside {lo}..={hi}")))
+        }
+        (Check::Len(lo, hi), Cell::Str(s)) if !(lo..=hi).contains(&s.chars().count()) => {
+            Err(invalid(c.name, format!("must be {lo} to {hi} characters")))
+        }
+        (Check::Id(lo, hi), Cell::Str(s)) if !(lo..=hi).contains(&s.chars().count()) || s.trim().is_empty() => {
+            Err(invalid(c.name, format!("must be {lo} to {hi} characters, not all whitespace")))
+        }
+        (Check::OneOf(allowed), Cell::Str(s)) if !allowed.contains(&s.as_ref()) => {
+            Err(invalid(c.name, format!("{s:?} is not one of {allowed:?}")))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,293 @@
+//! The bronze tables' specs: columns, types and checks, partitioning, layout, and the Glue schema made from them.
+
+use super::*;
+
+/// Days from 0001-01-01 (chrono's day numbering) to 1970-01-01.
+pub(crate) const UNIX_EPOCH_DAYS_CE: i32 = 719_163;
+
+/// The type of a column, and how its JSON value is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A JSON string.
+    Utf8,
+    /// A JSON number.
+    Float64,
+    /// A JSON integer that fits in 32 bits.
+    Int32,
+    /// A JSON integer.
+    Int64,
+    /// An RFC 3339 string, stored as UTC microseconds.
+    Timestamp,
+    /// An integer of epoch milliseconds, stored as a UTC microsecond timestamp.
+    EpochMillis,
+    /// A `YYYY-MM-DD` string or an integer of days since 1970-01-01 (Debezium's `io.debezium.time.Date`).
+    Date,
+}
+
+impl Kind {
+    /// The Arrow type of the column.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            Kind::Utf8 => DataType::Utf8,
+            Kind::Float64 => DataType::Float64,
+            Kind::Int32 => DataType::Int32,
+            Kind::Int64 => DataType::Int64,
+            Kind::Timestamp | Kind::EpochMillis => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Kind::Date => DataType::Date32,
+        }
+    }
+
+    /// The Hive/Glue type of the column, as Athena reads it from Parquet.
+    pub fn hive_type(self) -> &'static str {
+        match self {
+            Kind::Utf8 => "string",
+            Kind::Float64 => "double",
+            Kind::Int32 => "int",
+            Kind::Int64 => "bigint",
+            Kind::Timestamp | Kind::EpochMillis => "timestamp",
+            Kind::Date => "date",
+        }
+    }
+}
+
+/// A check on a value beyond its type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Check {
+    /// Any value of the type.
+    None,
+    /// A number in `lo..=hi`.
+    Range(f64, f64),
+    /// A string of `min..=max` characters.
+    Len(usize, usize),
+    /// An identifier: `min..=max` characters, not all whitespace.
+    Id(usize, usize),
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+}
+
+/// One column of a bronze table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Column {
+    /// Column name, also the JSON field it is read from.
+    pub name: &'static str,
+    /// Type.
+    pub kind: Kind,
+    /// Whether a row without it is refused.
+    pub required: bool,
+    /// Further check on its value.
+    pub check: Check,
+}
+
+pub(crate) const fn col(name: &'static str, kind: Kind) -> Column {
+    Column { name, kind, required: false, check: Check::None }
+}
+
+pub(crate) const fn req(name: &'static str, kind: Kind, check: Check) -> Column {
+    Column { name, kind, required: true, check }
+}
+
+/// How a line of the source dataset is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The record's fields at the top level (positions).
+    Record,
+    /// A landed Debezium change `{op, ts_ms, lsn, row}`: the row's fields under `row`.
+    Change {
+        /// The source table's primary key columns, part of a change's identity.
+        key: &'static [&'static str],
+    },
+}
+
+/// Where a table's partition column comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitioning {
+    /// The partition column.
+    pub column: &'static str,
+    /// The data column it is the UTC date of (the same column for a date column).
+    pub from: &'static str,
+}
+
+/// A bronze table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TableSpec {
+    /// Table name: the folder below the bronze prefix and the Glue table name.
+    pub name: &'static str,
+    /// The lake zone prefix variable its input lives under (`enriched` or `landing`) and the dataset folder.
+    pub input: (Zone, &'static str),
+    /// Line layout.
+    pub layout: Layout,
+    /// The record's (or the changed row's) own columns.
+    pub data: &'static [Column],
+    /// Partitioning, if any.
+    pub partitioning: Option<Partitioning>,
+}
+
+/// A lake zone a table reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    /// `landing/`.
+    Landing,
+    /// `enriched/`.
+    Enriched,
+}
+
+/// `op`, `ts_ms`, `lsn`: the columns of a change before the row's own.
+pub const CHANGE_COLUMNS: [Column; 3] = [
+    req("op", Kind::Utf8, Check::OneOf(&["c", "u", "d", "r"])),
+    req("ts_ms", Kind::EpochMillis, Check::None),
+    req("lsn", Kind::Int64, Check::None),
+];
+
+/// `_extra`: the unknown fields, as a JSON object (null when there were none).
+pub const EXTRA: &str = "_extra";
+
+/// Lineage columns, after `_extra`. `_file` and `_line` are where delta-writer read the row.
+pub const LINEAGE_COLUMNS: [Column; 9] = [
+    col("_source_topic", Kind::Utf8),
+    col("_source_partition", Kind::Int32),
+    col("_source_offset", Kind::Int64),
+    col("_source_timestamp", Kind::EpochMillis),
+    col("_source_key", Kind::Utf8),
+    col("_source_etag", Kind::Utf8),
+    col("_ingested_at", Kind::Timestamp),
+    req("_file", Kind::Utf8, Check::None),
+    req("_line", Kind::Int64, Check::None),
+];
+
+/// The Glue (Hive) schema of every bronze table, generated from the specs above: the single input of the Glue
+/// columns in `infra/local/stack.json`, `template.yaml` and `infra/athena/bronze_tables.sql`
+/// (`make schema` writes `infra/schema/bronze.json` from it and regenerates those; `make test` checks they agree).
+pub fn glue_schema() -> serde_json::Value {
+    let tables: Vec<serde_json::Value> = TABLES
+        .iter()
+        .map(|t| {
+            let partition = t.partitioning.map(|p| p.column);
+            let columns: Vec<serde_json::Value> = t
+                .columns()
+                .into_iter()
+                .filter(|(n, ..)| Some(*n) != partition)
+                .map(|(n, k, _)| serde_json::json!([n, k.hive_type()]))
+                .collect();
+            let keys: Vec<serde_json::Value> =
+                partition.into_iter().map(|p| serde_json::json!([p, Kind::Date.hive_type()])).collect();
+            serde_json::json!({"bronze_table": t.name, "columns": columns, "partition_keys": keys})
+        })
+        .collect();
+    serde_json::json!({"tables": tables})
+}
+
+/// A transport unit's identifier, in every table and at every stage: 1–64 characters, not all whitespace.
+pub const UNIT_ID: Check = Check::Id(1, 64);
+
+/// The weather columns of `locations`, in the order weather-enricher writes them (it reads this list).
+pub const WEATHER_COLUMNS: [&str; 5] =
+    ["temperature_c", "wind_speed_kmh", "precipitation_mm", "weather_code", "weather_status"];
+
+/// The transport types a record may declare.
+pub const TRANSPORT_TYPES: [&str; 3] = ["aerial", "maritime", "terrestrial"];
+
+/// `bronze/locations`: enriched positions, partitioned by the UTC date of `ts`.
+pub const LOCATIONS: TableSpec = TableSpec {
+    name: "locations",
+    input: (Zone::Enriched, "locations"),
+    layout: Layout::Record,
+    data: &[
+        req("transport_unit_id", Kind::Utf8, UNIT_ID),
+        req("ts", Kind::Timestamp, Check::None),
+        req("lat", Kind::Float64, Check::Range(-90.0, 90.0)),
+        req("lon", Kind::Float64, Check::Range(-180.0, 180.0)),
+        Column { name: "transport_type", kind: Kind::Utf8, required: false, check: Check::OneOf(&TRANSPORT_TYPES) },
+        Column { name: "speed_kmh", kind: Kind::Float64, required: false, check: Check::Range(0.0, f64::MAX) },
+        Column { name: "heading_deg", kind: Kind::Float64, required: false, check: Check::Range(0.0, 360.0) },
+        col("altitude_m", Kind::Float64),
+        col(WEATHER_COLUMNS[0], Kind::Float64),
+        col(WEATHER_COLUMNS[1], Kind::Float64),
+        col(WEATHER_COLUMNS[2], Kind::Float64),
+        col(WEATHER_COLUMNS[3], Kind::Int32),
+        col(WEATHER_COLUMNS[4], Kind::Utf8),
+    ],
+    partitioning: Some(Partitioning { column: "event_date", from: "ts" }),
+};
+
+/// `bronze/performance_stats`: the change log of PostgreSQL `performance_stats`, partitioned by `stat_date`.
+pub const PERFORMANCE_STATS: TableSpec = TableSpec {
+    name: "performance_stats",
+    input: (Zone::Landing, "performance_stats"),
+    layout: Layout::Change { key: &["transport_unit_id", "stat_date"] },
+    data: &[
+        req("transport_unit_id", Kind::Utf8, UNIT_ID),
+        req("stat_date", Kind::Date, Check::None),
+        col("distance_km", Kind::Float64),
+        col("fuel_used_l", Kind::Float64),
+        col("engine_hours", Kind::Float64),
+    ],
+    partitioning: Some(Partitioning { column: "stat_date", from: "stat_date" }),
+};
+
+/// `bronze/transport_units`: the change log of PostgreSQL `transport_units`, unpartitioned.
+pub const TRANSPORT_UNITS: TableSpec = TableSpec {
+    name: "transport_units",
+    input: (Zone::Landing, "transport_units"),
+    layout: Layout::Change { key: &["transport_unit_id"] },
+    data: &[
+        req("transport_unit_id", Kind::Utf8, UNIT_ID),
+        col("transport_type", Kind::Utf8),
+        col("name", Kind::Utf8),
+        col("capacity_t", Kind::Float64),
+    ],
+    partitioning: None,
+};
+
+/// Every bronze table.
+pub const TABLES: [&TableSpec; 3] = [&LOCATIONS, &PERFORMANCE_STATS, &TRANSPORT_UNITS];
+
+impl TableSpec {
+    /// Every column in table order, `_extra` included, as (name, kind, nullable).
+    pub fn columns(&self) -> Vec<(&'static str, Kind, bool)> {
+        let mut out = Vec::new();
+        if matches!(self.layout, Layout::Change { .. }) {
+            out.extend(CHANGE_COLUMNS.iter().map(|c| (c.name, c.kind, !c.required)));
+        }
+        out.extend(self.data.iter().map(|c| (c.name, c.kind, !c.required)));
+        out.push((EXTRA, Kind::Utf8, true));
+        out.extend(LINEAGE_COLUMNS.iter().map(|c| (c.name, c.kind, !c.required)));
+        if let Some(p) = self.partitioning.filter(|p| p.column != p.from) {
+            out.push((p.column, Kind::Date, false));
+        }
+        out
+    }
+
+    /// The Arrow schema of the table.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .columns()
+            .into_iter()
+            .map(|(name, kind, nullable)| Field::new(name, kind.arrow_type(), nullable))
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Partition columns (none or one).
+    pub fn partition_columns(&self) -> Vec<String> {
+        self.partitioning.map(|p| vec![p.column.to_owned()]).unwrap_or_default()
+    }
+
+    /// The table reading objects under `zone`/`dataset`.
+    pub fn for_input(zone: Zone, dataset: &str) -> Option<&'static TableSpec> {
+        TABLES.into_iter().find(|t| t.input == (zone, dataset))
+    }
+}
+
+/// Identity columns present in a table, by kind: the columns that rebuild an [`Identity`] from stored rows.
+pub fn identity_columns(spec: &TableSpec) -> Vec<&'static str> {
+    match spec.layout {
+        Layout::Record => {
+            vec!["_source_topic", "_source_partition", "_source_offset", "_source_key", "_source_etag", "_line"]
+        }
+        Layout::Change { key } => {
+            let mut cols = vec!["op", "lsn"];
+            cols.extend_from_slice(key);
+            cols
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! An append: record batches checked against the table's identities and written as Parquet data files.
+
+use super::*;
+
+/// Stretches of one partition value a batch may be cut into before the general split is cheaper.
+pub(crate) const MAX_STRETCHES: usize = 64;
+
+/// What an append did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AppendStats {
+    /// Rows offered.
+    pub rows_in: u64,
+    /// Rows dropped as already in the table or already in this append.
+    pub duplicates: u64,
+    /// Rows written.
+    pub rows_written: u64,
+    /// Existing data files read to check identities.
+    pub files_checked: u64,
+}
+
+/// The result of [`Appender::commit`].
+#[derive(Debug)]
+pub struct Committed {
+    /// The version committed, `None` when there was nothing new to append.
+    pub version: Option<u64>,
+    /// What the append did.
+    pub stats: AppendStats,
+    /// The table, to keep for the next append (its state predates the commit: update it before use).
+    pub table: DeltaTable,
+}
+
+/// One append to one table: rows go in chunk by chunk ([`Appender::write`]), duplicates are dropped, and
+/// [`Appender::commit`] commits what was written as one version.
+pub struct Appender {
+    pub(crate) spec: &'static TableSpec,
+    pub(crate) table: DeltaTable,
+    pub(crate) writer: RecordBatchWriter,
+    pub(crate) target: SchemaRef,
+    pub(crate) groups: Interner,
+    pub(crate) ours: IdSet,
+    pub(crate) existing: IdSet,
+    /// Data files whose identities are in `existing`.
+    pub(crate) loaded: HashSet<String>,
+    /// Data files of the table as last inspected (new ones after a conflict are checked).
+    pub(crate) known: HashSet<String>,
+    /// Kafka watermarks by group, read from the snapshot.
+    pub(crate) watermarks: HashMap<u32, Option<i64>>,
+    /// Highest offset written per Kafka group.
+    pub(crate) kafka_max: HashMap<u32, i64>,
+    pub(crate) stats: AppendStats,
+}
+
+impl std::fmt::Debug for Appender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appender").field("table", &self.spec.name).field("stats", &self.stats).finish()
+    }
+}
+
+impl Appender {
+    /// Starts an append to `table` (opened with [`open_or_create`]).
+    pub fn new(spec: &'static TableSpec, table: DeltaTable, target_file_bytes: u64) -> Result<Self, DeltaError> {
+        let err = |source| DeltaError::Delta { table: spec.name, source };
+        let writer = RecordBatchWriter::for_table(&table)
+            .map_err(err)?
+            .with_writer_properties(writer_properties())
+            .with_target_file_size(target_file_bytes);
+        let target = writer.arrow_schema();
+        let known = table.snapshot().map_err(err)?.log_data().iter().map(|f| f.path().into_owned()).collect();
+        Ok(Self {
+            spec,
+            table,
+            writer,
+            target,
+            groups: Interner::default(),
+            ours: IdSet::default(),
+            existing: IdSet::default(),
+            loaded: HashSet::new(),
+            known,
+            watermarks: HashMap::new(),
+            kafka_max: HashMap::new(),
+            stats: AppendStats::default(),
+        })
+    }
+
+    pub(crate) fn err(&self) -> impl Fn(DeltaTableError) -> DeltaError {
+        let table = self.spec.name;
+        move |source| DeltaError::Delta { table, source }
+    }
+
+    pub(crate) fn data_err(&self, e: impl std::fmt::Display) -> DeltaError {
+        DeltaError::Data { table: self.spec.name, message: e.to_string() }
+    }
+
+    /// The table version the append started from (or was last reloaded at).
+    pub fn read_version(&self) -> Option<u64> {
+        self.table.version()
+    }
+
+    pub(crate) async fn watermark(&mut self, group: u32) -> Result<Option<i64>, DeltaError> {
+        if let Some(w) = self.watermarks.get(&group) {
+            return Ok(*w);
+        }
+        let app_id = txn_app_id(&self.groups.names[group as usize]);
+        let snapshot = self.table.snapshot().map_err(self.err())?;
+        let w = snapshot.transaction_version(self.table.log_store().as_ref(), app_id).await.map_err(self.err())?;
+        self.watermarks.insert(group, w);
+        Ok(w)
+    }
+
+    /// Appends the rows of `batch` (the table's schema, one identity per row) that are new; returns how many.
+    ///
+    /// Identities are checked run by run: a run that overlaps neither the table's candidates nor this append is
+    /// kept whole (the common case: a new slice of a Kafka partition), and only a run that does is checked row by
+    /// row.
+    pub async fn write(&mut self, batch: RecordBatch, ids: Identities) -> Result<usize, DeltaError> {
+        if batch.num_rows() != ids.len() {
+            return Err(self.data_err("a batch and its identities differ in length"));
+        }
+        let rows = ids.len();
+        self.stats.rows_in += rows as u64;
+        let mut runs = Vec::with_capacity(ids.runs().len());
+        let mut row = 0;
+        for r in ids.runs() {
+            let group = self.groups.intern(&r.group);
+            runs.push(Run { key: (r.kind, group), first: r.first, last: r.last(), row });
+            row += r.len;
+        }
+        let days = self.partition_days(&batch);
+
+        // The part of each run the table could already hold: at or below its Kafka watermark, all of it otherwise.
+        let mut probe = Probe::default();
+        let mut probe_days = HashSet::new();
+        let mut check: Vec<Option<(i64, i64)>> = Vec::with_capacity(runs.len());
+        for r in &runs {
+            let (kind, group) = r.key;
+            let hi = match kind {
+                IdKind::Kafka => match self.watermark(group).await? {
+                    Some(w) => w.min(r.last),
+                    None => r.last,
+                },
+                _ => r.last,
+            };
+            if hi < r.first {
+                check.push(None);
+                continue;
+            }
+            check.push(Some((r.first, hi)));
+            probe.add(kind, r.first);
+            probe.add(kind, hi);
+            if kind == IdKind::Kafka {
+                let p = kafka_partition(&self.groups.names[group as usize]);
+                let range = probe.kafka_partitions.get_or_insert((p, p));
+                range.0 = range.0.min(p);
+                range.1 = range.1.max(p);
+            }
+            if let Some(days) = &days {
+                let rows = r.row..r.row + usize::try_from(hi - r.first).unwrap_or(usize::MAX).saturating_add(1);
+                let mut last = None;
+                for i in rows.filter(|&i| days.is_valid(i)) {
+                    let day = days.value(i);
+                    if last != Some(day) {
+                        probe_days.insert(day);
+                        last = Some(day);
+                    }
+                }
+            }
+        }
+        probe.partitions = days.map(|_| probe_days.into_iter().map(date_text).collect());
+        if !probe.is_empty() {
+            self.load_candidates(&probe, None).await?;
+        }
+
+        // Keep the rows that are in neither the table nor this append.
+        let mut keep: Option<Vec<bool>> = None;
+        let mut kept = 0;
+        for (r, check) in runs.iter().zip(check) {
+            let len = usize::try_from(r.last - r.first).unwrap_or(usize::MAX).saturating_add(1);
+            let clean = !self.ours.overlaps(r.key, r.first, r.last)
+                && check.is_none_or(|(lo, hi)| !self.existing.overlaps(r.key, lo, hi));
+            let max = if clean {
+                self.ours.insert_new_range(r.key, r.first, r.last);
+                if let Some(keep) = keep.as_mut() {
+                    keep.resize(keep.len() + len, true);
+                }
+                kept += len;
+                Some(r.last)
+            } else {
+                let keep = keep.get_or_insert_with(|| vec![true; r.row]);
+                let mut max = None;
+                for seq in r.first..=r.last {
+                    let in_table =
+                        check.is_some_and(|(lo, hi)| (lo..=hi).contains(&seq)) && self.existing.contains(r.key, seq);
+                    let new = !in_table && self.ours.insert(r.key, seq);
+                    keep.push(new);
+                    if new {
+                        kept += 1;
+                        max = Some(seq);
+                    }
+                }
+                max
+            };
+            if let (IdKind::Kafka, Some(max)) = (r.key.0, max) {
+                let m = self.kafka_max.entry(r.key.1).or_insert(max);
+                *m = (*m).max(max);
+            }
+        }
+        self.stats.duplicates += (rows - kept) as u64;
+        if kept == 0 {
+            return Ok(0);
+        }
+        let batch = match keep {
+            Some(keep) if kept < rows => {
+                filter_record_batch(&batch, &BooleanArray::from(keep)).map_err(|e| self.data_err(e))?
+            }
+            _ => batch,
+        };
+        let batch = conform(&batch, &self.target).map_err(|e| self.data_err(e))?;
+        self.write_partitions(batch).await?;
+        self.stats.rows_written += kept as u64;
+        Ok(kept)
+    }
+
+    /// Writes rows to the data files of their partitions. Rows come grouped by day (a Kafka slice or a file covers
+    /// a day or two), so each stretch of rows of one day goes to its partition as a slice of the batch, without
+    /// deltalake's general split (which sorts the rows and copies every column). Rows of many interleaved days
+    /// take the general split.
+    pub(crate) async fn write_partitions(&mut self, batch: RecordBatch) -> Result<(), DeltaError> {
+        let column = self.spec.partitioning.and_then(|p| Some((p.column, batch.column_by_name(p.column)?.clone())));
+        let Some((name, column)) = column.filter(|(_, c)| c.null_count() == 0) else {
+            return self.writer.write(batch).await.map_err(self.err());
+        };
+        let Some(days) = column.as_primitive_opt::<Date32Type>() else {
+            return self.writer.write(batch).await.map_err(self.err());
+        };
+        let mut stretches: Vec<(usize, usize)> = Vec::new();
+        let mut start = 0;
+        for i in 1..=days.len() {
+            if i == days.len() || days.value(i) != days.value(start) {
+                stretches.push((start, i - start));
+                start = i;
+            }
+        }
+        if stretches.len() > MAX_STRETCHES {
+            return self.writer.write(batch).await.map_err(self.err());
+        }
+        for (start, len) in stretches {
+            let value = ScalarExt::from_array(column.as_ref(), start)
+                .ok_or_else(|| self.data_err(format!("{name}: not a partition value")))?;
+            let values = IndexMap::from([(name.to_owned(), value)]);
+            self.writer
+                .write_partition(batch.slice(start, len), &values, WriteMode::Default)
+                .await
+                .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// The partition column's values (days), or `None` for an unpartitioned table.
+    pub(crate) fn partition_days(&self, batch: &RecordBatch) -> Option<PrimitiveArray<Date32Type>> {
+        let p = self.spec.partitioning?;
+        batch.column_by_name(p.column)?.as_primitive_opt::<Date32Type>().cloned()
+    }
+
+    /// Reads the identities of the table's data files that may hold probed rows (and, when `only` is given, are in
+    /// it) into `existing`; returns how many files were read.
+    pub(crate) async fn load_candidates(
+        &mut self,
+        probe: &Probe,
+        only: Option<&HashSet<String>>,
+    ) -> Result<usize, DeltaError> {
+        let column = self.spec.partitioning.map(|p| p.column);
+        let candidates: Vec<(String, deltalake::Path, HashMap<String, Option<String>>)> = {
+            let snapshot = self.table.snapshot().map_err(self.err())?;
+            snapshot
+                .log_data()
+                .iter()
+                .filter(|f| !self.loaded.contains(f.path().as_ref()))
+                .filter(|f| only.is_none_or(|o| o.contains(f.path().as_ref())))
+                .filter(|f| probe.may_hold(f.stats().as_deref(), &f.partition_values_map(), column))
+                .map(|f| (f.path().into_owned(), f.object_store_path(), f.partition_values_map()))
+                .collect()
+        };
+        for (path, location, partition_values) in &candidates {
+            self.read_identities(location.clone(), partition_values).await?;
+            self.loaded.insert(path.clone());
+            self.stats.files_checked += 1;
+        }
+        Ok(candidates.len())
+    }
+
+    /// Reads one data file's identity columns into `existing`.
+    pub(crate) async fn read_identities(
+        &mut self,
+        location: deltalake::Path,
+        partition_values: &HashMap<String, Option<String>>,
+    ) -> Result<(), DeltaError> {
+        #[allow(deprecated)]
+        let reader = ParquetObjectReader::new(self.table.object_store(), location);
+        let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| self.data_err(e))?;
+        let wanted = identity_columns(self.spec);
+        let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
+        let mut stream = builder.with_projection(mask).build().map_err(|e| self.data_err(e))?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| self.data_err(e))?;
+            let rows = stored_identities(self.spec, &batch, partition_values);
+            for id in rows {
+                let g = self.groups.intern(&id.group);
+                self.existing.insert((id.kind, g), id.seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the data files written so far and returns them, ready to commit. Nothing is visible to readers
+    /// until [`Prepared::commit`]; dropping the result leaves files no version references.
+    pub async fn prepare(mut self) -> Result<Prepared, DeltaError> {
+        let adds: Vec<Add> = self.writer.flush().await.map_err(self.err())?;
+        Ok(Prepared { appender: self, adds })
+    }
+
+    /// [`Appender::prepare`], then [`Prepared::commit`].
+    pub async fn commit(self, metadata: Vec<(String, Value)>) -> Result<Committed, DeltaError> {
+        Box::pin(self.prepare().await?.commit(metadata)).await
+    }
+}
+
+/// How data files are encoded:
+/// - **Zstandard level 1 pages.** On `make bench-delta`'s data that wrote 24% fewer bytes than Snappy (deltalake's
+///   default) for the same CPU time (level 3: 34% fewer, for 5% more CPU): less to upload, to store, and for Athena
+///   to scan and bill. Every reader of the lake (Athena, Spark, the Python `deltalake`) reads it.
+/// - **Row groups of [`ROW_GROUP_ROWS`] rows.** A row group is encoded in memory and only then written out, so a
+///   file of one large row group reached the store only when it was closed, after the last row; with 128 Ki rows
+///   most of a file is uploaded while the rest is still being converted, and a writer holds less memory.
+/// - **No dictionary for [`DISTINCT_COLUMNS`]**, whose values are nearly all different: dictionary encoding them
+///   spent time on every value, and with smaller row groups it never fell back to plain encoding, which
+///   Zstandard compresses better.
+pub fn writer_properties() -> WriterProperties {
+    let level = ZstdLevel::try_new(1).unwrap_or_default();
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    for column in DISTINCT_COLUMNS {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    props.build()
+}
+
+/// Rows per Parquet row group (see [`writer_properties`]).
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Columns, of any bronze table, whose values are nearly all distinct: positions, offsets, source timestamps and
+/// log sequence numbers.
+pub const DISTINCT_COLUMNS: [&str; 5] = ["lat", "lon", "_source_offset", "_source_timestamp", "lsn"];
+
+/// `batch` with the columns of `target`, in its order: a column `target` has and the batch lacks is all null
+/// (a column another writer version added).
+pub(crate) fn conform(
+    batch: &RecordBatch,
+    target: &SchemaRef,
+) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    if batch.schema().fields() == target.fields() {
+        return Ok(batch.clone());
+    }
+    let columns: Vec<ArrayRef> = target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => Arc::clone(c),
+            None => new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect();
+    RecordBatch::try_new(Arc::clone(target), columns)
+}

@@ -1,0 +1,320 @@
+//! The exactly-once bookkeeping, with no I/O: identity runs, which data files may hold a batch's identities (from their statistics), Kafka watermark ids, identities read back from stored rows.
+
+use super::*;
+
+/// Sorted, merged runs of sequence numbers.
+#[derive(Debug, Default)]
+pub(crate) struct Runs(pub(crate) BTreeMap<i64, i64>);
+
+impl Runs {
+    pub(crate) fn contains(&self, seq: i64) -> bool {
+        self.0.range(..=seq).next_back().is_some_and(|(_, &end)| end >= seq)
+    }
+
+    /// Whether any of `lo..=hi` is in.
+    pub(crate) fn overlaps(&self, lo: i64, hi: i64) -> bool {
+        self.0.range(..=hi).next_back().is_some_and(|(_, &end)| end >= lo)
+    }
+
+    /// Adds `lo..=hi`, none of which is in (see [`Runs::overlaps`]), merging it with the runs it touches.
+    pub(crate) fn insert_new_range(&mut self, lo: i64, hi: i64) {
+        let before = lo.checked_sub(1).and_then(|b| self.0.range(..=b).next_back().filter(|(_, &e)| e == b));
+        let start = before.map_or(lo, |(&s, _)| s);
+        let end = match hi.checked_add(1).and_then(|n| self.0.remove(&n)) {
+            Some(e) => e,
+            None => hi,
+        };
+        self.0.insert(start, end);
+    }
+
+    /// Adds `seq`; false if it was there.
+    pub(crate) fn insert(&mut self, seq: i64) -> bool {
+        if self.contains(seq) {
+            return false;
+        }
+        let before = self.0.range(..seq).next_back().map(|(&s, &e)| (s, e)).filter(|&(_, e)| e == seq - 1);
+        let after = seq.checked_add(1).and_then(|n| self.0.get(&n).map(|&e| (n, e)));
+        match (before, after) {
+            (Some((s, _)), Some((n, e))) => {
+                self.0.remove(&n);
+                self.0.insert(s, e);
+            }
+            (Some((s, _)), None) => {
+                self.0.insert(s, seq);
+            }
+            (None, Some((n, e))) => {
+                self.0.remove(&n);
+                self.0.insert(seq, e);
+            }
+            (None, None) => {
+                self.0.insert(seq, seq);
+            }
+        }
+        true
+    }
+}
+
+/// A set of identities: group texts interned, sequences kept as runs (a Kafka slice is one run).
+#[derive(Debug, Default)]
+pub(crate) struct IdSet {
+    pub(crate) runs: HashMap<(IdKind, u32), Runs>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    pub(crate) ids: HashMap<String, u32>,
+    pub(crate) names: Vec<String>,
+    /// The last group interned: consecutive rows nearly always share it.
+    pub(crate) last: Option<u32>,
+}
+
+impl Interner {
+    pub(crate) fn intern(&mut self, group: &str) -> u32 {
+        if let Some(last) = self.last.filter(|&l| self.names[l as usize] == group) {
+            return last;
+        }
+        if let Some(&id) = self.ids.get(group) {
+            self.last = Some(id);
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.ids.insert(group.to_owned(), id);
+        self.names.push(group.to_owned());
+        self.last = Some(id);
+        id
+    }
+}
+
+impl IdSet {
+    pub(crate) fn contains(&self, key: (IdKind, u32), seq: i64) -> bool {
+        self.runs.get(&key).is_some_and(|r| r.contains(seq))
+    }
+
+    pub(crate) fn insert(&mut self, key: (IdKind, u32), seq: i64) -> bool {
+        self.runs.entry(key).or_default().insert(seq)
+    }
+
+    pub(crate) fn overlaps(&self, key: (IdKind, u32), lo: i64, hi: i64) -> bool {
+        self.runs.get(&key).is_some_and(|r| r.overlaps(lo, hi))
+    }
+
+    /// Adds `lo..=hi`, none of which is in.
+    pub(crate) fn insert_new_range(&mut self, key: (IdKind, u32), lo: i64, hi: i64) {
+        self.runs.entry(key).or_default().insert_new_range(lo, hi);
+    }
+}
+
+/// A run of identities of a batch, with its interned group and its first row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    pub(crate) key: (IdKind, u32),
+    pub(crate) first: i64,
+    pub(crate) last: i64,
+    pub(crate) row: usize,
+}
+
+/// The inclusive range of sequence numbers per identity kind, and the partitions, of rows to check.
+#[derive(Debug, Default)]
+pub(crate) struct Probe {
+    pub(crate) ranges: HashMap<IdKind, (i64, i64)>,
+    /// Kafka partitions of the Kafka rows (to prune on `_source_partition` too).
+    pub(crate) kafka_partitions: Option<(i64, i64)>,
+    /// Partition values (`YYYY-MM-DD`) of the rows, or `None` for an unpartitioned table.
+    pub(crate) partitions: Option<HashSet<String>>,
+}
+
+impl Probe {
+    pub(crate) fn add(&mut self, kind: IdKind, seq: i64) {
+        let r = self.ranges.entry(kind).or_insert((seq, seq));
+        r.0 = r.0.min(seq);
+        r.1 = r.1.max(seq);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Whether a data file with these statistics and partition values may hold one of the probed identities.
+    pub(crate) fn may_hold(
+        &self,
+        stats: Option<&str>,
+        partition_values: &HashMap<String, Option<String>>,
+        column: Option<&str>,
+    ) -> bool {
+        if let (Some(parts), Some(col)) = (&self.partitions, column) {
+            match partition_values.get(col) {
+                Some(Some(v)) if !parts.contains(v) => return false,
+                _ => {}
+            }
+        }
+        let Some(stats) = stats.and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+            return true; // no statistics: read the file
+        };
+        let records = stats.get("numRecords").and_then(Value::as_i64);
+        let num = |section: &str, col: &str| stats.get(section).and_then(|s| s.get(col)).and_then(Value::as_i64);
+        let overlaps = |col: &str, (lo, hi): (i64, i64)| -> Option<bool> {
+            if records.is_some() && num("nullCount", col) == records {
+                return Some(false); // no value of this column in the file
+            }
+            Some(num("minValues", col)? <= hi && num("maxValues", col)? >= lo)
+        };
+        self.ranges.iter().any(|(kind, range)| {
+            let seq = overlaps(kind.seq_column(), *range).unwrap_or(true);
+            let part = match (kind, self.kafka_partitions) {
+                (IdKind::Kafka, Some(p)) => overlaps("_source_partition", p).unwrap_or(true),
+                _ => true,
+            };
+            seq && part
+        })
+    }
+}
+
+/// The app id of a Kafka group's watermark: `kafka:<topic>:<partition>`.
+pub(crate) fn txn_app_id(group: &str) -> String {
+    format!("kafka:{}", group.replace('|', ":"))
+}
+
+/// The partition of a Kafka group text `topic|partition`.
+pub(crate) fn kafka_partition(group: &str) -> i64 {
+    group.rsplit('|').next().and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
+/// The identities of stored rows (identity columns only; a partition column comes from the file's values).
+pub(crate) fn stored_identities(
+    spec: &TableSpec,
+    batch: &RecordBatch,
+    partition_values: &HashMap<String, Option<String>>,
+) -> Vec<Identity> {
+    let n = batch.num_rows();
+    let text = |name: &str, i: usize| -> Option<String> {
+        match batch.column_by_name(name) {
+            Some(c) => match c.data_type() {
+                ArrowType::Utf8 => {
+                    let a = c.as_string::<i32>();
+                    (!a.is_null(i)).then(|| a.value(i).to_owned())
+                }
+                ArrowType::LargeUtf8 => {
+                    let a = c.as_string::<i64>();
+                    (!a.is_null(i)).then(|| a.value(i).to_owned())
+                }
+                ArrowType::Date32 => {
+                    let a = c.as_primitive::<Date32Type>();
+                    (!a.is_null(i)).then(|| date_text(a.value(i)))
+                }
+                _ => None,
+            },
+            None => partition_values.get(name).cloned().flatten(),
+        }
+    };
+    let int = |name: &str, i: usize| -> Option<i64> {
+        let c = batch.column_by_name(name)?;
+        match c.data_type() {
+            ArrowType::Int64 => {
+                let a = c.as_primitive::<Int64Type>();
+                (!a.is_null(i)).then(|| a.value(i))
+            }
+            ArrowType::Int32 => {
+                let a = c.as_primitive::<Int32Type>();
+                (!a.is_null(i)).then(|| i64::from(a.value(i)))
+            }
+            _ => None,
+        }
+    };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = match spec.layout {
+            Layout::Record => match (text("_source_topic", i), int("_source_partition", i), int("_source_offset", i)) {
+                (Some(t), Some(p), Some(o)) => Identity {
+                    kind: IdKind::Kafka,
+                    group: kafka_group(&t, i32::try_from(p).unwrap_or(i32::MAX)).into(),
+                    seq: o,
+                },
+                _ => Identity {
+                    kind: IdKind::File,
+                    group: file_group(
+                        &text("_source_key", i).unwrap_or_default(),
+                        &text("_source_etag", i).unwrap_or_default(),
+                    )
+                    .into(),
+                    seq: int("_line", i).unwrap_or(-1),
+                },
+            },
+            Layout::Change { key } => {
+                let parts: Vec<String> = key.iter().map(|k| text(k, i).unwrap_or_default()).collect();
+                Identity {
+                    kind: IdKind::Change,
+                    group: change_group(&text("op", i).unwrap_or_default(), parts.iter().map(String::as_str)).into(),
+                    seq: int("lsn", i).unwrap_or(-1),
+                }
+            }
+        };
+        out.push(id);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_merge_and_answer_membership() {
+        let mut r = Runs::default();
+        for s in [5, 7, 6, 1, 2, 10] {
+            assert!(r.insert(s));
+        }
+        assert!(!r.insert(6), "already there");
+        assert_eq!(r.0.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(), vec![(1, 2), (5, 7), (10, 10)]);
+        assert!(r.contains(2) && r.contains(5) && r.contains(10));
+        assert!(!r.contains(3) && !r.contains(8) && !r.contains(0));
+    }
+
+    #[test]
+    fn ranges_merge_with_their_neighbours_and_answer_overlap() {
+        let mut r = Runs::default();
+        r.insert_new_range(10, 19);
+        r.insert_new_range(30, 39);
+        assert!(r.overlaps(19, 25) && r.overlaps(0, 10) && r.overlaps(35, 36) && r.overlaps(0, 100));
+        assert!(!r.overlaps(20, 29) && !r.overlaps(0, 9) && !r.overlaps(40, 50));
+        r.insert_new_range(20, 29);
+        assert_eq!(r.0.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(), vec![(10, 39)], "joined both sides");
+        r.insert_new_range(40, 40);
+        r.insert_new_range(5, 9);
+        r.insert_new_range(i64::MAX - 1, i64::MAX);
+        r.insert_new_range(i64::MIN, i64::MIN);
+        assert_eq!(
+            r.0.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+            vec![(i64::MIN, i64::MIN), (5, 40), (i64::MAX - 1, i64::MAX)]
+        );
+        assert!(r.contains(40) && !r.insert(7) && r.insert(41));
+    }
+
+    #[test]
+    fn stats_prune_files_that_cannot_hold_the_rows() {
+        let mut probe = Probe { partitions: Some(HashSet::from(["2026-11-24".to_owned()])), ..Probe::default() };
+        probe.add(IdKind::Kafka, 100);
+        probe.add(IdKind::Kafka, 199);
+        probe.kafka_partitions = Some((2, 2));
+        let stats = |lo: i64, hi: i64, p: i64| {
+            format!(
+                r#"{{"numRecords":10,"minValues":{{"_source_offset":{lo},"_source_partition":{p}}},"maxValues":{{"_source_offset":{hi},"_source_partition":{p}}},"nullCount":{{"_source_offset":0}}}}"#
+            )
+        };
+        let day = |d: &str| HashMap::from([("event_date".to_owned(), Some(d.to_owned()))]);
+        let col = Some("event_date");
+        assert!(probe.may_hold(Some(&stats(150, 300, 2)), &day("2026-11-24"), col));
+        assert!(!probe.may_hold(Some(&stats(200, 300, 2)), &day("2026-11-24"), col), "offsets above the range");
+        assert!(!probe.may_hold(Some(&stats(0, 99, 2)), &day("2026-11-24"), col), "offsets below the range");
+        assert!(!probe.may_hold(Some(&stats(150, 300, 3)), &day("2026-11-24"), col), "another Kafka partition");
+        assert!(!probe.may_hold(Some(&stats(150, 300, 2)), &day("2026-11-23"), col), "another day");
+        assert!(probe.may_hold(None, &day("2026-11-24"), col), "no statistics: must read");
+        let no_kafka = r#"{"numRecords":10,"nullCount":{"_source_offset":10}}"#;
+        assert!(!probe.may_hold(Some(no_kafka), &day("2026-11-24"), col), "a file of dropped-file rows only");
+    }
+
+    #[test]
+    fn watermark_app_ids_name_the_topic_partition() {
+        assert_eq!(txn_app_id(&kafka_group("fleet.locations", 3)), "kafka:fleet.locations:3");
+        assert_eq!(kafka_partition(&kafka_group("fleet.locations", 3)), 3);
+    }
+}

@@ -1,0 +1,121 @@
+//! Opening, creating and evolving a bronze table.
+
+use super::*;
+
+/// Opens an existing table at `url` (latest version); never creates one.
+pub async fn open_existing(
+    spec: &'static TableSpec,
+    url: Url,
+    storage_options: HashMap<String, String>,
+) -> Result<DeltaTable, DeltaError> {
+    let err = |source| DeltaError::Delta { table: spec.name, source };
+    DeltaTableBuilder::from_url(url).map_err(err)?.with_storage_options(storage_options).load().await.map_err(err)
+}
+
+pub(crate) fn delta_type(kind: Kind) -> DataType {
+    match kind {
+        Kind::Utf8 => DataType::STRING,
+        Kind::Float64 => DataType::DOUBLE,
+        Kind::Int32 => DataType::INTEGER,
+        Kind::Int64 => DataType::LONG,
+        Kind::Timestamp | Kind::EpochMillis => DataType::TIMESTAMP,
+        Kind::Date => DataType::DATE,
+    }
+}
+
+/// Opens the table, creating it with the spec's schema and properties if it does not exist, and adding any column
+/// the spec has and the table lacks (new nullable columns: Delta schema evolution).
+#[instrument(skip(settings), fields(table = spec.name))]
+pub async fn open_or_create(settings: &DeltaSettings, spec: &'static TableSpec) -> Result<DeltaTable, DeltaError> {
+    let err = |source| DeltaError::Delta { table: spec.name, source };
+    let url = settings.table_url(spec)?;
+    let mut table = DeltaTableBuilder::from_url(url.clone())
+        .map_err(err)?
+        .with_storage_options(settings.storage_options.clone())
+        .build()
+        .map_err(err)?;
+    match table.load().await {
+        Ok(()) => {}
+        Err(DeltaTableError::NotATable(_)) => {
+            let columns: Vec<StructField> = spec
+                .columns()
+                .into_iter()
+                .map(|(name, kind, nullable)| StructField::new(name, delta_type(kind), nullable))
+                .collect();
+            let created = table
+                .create()
+                .with_table_name(spec.name)
+                .with_columns(columns)
+                .with_partition_columns(spec.partition_columns())
+                .with_configuration_property(
+                    TableProperty::CheckpointInterval,
+                    Some(settings.checkpoint_interval.to_string()),
+                )
+                .with_configuration_property(TableProperty::LogRetentionDuration, Some(settings.log_retention.clone()))
+                .with_configuration_property(
+                    TableProperty::SetTransactionRetentionDuration,
+                    Some(settings.txn_retention.clone()),
+                )
+                .with_save_mode(SaveMode::Ignore)
+                .await;
+            match created {
+                Ok(t) => {
+                    info!(version = t.version(), "created table");
+                    table = t;
+                }
+                // Another writer created it first.
+                Err(e) => {
+                    warn!(error = %e, "create failed; loading the table another writer created");
+                    table = DeltaTableBuilder::from_url(url)
+                        .map_err(err)?
+                        .with_storage_options(settings.storage_options.clone())
+                        .load()
+                        .await
+                        .map_err(err)?;
+                }
+            }
+        }
+        Err(e) => return Err(err(e)),
+    }
+    evolve(table, spec).await
+}
+
+/// Adds the spec's columns the table lacks; refuses a table whose columns this writer does not know or types
+/// differently.
+pub(crate) async fn evolve(table: DeltaTable, spec: &'static TableSpec) -> Result<DeltaTable, DeltaError> {
+    let schema = table.snapshot().map_err(|source| DeltaError::Delta { table: spec.name, source })?.schema();
+    let wanted = spec.columns();
+    for field in schema.fields() {
+        match wanted.iter().find(|(n, ..)| *n == field.name()) {
+            None => {
+                return Err(DeltaError::Schema {
+                    table: spec.name,
+                    message: format!("the table has a column {:?} this writer does not know", field.name()),
+                })
+            }
+            Some((name, kind, _)) if &delta_type(*kind) != field.data_type() => {
+                return Err(DeltaError::Schema {
+                    table: spec.name,
+                    message: format!("column {name:?} is {:?} in the table, {kind:?} here", field.data_type()),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    let missing: Vec<StructField> = wanted
+        .iter()
+        .filter(|(n, ..)| schema.field(n).is_none())
+        .map(|(n, k, _)| StructField::new(*n, delta_type(*k), true))
+        .collect();
+    if missing.is_empty() {
+        return Ok(table);
+    }
+    let names: Vec<String> = missing.iter().map(|f| f.name().clone()).collect();
+    let table = table
+        .add_columns()
+        .with_fields(missing)
+        .await
+        .map_err(|source| DeltaError::Delta { table: spec.name, source })?;
+    info!(columns = ?names, version = table.version(), "added columns to the table");
+    Ok(table)
+}

@@ -207,7 +207,11 @@ async fn try_append(
         for producer in producers {
             if let Err(e) = producer.join().await {
                 // A panic while converting: fail the table's objects, which Lambda retries.
-                return Err(DeltaError::Data { table: spec.name, message: format!("conversion task failed: {e}") });
+                return Err(DeltaError::Data {
+                    table: spec.name,
+                    message: format!("conversion task failed: {e}"),
+                    source: Some(Box::new(e)),
+                });
             }
         }
         let metadata = vec![
@@ -264,7 +268,8 @@ async fn convert_objects(
     tx: mpsc::Sender<Produced>,
 ) {
     // One converter for all of them: its buffers and its guess of the key order carry over.
-    let mut converter = Converter::new(spec);
+    let mut converter =
+        Converter::new(spec).with_window(deps.config.lake.event_window, chrono::Utc::now().timestamp_micros());
     for (i, obj) in &objects {
         let i = *i;
         let sent = match convert_object(deps, &mut converter, i, obj, &tx).await {

@@ -72,7 +72,7 @@ pub(crate) async fn handle(
     let ingested_at = Utc::now();
     let slices: Vec<LandedSlice> = slice_messages(event)
         .into_iter()
-        .filter_map(|msgs| land_slice(msgs, &deps.config.topics, ingested_at))
+        .filter_map(|msgs| land_slice(msgs, &deps.config.topics, ingested_at, deps.config.lake.event_window))
         .collect();
 
     let written: Vec<WrittenSlice> = futures::stream::iter(slices)

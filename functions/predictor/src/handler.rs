@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveDate, SecondsFormat};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use fleetlake_aws::predictions::{Prediction, PredictionStore, PredictionsError, WriteStats};
 use fleetlake_aws::s3::S3Store;
 use fleetlake_aws::s3event::ObjectRef;
@@ -159,6 +159,8 @@ struct Done {
     units: u64,
     missing: u64,
     unreadable: u64,
+    /// Units left without a prediction because a feature or the model's value was not a finite number.
+    skipped: u64,
     written: WriteStats,
 }
 
@@ -174,6 +176,7 @@ impl Done {
             ("items_retried", self.written.retried_items),
             ("commits_missing", self.missing),
             ("commits_unreadable", self.unreadable),
+            ("units_skipped_not_finite", self.skipped),
         ] {
             invocation.add(name, n);
         }
@@ -287,8 +290,9 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
             }
         }
     }
-    let (units, written) = predict(deps, tracks, version, deadline).await?;
+    let (units, skipped, written) = predict(deps, tracks, version, deadline).await?;
     done.units = units;
+    done.skipped = skipped;
     done.written = written;
     Ok(done)
 }
@@ -304,8 +308,10 @@ async fn refresh(deps: &Deps, deadline: Instant) -> Result<(u64, Done), PredictE
     let version = table.version().unwrap_or(0);
     let files = active_files(&table, &LOCATIONS)?;
     let newest = files.iter().filter_map(|f| f.ts_range.map(|r| r.1)).max();
+    // A clock ahead of ours must not decide which units are active for everybody: no later than now.
+    let now = Utc::now().timestamp_micros();
     let newest = match newest {
-        Some(n) => n,
+        Some(n) => n.min(now),
         // Without statistics: the newest date partition, to its end.
         None => match files.iter().filter_map(|f| f.date).max().and_then(|d| d.succ_opt()) {
             Some(d) => d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp_micros()),
@@ -320,28 +326,37 @@ async fn refresh(deps: &Deps, deadline: Instant) -> Result<(u64, Done), PredictE
     done.positions = tracks.values().map(|t| t.positions.len() as u64).sum();
     done.context_files = files.len() as u64;
     tracks.retain(|_, t| t.latest().is_some_and(|l| l >= active_from));
-    let (units, written) = predict(deps, tracks, version, deadline).await?;
+    let (units, skipped, written) = predict(deps, tracks, version, deadline).await?;
     done.units = units;
+    done.skipped = skipped;
     done.written = written;
     info!(version, units, "full refresh done");
     Ok((version, done))
+}
+
+/// Whether a unit's features and predicted value can be written: finite numbers only (rows written before the
+/// bronze bounds existed may still hold an absurd figure, which becomes infinite as an f32 feature).
+fn storable(row: &[f32], value: f32) -> bool {
+    value.is_finite() && row.iter().all(|v| v.is_finite())
 }
 
 fn date_of(ts_us: i64) -> NaiveDate {
     DateTime::from_timestamp_micros(ts_us).unwrap_or_default().date_naive()
 }
 
-/// Features → model → items, written to the predictions table.
+/// Features → model → items, written to the predictions table. A unit whose features or value are not finite
+/// numbers gets no item (DynamoDB refuses the whole batch of an item holding one): it is counted and logged.
+/// Returns the units predicted, the units skipped and what the write did.
 async fn predict(
     deps: &Deps,
     tracks: HashMap<String, Track>,
     source_version: u64,
     deadline: Instant,
-) -> Result<(u64, WriteStats), PredictError> {
+) -> Result<(u64, u64, WriteStats), PredictError> {
     let mut units: Vec<(String, Track, i64)> =
         tracks.into_iter().filter_map(|(u, t)| t.latest().map(|l| (u, t, l))).collect();
     if units.is_empty() {
-        return Ok((0, WriteStats::default()));
+        return Ok((0, 0, WriteStats::default()));
     }
     units.sort_by(|a, b| a.0.cmp(&b.0));
     let lookback = chrono::Days::new(u64::from(deps.config.stats_lookback_days));
@@ -360,9 +375,21 @@ async fn predict(
         .collect();
     let values = deps.model.predict(&rows)?;
     let ttl = i64::from(deps.config.ttl_days) * 86_400;
+    let finite = |(unit, row, value): (&String, &Vec<f32>, f32)| {
+        let ok = storable(row, value);
+        if !ok {
+            warn!(unit = %unit, value, "a feature or the prediction is not a finite number: no prediction for this unit");
+        }
+        ok
+    };
+    let kept: Vec<bool> =
+        units.iter().zip(rows.iter().zip(&values)).map(|((u, ..), (row, v))| finite((u, row, *v))).collect();
+    let skipped = kept.iter().filter(|k| !**k).count() as u64;
     let predictions: Vec<Prediction> = units
         .iter()
         .zip(rows.iter().zip(values))
+        .zip(kept)
+        .filter_map(|(pair, keep)| keep.then_some(pair))
         .map(|((unit, _, latest), (row, value))| {
             let at = DateTime::from_timestamp_micros(*latest).unwrap_or_default();
             Prediction {
@@ -385,13 +412,33 @@ async fn predict(
         })
         .collect();
     let stats = deps.predictions.write(&predictions, deadline).await?;
-    Ok((predictions.len() as u64, stats))
+    Ok((predictions.len() as u64, skipped, stats))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use fleetlake_aws::s3event::{parse_trigger, Trigger};
+
+    #[test]
+    fn a_unit_with_a_feature_or_value_that_is_not_finite_is_not_written() {
+        use fleetlake_core::features::{unit_features, Position, SHIPPED_CONTRACT};
+        let contract = fleetlake_core::features::Contract::parse(SHIPPED_CONTRACT).unwrap();
+        let at = |h: i64, speed: f64| Position {
+            ts_us: h * 3_600_000_000,
+            lat: 1.0,
+            lon: 2.0,
+            speed_kmh: Some(speed),
+            wind_speed_kmh: None,
+            precipitation_mm: None,
+        };
+        let sane = unit_features(&contract, Some("maritime"), &[at(0, 20.0), at(1, 22.0)], None);
+        assert!(storable(&sane, 14.5));
+        assert!(!storable(&sane, f32::NAN) && !storable(&sane, f32::INFINITY));
+        // A speed stored before the bounds existed: finite as f64, infinite as the model's f32.
+        let absurd = unit_features(&contract, Some("maritime"), &[at(0, 1e300), at(1, 22.0)], None);
+        assert!(!storable(&absurd, 14.5));
+    }
 
     #[test]
     fn the_sample_events_are_understood() {

@@ -15,6 +15,7 @@ use deltalake::logstore::ObjectStoreRef;
 use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
 use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::errors::ParquetError;
 use deltalake::Path;
 use fleetlake_core::features::{DailyFigures, Position};
 use futures::{StreamExt, TryStreamExt};
@@ -103,10 +104,11 @@ pub(crate) type RowFilter<'a> = &'a (dyn Fn(&str, i64) -> bool + Sync);
 
 /// Why reading failed: storage or a file that is not what the table says (retried by Lambda either way).
 #[derive(Debug, thiserror::Error)]
-#[error("reading {path}: {message}")]
+#[error("reading {path}: {source}")]
 pub(crate) struct ReadError {
     pub(crate) path: String,
-    pub(crate) message: String,
+    #[source]
+    pub(crate) source: ParquetError,
 }
 
 const POSITION_COLUMNS: [&str; 7] =
@@ -143,13 +145,13 @@ pub(crate) async fn read_tracks(
 
 /// Reads the named columns of one Parquet file (those the file has).
 async fn read_columns(store: &ObjectStoreRef, path: &Path, columns: &[&str]) -> Result<Vec<RecordBatch>, ReadError> {
-    let err = |e: &dyn std::fmt::Display| ReadError { path: path.to_string(), message: e.to_string() };
+    let err = |source: ParquetError| ReadError { path: path.to_string(), source };
     #[allow(deprecated)]
     let reader = ParquetObjectReader::new(store.clone(), path.clone());
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| err(&e))?;
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(err)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-    let stream = builder.with_projection(mask).with_batch_size(16_384).build().map_err(|e| err(&e))?;
-    stream.try_collect().await.map_err(|e| err(&e))
+    let stream = builder.with_projection(mask).with_batch_size(16_384).build().map_err(err)?;
+    stream.try_collect().await.map_err(err)
 }
 
 /// A column cast to `to`, or a column of nulls when the file does not have it (an older schema).

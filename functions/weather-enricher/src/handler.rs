@@ -185,6 +185,7 @@ async fn enrich_lines(
     let cfg = &deps.config;
     let mut pending = Vec::with_capacity(cfg.chunk_records);
     let (mut records, mut degraded) = (0_u64, 0_u64);
+    let window = Some((cfg.lake.event_window, Utc::now().timestamp_micros()));
     loop {
         let next = match lines.next_line().await {
             Ok(next) => next,
@@ -195,7 +196,7 @@ async fn enrich_lines(
         match next {
             Some(Line::Text { number, bytes }) => {
                 let src = LineSource { key: &obj.key, etag: obj.etag.as_deref(), line: number };
-                match prepare(&bytes, src, cfg.weather.grid_deg) {
+                match prepare(&bytes, src, cfg.weather.grid_deg, window) {
                     Ok(p) => pending.push(p),
                     Err(q) => bad.push(*q),
                 }

@@ -29,6 +29,9 @@ async fn setup(extra: &[(&str, &str)]) -> Env {
         ("WEATHER_BACKOFF_BASE_MS", "10"),
         ("WEATHER_BACKOFF_CAP_MS", "100"),
         ("WEATHER_TIMEOUT_MS", "5000"),
+        // The fixtures are dated (DAY) and dropped without lineage, so they are judged against the clock: a century
+        // keeps them valid whenever the tests run. The window itself is tested with its defaults below.
+        ("EVENT_TIME_MAX_AGE_DAYS", "36500"),
     ]
     .iter()
     .chain(extra)
@@ -98,7 +101,8 @@ fn expected(variable: &str, lat: f64, lon: f64, hour: i64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_file_gets_exact_weather_and_a_rerun_changes_nothing() {
-    let mut e = setup(&[]).await;
+    // A day far ahead is allowed here, to see the weather API's range answered as `out_of_range`.
+    let mut e = setup(&[("EVENT_TIME_MAX_AHEAD_HOURS", "876000")]).await;
     let key = format!("landing/locations/dt={DAY}/drop 1.ndjson.gz");
     let lines = vec![
         position("TU-1", &format!("{DAY}T08:15:00Z"), 53.5461, 9.9661),
@@ -143,7 +147,7 @@ async fn a_known_file_gets_exact_weather_and_a_rerun_changes_nothing() {
     assert_eq!(q.len(), 2);
     assert!(q[0]["reason"].as_str().unwrap().starts_with("value is not JSON"), "{}", q[0]);
     assert_eq!(q[0]["source"], json!({"key": key, "line": 3}));
-    assert_eq!(q[1]["reason"], json!("field `lat` must be between -90 and 90, got 91.0"));
+    assert_eq!(q[1]["reason"], json!("field `lat` must be between -90 and 90, got 91"));
 
     // WHEN the same notification arrives again
     let before = e.moto.get(&e.bucket, &out_key).await;
@@ -152,6 +156,29 @@ async fn a_known_file_gets_exact_weather_and_a_rerun_changes_nothing() {
     assert_eq!(second["objects_already_enriched"], json!(1));
     assert_eq!(e.moto.get(&e.bucket, &out_key).await, before);
     assert_eq!(e.stub.stats().requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_from_a_broken_clock_is_quarantined_and_its_neighbours_enriched() {
+    let mut e = setup(&[]).await;
+    let now = chrono::Utc::now();
+    let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let key = format!("landing/locations/dt={DAY}/clocks.ndjson.gz");
+    let lines = vec![
+        position("TU-1", &at(now - chrono::Duration::hours(1)), 53.5, 9.9),
+        position("TU-2", "2090-01-01T00:00:00Z", 53.5, 9.9),
+        position("TU-3", &at(now + chrono::Duration::hours(2)), 53.5, 9.9),
+    ];
+    e.moto.s3().put_object().bucket(&e.bucket).key(&key).body(gzip(&lines).into()).send().await.unwrap();
+    let out = e.enricher.invoke(&s3_event(&e.bucket, &[&key])).await.outcome.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!((out["records_enriched"].clone(), out["records_quarantined"].clone()), (json!(2), json!(1)));
+    let q = e.moto.get(&e.bucket, &format!("quarantine/weather-enricher/dt={DAY}/clocks.ndjson")).await;
+    let q: Value = serde_json::from_slice(&q).unwrap();
+    assert_eq!(
+        q["reason"],
+        json!("field `ts` is more than 24 h after the record was ingested (EVENT_TIME_MAX_AHEAD_HOURS)")
+    );
+    assert_eq!(q["source"]["line"], json!(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,8 +20,11 @@ pub struct CatalogError {
     pub database: String,
     /// Table.
     pub table: String,
-    /// What went wrong.
+    /// What went wrong (the SDK error with its whole context chain, or Glue's per-partition answers).
     pub message: String,
+    /// The SDK error, when a call failed (not when Glue answered with per-partition errors).
+    #[source]
+    pub source: Option<Box<aws_sdk_glue::Error>>,
 }
 
 /// One Glue database of the lake.
@@ -38,7 +41,22 @@ impl Catalog {
     }
 
     fn error(&self, op: &'static str, table: &str, message: impl Into<String>) -> CatalogError {
-        CatalogError { op, database: self.database.clone(), table: table.to_owned(), message: message.into() }
+        CatalogError {
+            op,
+            database: self.database.clone(),
+            table: table.to_owned(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failed call, keeping the SDK error as the cause.
+    fn failed<E>(&self, op: &'static str, table: &str, e: E) -> CatalogError
+    where
+        E: Into<aws_sdk_glue::Error> + std::error::Error + Send + Sync + 'static,
+    {
+        let message = DisplayErrorContext(&e).to_string();
+        CatalogError { source: Some(Box::new(e.into())), ..self.error(op, table, message) }
     }
 
     /// The table's storage descriptor: the template for its partitions'.
@@ -51,7 +69,7 @@ impl Catalog {
             .name(table)
             .send()
             .await
-            .map_err(|e| self.error("GetTable", table, DisplayErrorContext(&e).to_string()))?;
+            .map_err(|e| self.failed("GetTable", table, e))?;
         out.table()
             .and_then(|t| t.storage_descriptor())
             .cloned()
@@ -85,7 +103,7 @@ impl Catalog {
                 .set_partition_input_list(Some(inputs))
                 .send()
                 .await
-                .map_err(|e| self.error("BatchCreatePartition", table, DisplayErrorContext(&e).to_string()))?;
+                .map_err(|e| self.failed("BatchCreatePartition", table, e))?;
             let errors: Vec<String> = out
                 .errors()
                 .iter()
@@ -127,7 +145,7 @@ impl Catalog {
                 .set_partitions_to_delete(Some(list))
                 .send()
                 .await
-                .map_err(|e| self.error("BatchDeletePartition", table, DisplayErrorContext(&e).to_string()))?;
+                .map_err(|e| self.failed("BatchDeletePartition", table, e))?;
             let errors: Vec<String> = out
                 .errors()
                 .iter()

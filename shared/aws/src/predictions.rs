@@ -77,8 +77,11 @@ pub struct PredictionsError {
     pub op: &'static str,
     /// Table name.
     pub table: String,
-    /// What went wrong.
+    /// What went wrong (the SDK error with its whole context chain, or what was left unprocessed).
     pub message: String,
+    /// The SDK error, when a call failed.
+    #[source]
+    pub source: Option<Box<aws_sdk_dynamodb::Error>>,
 }
 
 /// What a write did.
@@ -110,7 +113,16 @@ impl PredictionStore {
     }
 
     fn error(&self, op: &'static str, message: impl Into<String>) -> PredictionsError {
-        PredictionsError { op, table: self.table.clone(), message: message.into() }
+        PredictionsError { op, table: self.table.clone(), message: message.into(), source: None }
+    }
+
+    /// A failed call, keeping the SDK error as the cause.
+    fn failed<E>(&self, op: &'static str, e: E) -> PredictionsError
+    where
+        E: Into<aws_sdk_dynamodb::Error> + std::error::Error + Send + Sync + 'static,
+    {
+        let message = DisplayErrorContext(&e).to_string();
+        PredictionsError { source: Some(Box::new(e.into())), ..self.error(op, message) }
     }
 
     /// Writes the predictions that are not already in from this or a newer `source_version`; retries
@@ -162,7 +174,7 @@ impl PredictionStore {
                     .request_items(&self.table, std::mem::take(&mut pending))
                     .send()
                     .await
-                    .map_err(|e| self.error("BatchWriteItem", DisplayErrorContext(&e).to_string()))?;
+                    .map_err(|e| self.failed("BatchWriteItem", e))?;
                 pending = out.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default();
                 if !pending.is_empty() {
                     warn!(unprocessed = pending.len(), attempt, "items handed back unprocessed; retrying");
@@ -206,7 +218,7 @@ impl PredictionStore {
                     .request_items(&self.table, request)
                     .send()
                     .await
-                    .map_err(|e| self.error("BatchGetItem", DisplayErrorContext(&e).to_string()))?;
+                    .map_err(|e| self.failed("BatchGetItem", e))?;
                 for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
                     let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
                     let v = item.get("source_version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok());

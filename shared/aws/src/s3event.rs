@@ -194,4 +194,63 @@ mod tests {
         );
         assert!(parse_trigger(&json!({"hello": 1})).is_err());
     }
+
+    mod properties {
+        #![allow(clippy::needless_pass_by_value)]
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Leaves that notifications carry, right and wrong: keys with escapes, ETags of any characters.
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<i64>().prop_map(Value::from),
+                proptest::collection::vec(any::<char>(), 0..10).prop_map(|c| json!(c.into_iter().collect::<String>())),
+                proptest::sample::select(vec![
+                    "%",
+                    "%zz",
+                    "a+b%2Fc",
+                    "aws:sqs",
+                    "aws:s3",
+                    "ObjectCreated:Put",
+                    "é\u{0}"
+                ])
+                .prop_map(|s| json!(s)),
+            ]
+        }
+
+        fn record() -> impl Strategy<Value = Value> {
+            (leaf(), leaf(), leaf(), leaf(), any::<bool>()).prop_map(|(bucket, key, etag, source, sqs)| {
+                let s3 = json!({"eventSource": source, "s3": {"bucket": {"name": bucket}, "object": {"key": key, "eTag": etag}}});
+                if sqs {
+                    let body = json!({"Records": [s3]}).to_string();
+                    json!({"eventSource": "aws:sqs", "messageId": "m", "body": body})
+                } else {
+                    s3
+                }
+            })
+        }
+
+        proptest! {
+            /// Any event: objects, messages whose body is refused with a reason, or an unrecognised event.
+            #[test]
+            fn any_event_is_read_or_refused(records in proptest::collection::vec(prop_oneof![record(), leaf()], 0..4), detail in proptest::option::of(leaf())) {
+                let mut event = json!({"Records": records});
+                if let Some(d) = detail {
+                    event = json!({"detail-type": "Object Created", "detail": {"bucket": {"name": &d}, "object": {"key": &d, "etag": "e"}}});
+                }
+                match parse_trigger(&event) {
+                    Ok(Trigger::Sqs(messages)) => {
+                        for m in messages {
+                            if let Err(reason) = m.objects {
+                                prop_assert!(!reason.is_empty());
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => prop_assert!(!e.0.is_empty()),
+                }
+            }
+        }
+    }
 }

@@ -53,6 +53,11 @@ pub use self::identity::{
     change_group, date_text, file_group, kafka_group, IdKind, IdRun, Identities, Identity, LineOrigin,
 };
 pub use self::spec::{
-    glue_schema, identity_columns, Check, Column, Kind, Layout, Partitioning, TableSpec, Zone, CHANGE_COLUMNS, EXTRA,
-    LINEAGE_COLUMNS, LOCATIONS, PERFORMANCE_STATS, TABLES, TRANSPORT_TYPES, TRANSPORT_UNITS, UNIT_ID, WEATHER_COLUMNS,
+    column, glue_schema, identity_columns, Check, Column, EventWindow, Kind, Layout, Partitioning, TableSpec, Zone,
+    CHANGE_COLUMNS, DAYS_RANGE, EVENT_TIME_MAX_AGE_DAYS, EVENT_TIME_MAX_AHEAD_HOURS, EXTRA, LINEAGE_COLUMNS, LOCATIONS,
+    MAX_FIELDS, MAX_TEXT_BYTES, MICROS_RANGE, PERFORMANCE_STATS, TABLES, TRANSPORT_TYPES, TRANSPORT_UNITS, UNIT_ID,
+    WEATHER_COLUMNS, WEATHER_STATUSES,
 };
+// The other stages' validators read values through the same cell reader.
+pub(crate) use self::cells::{read_cell, rfc3339_micros_fast, Cell};
+pub(crate) use self::fields::Json;

@@ -129,10 +129,13 @@ pub struct LakeConfig {
     pub landing_prefix: Prefix,
     /// `QUARANTINE_PREFIX` (default `quarantine/`): rejected input with its reason.
     pub quarantine_prefix: Prefix,
+    /// `EVENT_TIME_MAX_AHEAD_HOURS` (default 24) and `EVENT_TIME_MAX_AGE_DAYS` (default 365): how far an event time
+    /// may lie from its record's ingestion; every stage that reads records applies the same window.
+    pub event_window: crate::bronze::EventWindow,
 }
 
 impl LakeConfig {
-    /// Reads `LAKE_BUCKET`, `LANDING_PREFIX` and `QUARANTINE_PREFIX`.
+    /// Reads `LAKE_BUCKET`, `LANDING_PREFIX`, `QUARANTINE_PREFIX` and the event-time window.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
             bucket: BucketName::parse("LAKE_BUCKET", env.required("LAKE_BUCKET")?)?,
@@ -141,6 +144,7 @@ impl LakeConfig {
                 "QUARANTINE_PREFIX",
                 env.get("QUARANTINE_PREFIX").unwrap_or("quarantine/"),
             )?,
+            event_window: crate::bronze::EventWindow::from_env(env)?,
         })
     }
 }

@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 use crate::quarantine::QuarantineLine;
 use serde::Deserialize as _;
 
-use crate::records::{parse_object, validate_position, Fields, Position};
+use crate::bronze::{column, EventWindow, LOCATIONS};
+use crate::records::{parse_object, validate_position, Fields, Position, Received};
 use crate::weather::{CellDay, Lookup};
 
 /// The stage name weather-enricher uses in quarantine keys and lines.
@@ -73,8 +74,10 @@ struct View {
     speed_kmh: Option<Value>,
     heading_deg: Option<Value>,
     altitude_m: Option<Value>,
-    #[serde(rename = "_source", default, deserialize_with = "present")]
-    has_source: bool,
+    #[serde(rename = "_source", default, deserialize_with = "source_seen")]
+    source: SourceSeen,
+    #[serde(rename = "_ingested_at", default, deserialize_with = "micros_of")]
+    ingested_us: Option<i64>,
     #[serde(default, deserialize_with = "present")]
     temperature_c: bool,
     #[serde(default, deserialize_with = "present")]
@@ -85,6 +88,115 @@ struct View {
     weather_code: bool,
     #[serde(default, deserialize_with = "present")]
     weather_status: bool,
+}
+
+/// Whether `_source` is present (whatever its value, `null` included) and its Kafka `timestamp`, if it has one.
+#[derive(Debug, Default)]
+struct SourceSeen {
+    present: bool,
+    timestamp_ms: Option<i64>,
+}
+
+/// Whether a member name is `timestamp`, read without copying the name.
+struct IsTimestamp(bool);
+
+impl<'de> serde::Deserialize<'de> for IsTimestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = IsTimestamp;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<IsTimestamp, E> {
+                Ok(IsTimestamp(s == "timestamp"))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn source_seen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SourceSeen, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = SourceSeen;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SourceSeen, A::Error> {
+            let mut seen = SourceSeen { present: true, timestamp_ms: None };
+            while let Some(IsTimestamp(is_timestamp)) = map.next_key()? {
+                if is_timestamp {
+                    seen.timestamp_ms = map.next_value::<Value>()?.as_i64();
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(seen)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SourceSeen, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(SourceSeen { present: true, timestamp_ms: None })
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<SourceSeen, E> {
+            Ok(SourceSeen { present: true, timestamp_ms: None })
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SourceSeen, E> {
+            self.visit_unit()
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SourceSeen, E> {
+            self.visit_unit()
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SourceSeen, E> {
+            self.visit_unit()
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SourceSeen, E> {
+            self.visit_unit()
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SourceSeen, E> {
+            self.visit_unit()
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// An RFC 3339 text as microseconds since the epoch, without copying it; `None` for anything else.
+fn micros_of<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an RFC 3339 timestamp")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Option<i64>, E> {
+            Ok(crate::bronze::rfc3339_micros_fast(s)
+                .or_else(|| chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros())))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<i64>, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Option<i64>, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Option<i64>, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Option<i64>, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Option<i64>, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<i64>, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<i64>, A::Error> {
+            while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// `true` for a field that is present, whatever its value (`null` included).
@@ -132,8 +244,15 @@ fn needs_full_parse(bytes: &[u8]) -> bool {
     false
 }
 
-/// Parses and validates one landed line (a leading UTF-8 byte-order mark is ignored).
-pub fn prepare(bytes: &[u8], src: LineSource<'_>, grid_deg: f64) -> Result<Pending, Box<QuarantineLine>> {
+/// Parses and validates one landed line (a leading UTF-8 byte-order mark is ignored). With `window`, `ts` must
+/// also lie in the event-time window around the line's `_ingested_at` (the second value, µs, for a line without
+/// one: a file dropped straight into landing/) and its Kafka timestamp.
+pub fn prepare(
+    bytes: &[u8],
+    src: LineSource<'_>,
+    grid_deg: f64,
+    window: Option<(EventWindow, i64)>,
+) -> Result<Pending, Box<QuarantineLine>> {
     let quarantine = |reason: String| {
         Box::new(QuarantineLine::new(
             reason,
@@ -156,7 +275,13 @@ pub fn prepare(bytes: &[u8], src: LineSource<'_>, grid_deg: f64) -> Result<Pendi
         ));
     }
     let view: View = serde_json::from_slice(text).map_err(|e| quarantine(reason(e)))?;
-    let Position { ts, lat, lon, .. } = validate_position(&view).map_err(|e| quarantine(e.to_string()))?;
+    let received = window.map(|(window, now_us)| Received {
+        window,
+        ingested_us: view.ingested_us.unwrap_or(now_us),
+        produced_us: view.source.timestamp_ms.filter(|ms| *ms > 0).map(|ms| ms.saturating_mul(1000)),
+    });
+    let Position { ts, lat, lon, .. } =
+        validate_position(&view, received.as_ref()).map_err(|e| quarantine(e.to_string()))?;
     let had_weather =
         view.temperature_c || view.wind_speed_kmh || view.precipitation_mm || view.weather_code || view.weather_status;
     let line = if had_weather || needs_full_parse(text) {
@@ -171,7 +296,7 @@ pub fn prepare(bytes: &[u8], src: LineSource<'_>, grid_deg: f64) -> Result<Pendi
     };
     Ok(Pending {
         line,
-        add_source: !view.has_source,
+        add_source: !view.source.present,
         cell: CellDay::of(lat, lon, ts.date_naive(), grid_deg),
         hour: ts.hour() as usize,
     })
@@ -190,8 +315,15 @@ pub fn write_enriched(
     let (values, status) = match lookup {
         Some(Lookup::Found(s)) if p.hour < 24 => {
             let h = p.hour;
-            let values =
+            let mut values =
                 [s.temperature_c[h], s.wind_speed_kmh[h], s.precipitation_mm[h], s.weather_code[h].map(|c| c as f64)];
+            // A value beyond the column's physical bounds is the weather service's error: no value, not a
+            // position refused later.
+            for (v, name) in values.iter_mut().zip(WEATHER_FIELDS) {
+                if v.is_some_and(|x| !column(&LOCATIONS, name).is_none_or(|c| c.admits(x))) {
+                    *v = None;
+                }
+            }
             let status =
                 if values.iter().all(Option::is_none) { WeatherStatus::Unavailable } else { WeatherStatus::Ok };
             (values, status)
@@ -263,7 +395,7 @@ mod tests {
 
     #[test]
     fn valid_lines_get_a_cell_an_hour_and_lineage() {
-        let p = prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T10:45:00+02:00","lat":53.54,"lon":9.97,"x":[1,{"y":null}]}  "#, src(), 0.1).unwrap();
+        let p = prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T10:45:00+02:00","lat":53.54,"lon":9.97,"x":[1,{"y":null}]}  "#, src(), 0.1, None).unwrap();
         assert_eq!((p.cell.lat_idx, p.cell.lon_idx, p.hour), (535, 100, 8));
         let (rec, status) = enriched(&p, Some(&found()));
         assert_eq!(status, WeatherStatus::Ok);
@@ -274,14 +406,14 @@ mod tests {
                    "temperature_c": 12.3, "wind_speed_kmh": null, "precipitation_mm": 0.0, "weather_code": 3, "weather_status": "ok"})
         );
         let landed = br#"{"transport_unit_id":"T","ts":"2026-11-24T10:45:00Z","lat":1,"lon":2,"_source":{"topic":"t","partition":0,"offset":5,"timestamp":1}}"#;
-        let (rec, _) = enriched(&prepare(landed, src(), 0.1).unwrap(), None);
+        let (rec, _) = enriched(&prepare(landed, src(), 0.1, None).unwrap(), None);
         assert_eq!(rec["_source"]["offset"], json!(5), "Kafka lineage is kept");
     }
 
     #[test]
     fn statuses_for_missing_hours_failures_and_out_of_range_days() {
-        let p =
-            prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T09:00:00Z","lat":1,"lon":2}"#, src(), 0.1).unwrap();
+        let p = prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T09:00:00Z","lat":1,"lon":2}"#, src(), 0.1, None)
+            .unwrap();
         let (rec, status) = enriched(&p, Some(&found()));
         assert_eq!((status, &rec["temperature_c"]), (WeatherStatus::Unavailable, &Value::Null));
         let (rec, status) = enriched(&p, Some(&Lookup::OutOfRange));
@@ -293,7 +425,7 @@ mod tests {
     #[test]
     fn weather_fields_already_present_are_replaced_not_repeated() {
         let line = br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2,"temperature_c":99,"weather_status":"old","_source":null}"#;
-        let p = prepare(line, src(), 0.1).unwrap();
+        let p = prepare(line, src(), 0.1, None).unwrap();
         assert!(!p.add_source, "a null _source is still a _source");
         let mut out = Vec::new();
         write_enriched(&mut out, &p, Some(&found()), "k", None);
@@ -304,24 +436,25 @@ mod tests {
 
     #[test]
     fn bad_lines_become_quarantine_lines_with_the_shared_reasons() {
-        let q = prepare(b"{\"lat\":1}", src(), 0.1).unwrap_err();
+        let q = prepare(b"{\"lat\":1}", src(), 0.1, None).unwrap_err();
         assert_eq!(q.reason, "missing required field `transport_unit_id`");
         assert_eq!(q.source, json!({"key": "landing/locations/dt=2026-11-24/drop.ndjson.gz", "line": 3}));
         assert_eq!(q.raw.as_deref(), Some("{\"lat\":1}"));
         assert_eq!(q.stage, STAGE);
-        assert!(prepare(b"[1]", src(), 0.1).unwrap_err().reason.starts_with("value is JSON array"));
-        assert!(prepare(b"{oops", src(), 0.1).unwrap_err().reason.starts_with("value is not JSON"));
+        assert!(prepare(b"[1]", src(), 0.1, None).unwrap_err().reason.starts_with("value is JSON array"));
+        assert!(prepare(b"{oops", src(), 0.1, None).unwrap_err().reason.starts_with("value is not JSON"));
         let dup = br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lat":3,"lon":2}"#;
-        assert!(prepare(dup, src(), 0.1).unwrap_err().reason.contains("duplicate field `lat`"));
-        let q = prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":"1","lon":2}"#, src(), 0.1)
-            .unwrap_err();
-        assert_eq!(q.reason, "field `lat` must be a number, got string");
+        assert!(prepare(dup, src(), 0.1, None).unwrap_err().reason.contains("duplicate field `lat`"));
+        let q =
+            prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":"1","lon":2}"#, src(), 0.1, None)
+                .unwrap_err();
+        assert_eq!(q.reason, "field `lat` must be a number, got a string");
     }
 
     #[test]
     fn only_clean_json_objects_reach_the_output() {
         let ok = |line: &[u8]| {
-            let p = prepare(line, src(), 0.1).unwrap();
+            let p = prepare(line, src(), 0.1, None).unwrap();
             let mut out = Vec::new();
             write_enriched(&mut out, &p, None, "k", None);
             serde_json::from_slice::<Value>(&out).unwrap()
@@ -329,19 +462,58 @@ mod tests {
         let base = r#""transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2"#;
         // An array with the right values in order is not a record.
         let arr = br#"["T","2026-11-24T08:00:00Z",1,2,null,null,null,null]"#;
-        assert_eq!(prepare(arr, src(), 0.1).unwrap_err().reason, "value is JSON array, not an object");
+        assert_eq!(prepare(arr, src(), 0.1, None).unwrap_err().reason, "value is JSON array, not an object");
         // Values in fields the fast path skips are checked all the same.
         for bad in [format!("{{{base},\"x\":1e400}}"), format!("{{{base},\"x\":\"\\uD800\"}}")] {
-            assert!(prepare(bad.as_bytes(), src(), 0.1).unwrap_err().reason.starts_with("value is not JSON"), "{bad}");
+            assert!(
+                prepare(bad.as_bytes(), src(), 0.1, None).unwrap_err().reason.starts_with("value is not JSON"),
+                "{bad}"
+            );
         }
         let mut invalid_utf8 = format!("{{{base},\"x\":\"").into_bytes();
         invalid_utf8.extend_from_slice(&[0xff, b'"', b'}']);
-        assert_eq!(prepare(&invalid_utf8, src(), 0.1).unwrap_err().reason, "value is not JSON: invalid UTF-8");
+        assert_eq!(prepare(&invalid_utf8, src(), 0.1, None).unwrap_err().reason, "value is not JSON: invalid UTF-8");
         // Valid escapes and exponents survive the full parse.
         assert_eq!(ok(format!("{{{base},\"x\":\"caf\\u00e9\",\"y\":1.5e3}}").as_bytes())["x"], json!("café"));
         // A byte-order mark and surrounding blanks are dropped; words with e after digits inside strings are fine.
         let bom = [b"\xEF\xBB\xBF".as_slice(), format!(" {{{base},\"x\":\"3e\"}} ").as_bytes()].concat();
         assert_eq!(ok(&bom)["x"], json!("3e"));
         assert!(!needs_full_parse(format!("{{{base},\"b\":true,\"f\":false,\"s\":\"12e4\"}}").as_bytes()));
+    }
+
+    #[test]
+    fn weather_beyond_physical_bounds_is_no_weather() {
+        let p = prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2}"#, src(), 0.1, None)
+            .unwrap();
+        let mut series = DaySeries {
+            temperature_c: [None; 24],
+            wind_speed_kmh: [None; 24],
+            precipitation_mm: [None; 24],
+            weather_code: [None; 24],
+        };
+        series.temperature_c[8] = Some(1e30);
+        series.wind_speed_kmh[8] = Some(12.0);
+        series.weather_code[8] = Some(1234);
+        let (rec, status) = enriched(&p, Some(&Lookup::Found(Arc::new(series))));
+        assert_eq!(status, WeatherStatus::Ok, "the plausible value is kept");
+        assert_eq!(rec["temperature_c"], Value::Null);
+        assert_eq!(rec["wind_speed_kmh"], json!(12.0));
+        assert_eq!(rec["weather_code"], Value::Null);
+    }
+
+    #[test]
+    fn the_event_window_is_read_against_the_lines_own_ingestion_and_production() {
+        let now = chrono::DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z").unwrap().timestamp_micros();
+        let window = Some((EventWindow::default(), now));
+        // Landed in 2026 by msk-lander: judged by its `_ingested_at` and Kafka timestamp, not by today.
+        let landed = br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2,"_source":{"topic":"t","partition":0,"offset":1,"timestamp":1795478400000},"_ingested_at":"2026-11-24T09:00:00.000Z"}"#;
+        assert!(prepare(landed, src(), 0.1, window).is_ok());
+        let future = br#"{"transport_unit_id":"T","ts":"2027-11-24T08:00:00Z","lat":1,"lon":2,"_ingested_at":"2026-11-24T09:00:00.000Z"}"#;
+        let q = prepare(future, src(), 0.1, window).unwrap_err();
+        assert!(q.reason.starts_with("field `ts` is more than 24 h after the record was ingested"), "{}", q.reason);
+        // A file dropped straight into landing/ (no lineage) is judged by the time it is read.
+        let dropped = br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2}"#;
+        let q = prepare(dropped, src(), 0.1, window).unwrap_err();
+        assert!(q.reason.contains("more than 365 days before the record was ingested"), "{}", q.reason);
     }
 }

@@ -1,5 +1,8 @@
 //! Whose fault a failure is: the environment's (retry it) or the input's (quarantine it and go on).
 
+/// The error underneath another, kept as its `source()` so a report shows the whole chain.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Whether retrying the same input can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {

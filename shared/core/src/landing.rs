@@ -10,11 +10,12 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::bronze::{EventWindow, TableSpec, Zone};
 use crate::cdc::parse_change;
 use crate::config::ConfigError;
 use crate::lake::{is_valid_topic, BatchName};
 use crate::quarantine::QuarantineLine;
-use crate::records::{parse_object, validate_position, RecordError};
+use crate::records::{parse_object, validate_change, validate_position, Received, RecordError};
 
 /// The stage name msk-lander uses in quarantine keys and lines.
 pub const STAGE: &str = "msk-lander";
@@ -127,6 +128,7 @@ pub fn land_slice(
     mut messages: Vec<KafkaMessage>,
     datasets: &TopicDatasets,
     ingested_at: DateTime<Utc>,
+    window: EventWindow,
 ) -> Option<LandedSlice> {
     messages.sort_by_key(|m| m.offset);
     messages.dedup_by_key(|m| m.offset);
@@ -144,6 +146,7 @@ pub fn land_slice(
         .find_map(|m| DateTime::from_timestamp_millis(m.timestamp_ms))
         .map_or_else(|| ingested_at.date_naive(), |t| t.date_naive());
     let dataset = datasets.dataset(&first.topic).map(str::to_owned);
+    let ingested_us = ingested_at.timestamp_micros();
     let ingested_at = ingested_at.to_rfc3339_opts(SecondsFormat::Millis, true);
     let mut slice = LandedSlice { name, dataset, dt, lines: Vec::new(), quarantined: Vec::new(), tombstones: 0 };
     for msg in messages {
@@ -163,7 +166,12 @@ pub fn land_slice(
             slice.tombstones += 1;
             continue;
         };
-        match land_value(dataset, &value, &source, &ingested_at) {
+        let received = Received {
+            window,
+            ingested_us,
+            produced_us: (source.timestamp > 0).then(|| source.timestamp.saturating_mul(1000)),
+        };
+        match land_value(dataset, &value, &source, &ingested_at, &received) {
             Ok(Some(line)) => slice.lines.push(line),
             Ok(None) => slice.tombstones += 1,
             Err(reason) => {
@@ -182,18 +190,22 @@ fn land_value(
     b64: &str,
     source: &KafkaSource,
     ingested_at: &str,
+    received: &Received,
 ) -> Result<Option<Vec<u8>>, RecordError> {
     let bytes =
         base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| RecordError::Base64(e.to_string()))?;
     let mut out = if dataset == POSITIONS_DATASET {
         let rec = parse_object(&bytes)?;
-        validate_position(&rec)?;
+        validate_position(&rec, Some(received))?;
         rec
     } else {
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| RecordError::NotJson(e.to_string()))?;
         let Some(change) = parse_change(value)? else {
             return Ok(None);
         };
+        if let Some(spec) = TableSpec::for_input(Zone::Landing, dataset) {
+            validate_change(&change, spec, Some(received))?;
+        }
         match serde_json::to_value(change) {
             Ok(Value::Object(m)) => m,
             _ => unreachable!("a Change serialises to an object"),
@@ -241,6 +253,7 @@ mod tests {
             vec![msg("fleet.locations", 11, b64(pos)), msg("fleet.locations", 10, None)],
             &TopicDatasets::default(),
             at(),
+            EventWindow::default(),
         )
         .unwrap();
         assert_eq!(slice.name.to_string(), "fleet.locations-2-10-11");
@@ -258,15 +271,20 @@ mod tests {
 
     #[test]
     fn debezium_changes_land_as_op_ts_lsn_row() {
-        let ev = r#"{"schema":{"type":"struct"},"payload":{"op":"c","after":{"id":"TU-1"},"source":{"ts_ms":5,"lsn":77},"ts_ms":9}}"#;
-        let slice =
-            land_slice(vec![msg("pg.public.transport_units", 0, b64(ev))], &TopicDatasets::default(), at()).unwrap();
+        let ev = r#"{"schema":{"type":"struct"},"payload":{"op":"c","after":{"transport_unit_id":"TU-1"},"source":{"ts_ms":1795478399005,"lsn":77},"ts_ms":1795478399009}}"#;
+        let slice = land_slice(
+            vec![msg("pg.public.transport_units", 0, b64(ev))],
+            &TopicDatasets::default(),
+            at(),
+            EventWindow::default(),
+        )
+        .unwrap();
         assert_eq!(slice.dataset.as_deref(), Some("transport_units"));
         let line: Value = serde_json::from_slice(&slice.lines[0]).unwrap();
         assert_eq!(line["op"], json!("c"));
-        assert_eq!(line["ts_ms"], json!(5));
+        assert_eq!(line["ts_ms"], json!(1_795_478_399_005_i64));
         assert_eq!(line["lsn"], json!(77));
-        assert_eq!(line["row"], json!({"id": "TU-1"}));
+        assert_eq!(line["row"], json!({"transport_unit_id": "TU-1"}));
         assert_eq!(line["_source"]["offset"], json!(0));
     }
 
@@ -284,7 +302,7 @@ mod tests {
             msg("fleet.locations", 4, Some(base64::engine::general_purpose::STANDARD.encode([0xff, 0x00]))),
             msg("fleet.locations", 5, b64(good)),
         ];
-        let slice = land_slice(msgs, &TopicDatasets::default(), at()).unwrap();
+        let slice = land_slice(msgs, &TopicDatasets::default(), at(), EventWindow::default()).unwrap();
         assert_eq!(slice.lines.len(), 1);
         let reasons: Vec<&str> = slice.quarantined.iter().map(|q| q.reason.as_str()).collect();
         assert!(reasons[0].starts_with("value is not valid base64"), "{}", reasons[0]);
@@ -298,9 +316,13 @@ mod tests {
 
     #[test]
     fn unknown_topics_are_quarantined_whole() {
-        let slice =
-            land_slice(vec![msg("other", 0, b64("{}")), msg("other", 1, None)], &TopicDatasets::default(), at())
-                .unwrap();
+        let slice = land_slice(
+            vec![msg("other", 0, b64("{}")), msg("other", 1, None)],
+            &TopicDatasets::default(),
+            at(),
+            EventWindow::default(),
+        )
+        .unwrap();
         assert!(slice.lines.is_empty());
         assert_eq!(slice.quarantined.len(), 2);
         assert_eq!(slice.quarantined[0].reason, "topic \"other\" is not mapped to a dataset (TOPIC_DATASETS)");
@@ -314,10 +336,83 @@ mod tests {
         first.timestamp_ms = -1;
         let second = msg("fleet.locations", 2, b64(pos));
         let later = DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").unwrap().with_timezone(&Utc);
-        let slice = land_slice(vec![first.clone(), second], &TopicDatasets::default(), later).unwrap();
+        let slice =
+            land_slice(vec![first.clone(), second], &TopicDatasets::default(), later, EventWindow::default()).unwrap();
         assert_eq!(slice.dt.to_string(), "2026-11-24");
-        let slice = land_slice(vec![first], &TopicDatasets::default(), later).unwrap();
+        let slice = land_slice(vec![first], &TopicDatasets::default(), later, EventWindow::default()).unwrap();
         assert_eq!(slice.dt.to_string(), "2026-12-01");
+    }
+
+    #[test]
+    fn implausible_values_are_quarantined_at_landing_and_the_rest_lands() {
+        // msg() stamps 2026-11-24T00:00Z (+ offset ms); at() ingests at 2026-11-24T01:02Z.
+        let pos = |ts: &str, extra: &str| {
+            b64(&format!(r#"{{"transport_unit_id":"TU-1","ts":"{ts}","lat":1,"lon":2{extra}}}"#))
+        };
+        let positions = vec![
+            msg("fleet.locations", 1, pos("2026-11-24T00:00:00Z", "")),
+            msg("fleet.locations", 2, pos("2099-01-01T00:00:00Z", "")),
+            msg("fleet.locations", 3, pos("2001-01-01T00:00:00Z", "")),
+            msg("fleet.locations", 4, pos("2026-11-24T00:00:00Z", r#","speed_kmh":1e300"#)),
+            msg("fleet.locations", 5, pos("2026-11-24T00:15:00Z", r#","altitude_m":1200"#)),
+        ];
+        let slice = land_slice(positions, &TopicDatasets::default(), at(), EventWindow::default()).unwrap();
+        let reasons: Vec<&str> = slice.quarantined.iter().map(|q| q.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "field `ts` is more than 24 h after the record was ingested (EVENT_TIME_MAX_AHEAD_HOURS)",
+                "field `ts` is more than 365 days before the record was produced (EVENT_TIME_MAX_AGE_DAYS)",
+                "field `speed_kmh` must be between 0 and 2000, got 1e300",
+            ]
+        );
+        assert_eq!(slice.lines.len(), 2, "the good positions land");
+
+        let change = |ts_ms: i64, lsn: &str, row: &str| {
+            b64(&format!(r#"{{"op":"u","source":{{"ts_ms":{ts_ms},"lsn":{lsn}}},"after":{row}}}"#))
+        };
+        let now_ms = 1_795_478_400_000;
+        let changes = vec![
+            msg(
+                "pg.public.performance_stats",
+                1,
+                change(now_ms, "7", r#"{"transport_unit_id":"TU-1","stat_date":20416}"#),
+            ),
+            msg(
+                "pg.public.performance_stats",
+                2,
+                change(now_ms, "8", r#"{"transport_unit_id":"TU-1","stat_date":2147483647}"#),
+            ),
+            msg(
+                "pg.public.performance_stats",
+                3,
+                change(now_ms, "18446744073709551615", r#"{"transport_unit_id":"TU-1","stat_date":20416}"#),
+            ),
+            msg(
+                "pg.public.performance_stats",
+                4,
+                change(now_ms, "9", r#"{"transport_unit_id":"TU-1","stat_date":20416,"fuel_used_l":1e308}"#),
+            ),
+            msg(
+                "pg.public.performance_stats",
+                5,
+                change(i64::MAX, "10", r#"{"transport_unit_id":"TU-1","stat_date":20416}"#),
+            ),
+            // A business date long past is fine: no window on stat_date.
+            msg(
+                "pg.public.performance_stats",
+                6,
+                change(now_ms, "11", r#"{"transport_unit_id":"TU-1","stat_date":"1990-01-01"}"#),
+            ),
+        ];
+        let slice = land_slice(changes, &TopicDatasets::default(), at(), EventWindow::default()).unwrap();
+        let reasons: Vec<&str> = slice.quarantined.iter().map(|q| q.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert!(reasons[0].starts_with("field `stat_date` must be a date in the years 1 to 9999"), "{}", reasons[0]);
+        assert!(reasons[1].starts_with("field `lsn` must fit in 64 signed bits"), "{}", reasons[1]);
+        assert!(reasons[2].starts_with("field `fuel_used_l` must be between 0 and 1000000"), "{}", reasons[2]);
+        assert!(reasons[3].starts_with("field `ts_ms` must be a time in the years 1 to 9999"), "{}", reasons[3]);
+        assert_eq!(slice.lines.len(), 2);
     }
 
     #[test]
@@ -328,6 +423,7 @@ mod tests {
                 vec![msg("fleet.locations", 3, b64(pos)), msg("fleet.locations", 3, b64(pos))],
                 &TopicDatasets::default(),
                 at(),
+                EventWindow::default(),
             )
         };
         let (a, b) = (make().unwrap(), make().unwrap());

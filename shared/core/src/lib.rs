@@ -18,3 +18,6 @@ pub mod partitions;
 pub mod quarantine;
 pub mod records;
 pub mod weather;
+
+#[cfg(test)]
+mod properties;

@@ -1,9 +1,15 @@
 //! Position records of `fleet.locations`: validation per the design's record contract, unknown fields kept.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::bronze::{Check, UNIT_ID};
+use crate::bronze::{
+    read_cell, Cell, Check, Column, EventWindow, Json, RowError, TableSpec, CHANGE_COLUMNS, LOCATIONS, MAX_FIELDS,
+    UNIT_ID, WEATHER_COLUMNS,
+};
+use crate::cdc::Change;
 
 /// Transport types a position may declare (the bronze schema's list).
 pub use crate::bronze::TRANSPORT_TYPES;
@@ -40,12 +46,6 @@ pub enum RecordError {
     /// The record's topic is not mapped to any dataset.
     #[error("topic {0:?} is not mapped to a dataset (TOPIC_DATASETS)")]
     UnknownTopic(String),
-}
-
-impl RecordError {
-    fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
-        Self::Invalid { field, problem: problem.into() }
-    }
 }
 
 /// JSON type name for messages.
@@ -95,77 +95,108 @@ impl Fields for Map<String, Value> {
     }
 }
 
-/// Checks a position record against the contract and returns its typed core.
+/// When a record reached the lake: what its event time is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The window event times must fall in.
+    pub window: EventWindow,
+    /// When the record was ingested (landed), µs since the epoch.
+    pub ingested_us: i64,
+    /// When it was produced (its Kafka timestamp), µs since the epoch, if known.
+    pub produced_us: Option<i64>,
+}
+
+/// A JSON value as the bronze cell reader takes it.
+fn json_of(v: &Value) -> Json<'_> {
+    match v {
+        Value::Null => Json::Null,
+        Value::Bool(_) => Json::Bool,
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Json::Int(i),
+            (None, Some(u)) => Json::UInt(u),
+            _ => Json::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Json::Str(Cow::Borrowed(s)),
+        Value::Array(_) => Json::Array,
+        Value::Object(_) => Json::Object,
+    }
+}
+
+/// The contract of a position as producers send it: the bronze `locations` columns but the weather, which
+/// weather-enricher adds.
+pub fn position_columns() -> impl Iterator<Item = &'static Column> {
+    LOCATIONS.data.iter().filter(|c| !WEATHER_COLUMNS.contains(&c.name))
+}
+
+/// Checks a position record against the contract and returns its typed core. The rules are the bronze
+/// `locations` spec's, read by the same cell reader delta-writer uses, so every stage accepts and refuses alike.
 ///
 /// Required: `transport_unit_id`, `ts`, `lat`, `lon`. Optional but checked when present and not null:
-/// `transport_type`, `speed_kmh`, `heading_deg`, `altitude_m`. Other fields are not looked at.
-pub fn validate_position(rec: &impl Fields) -> Result<Position, RecordError> {
-    let transport_unit_id = match rec.field("transport_unit_id") {
-        None | Some(Value::Null) => return Err(RecordError::Missing("transport_unit_id")),
-        Some(Value::String(s)) => {
-            let n = s.chars().count();
-            if n == 0 || n > MAX_UNIT_ID_CHARS || s.trim().is_empty() {
-                return Err(RecordError::invalid(
-                    "transport_unit_id",
-                    format!("must be 1-{MAX_UNIT_ID_CHARS} characters, got {n}"),
-                ));
+/// `transport_type`, `speed_kmh`, `heading_deg`, `altitude_m`. Other fields are not looked at. With `received`,
+/// `ts` must also fall in the event-time window.
+pub fn validate_position(rec: &impl Fields, received: Option<&Received>) -> Result<Position, RecordError> {
+    let (mut id, mut ts, mut lat, mut lon) = (None, None, None, None);
+    for c in position_columns() {
+        let cell = read_cell(c, rec.field(c.name).map(json_of)).map_err(|e| refused(c, &e))?;
+        match (c.name, cell) {
+            ("transport_unit_id", Cell::Str(s)) => id = Some(s.into_owned()),
+            ("ts", Cell::Micros(us)) => {
+                if let Some(r) = received {
+                    r.window
+                        .check(us, r.ingested_us, r.produced_us)
+                        .map_err(|problem| RecordError::Invalid { field: c.name, problem })?;
+                }
+                ts = DateTime::from_timestamp_micros(us);
             }
-            s.clone()
-        }
-        Some(other) => {
-            return Err(RecordError::invalid(
-                "transport_unit_id",
-                format!("must be a string, got {}", json_type(other)),
-            ))
-        }
-    };
-    let ts = match rec.field("ts") {
-        None | Some(Value::Null) => return Err(RecordError::Missing("ts")),
-        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
-            .map_err(|e| RecordError::invalid("ts", format!("must be an RFC 3339 timestamp, got {s:?} ({e})")))?
-            .with_timezone(&Utc),
-        Some(other) => {
-            return Err(RecordError::invalid("ts", format!("must be an RFC 3339 string, got {}", json_type(other))))
-        }
-    };
-    let lat = required_number(rec, "lat", -90.0, 90.0)?;
-    let lon = required_number(rec, "lon", -180.0, 180.0)?;
-    match rec.field("transport_type") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(t)) if TRANSPORT_TYPES.contains(&t.as_str()) => {}
-        Some(other) => {
-            return Err(RecordError::invalid(
-                "transport_type",
-                format!("must be one of {}, got {other}", TRANSPORT_TYPES.join("|")),
-            ))
+            ("lat", Cell::F64(v)) => lat = Some(v),
+            ("lon", Cell::F64(v)) => lon = Some(v),
+            _ => {}
         }
     }
-    optional_number(rec, "speed_kmh", 0.0, f64::MAX)?;
-    optional_number(rec, "heading_deg", 0.0, 360.0)?;
-    optional_number(rec, "altitude_m", f64::MIN, f64::MAX)?;
-    Ok(Position { transport_unit_id, ts, lat, lon })
+    Ok(Position {
+        transport_unit_id: id.ok_or(RecordError::Missing("transport_unit_id"))?,
+        ts: ts.ok_or(RecordError::Missing("ts"))?,
+        lat: lat.ok_or(RecordError::Missing("lat"))?,
+        lon: lon.ok_or(RecordError::Missing("lon"))?,
+    })
 }
 
-fn required_number(rec: &impl Fields, field: &'static str, min: f64, max: f64) -> Result<f64, RecordError> {
-    optional_number(rec, field, min, max)?.ok_or(RecordError::Missing(field))
-}
-
-fn optional_number(rec: &impl Fields, field: &'static str, min: f64, max: f64) -> Result<Option<f64>, RecordError> {
-    match rec.field(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
-            _ => Err(RecordError::invalid(field, range_text(min, max, n))),
-        },
-        Some(other) => Err(RecordError::invalid(field, format!("must be a number, got {}", json_type(other)))),
+/// Checks a Debezium change against its bronze table's spec, as delta-writer will: `ts_ms` representable (and in
+/// the event-time window, with `received`), `lsn` a 64-bit integer, each of the row's columns of its type and
+/// within its bounds, and no more than [`MAX_FIELDS`] fields in the row.
+pub fn validate_change(change: &Change, spec: &TableSpec, received: Option<&Received>) -> Result<(), RecordError> {
+    let [_, ts_col, lsn_col] = &CHANGE_COLUMNS;
+    let ts = read_cell(ts_col, Some(Json::Int(change.ts_ms))).map_err(|e| refused(ts_col, &e))?;
+    if let (Some(r), Cell::Micros(us)) = (received, ts) {
+        r.window
+            .check(us, r.ingested_us, r.produced_us)
+            .map_err(|problem| RecordError::Invalid { field: "source.ts_ms", problem })?;
     }
+    if i64::try_from(change.lsn).is_err() {
+        return Err(RecordError::Invalid {
+            field: lsn_col.name,
+            problem: format!("must fit in 64 signed bits, got {}", change.lsn),
+        });
+    }
+    if change.row.len() > MAX_FIELDS {
+        return Err(RecordError::Invalid {
+            field: "row",
+            problem: format!("has {} fields, more than {MAX_FIELDS}", change.row.len()),
+        });
+    }
+    for c in spec.data {
+        read_cell(c, change.row.get(c.name).map(json_of)).map_err(|e| refused(c, &e))?;
+    }
+    Ok(())
 }
 
-fn range_text(min: f64, max: f64, got: &serde_json::Number) -> String {
-    match (min > f64::MIN, max < f64::MAX) {
-        (true, true) => format!("must be between {min} and {max}, got {got}"),
-        (true, false) => format!("must be >= {min}, got {got}"),
-        _ => format!("must be a finite number, got {got}"),
+/// The cell reader's refusal as a record error: `Missing` for an absent required field, the problem otherwise.
+fn refused(c: &'static Column, e: &RowError) -> RecordError {
+    let problem = e.0.strip_prefix(c.name).and_then(|p| p.strip_prefix(": ")).unwrap_or(&e.0);
+    if problem == "required" {
+        RecordError::Missing(c.name)
+    } else {
+        RecordError::Invalid { field: c.name, problem: problem.to_owned() }
     }
 }
 
@@ -188,7 +219,7 @@ mod tests {
 
     #[test]
     fn a_valid_position_yields_its_core_in_utc() {
-        let p = validate_position(&rec(valid())).unwrap();
+        let p = validate_position(&rec(valid()), None).unwrap();
         assert_eq!(p.transport_unit_id, "TU-1");
         assert_eq!(p.ts.to_rfc3339(), "2026-11-23T09:15:00+00:00");
         assert_eq!((p.lat, p.lon), (51.5, -0.12));
@@ -198,25 +229,74 @@ mod tests {
     fn each_broken_field_is_named_in_the_reason() {
         let cases = [
             ("transport_unit_id", json!(null), "missing required field `transport_unit_id`"),
-            ("transport_unit_id", json!(""), "field `transport_unit_id` must be 1-64 characters, got 0"),
-            ("transport_unit_id", json!("x".repeat(65)), "field `transport_unit_id` must be 1-64 characters, got 65"),
-            ("transport_unit_id", json!(7), "field `transport_unit_id` must be a string, got number"),
+            ("transport_unit_id", json!(""), "field `transport_unit_id` must be 1-64 characters, not all whitespace"),
+            (
+                "transport_unit_id",
+                json!(" \t "),
+                "field `transport_unit_id` must be 1-64 characters, not all whitespace",
+            ),
+            ("transport_unit_id", json!("x".repeat(65)), "field `transport_unit_id` must be 1-64 characters"),
+            ("transport_unit_id", json!(7), "field `transport_unit_id` must be a string, got a number"),
             ("ts", json!("yesterday"), "field `ts` must be an RFC 3339 timestamp"),
+            ("ts", json!("0000-12-31T23:00:00Z"), "field `ts` must be a time in the years 1 to 9999"),
+            ("ts", json!("0001-01-01T00:30:00+01:00"), "field `ts` must be a time in the years 1 to 9999"),
             ("lat", json!(90.5), "field `lat` must be between -90 and 90, got 90.5"),
-            ("lon", json!("1.0"), "field `lon` must be a number, got string"),
+            ("lon", json!("1.0"), "field `lon` must be a number, got a string"),
             ("transport_type", json!("submarine"), "field `transport_type` must be one of aerial|maritime|terrestrial"),
-            ("speed_kmh", json!(-1), "field `speed_kmh` must be >= 0, got -1"),
+            ("speed_kmh", json!(-1), "field `speed_kmh` must be between 0 and 2000, got -1"),
+            ("speed_kmh", json!(1e300), "field `speed_kmh` must be between 0 and 2000, got 1e300"),
             ("heading_deg", json!(361), "field `heading_deg` must be between 0 and 360, got 361"),
+            ("altitude_m", json!(99_999_999), "field `altitude_m` must be between -500 and 20000"),
         ];
         for (field, value, want) in cases {
             let mut r = rec(valid());
             r.insert(field.to_owned(), value);
-            let got = validate_position(&r).unwrap_err().to_string();
+            let got = validate_position(&r, None).unwrap_err().to_string();
             assert!(got.starts_with(want), "{field}: {got}");
         }
         let mut r = rec(valid());
         r.remove("lat");
-        assert_eq!(validate_position(&r).unwrap_err(), RecordError::Missing("lat"));
+        assert_eq!(validate_position(&r, None).unwrap_err(), RecordError::Missing("lat"));
+    }
+
+    #[test]
+    fn an_event_time_outside_the_window_is_refused_against_ingestion_and_production() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros();
+        let ingested = at("2026-11-23T12:00:00Z");
+        let received = |produced: Option<&str>| Received {
+            window: EventWindow::default(),
+            ingested_us: ingested,
+            produced_us: produced.map(at),
+        };
+        let with_ts = |ts: &str| {
+            let mut r = rec(valid());
+            r.insert("ts".into(), json!(ts));
+            r
+        };
+        // Up to a day ahead of ingestion, up to a year behind.
+        assert!(validate_position(&with_ts("2026-11-24T11:59:59Z"), Some(&received(None))).is_ok());
+        assert!(validate_position(&with_ts("2025-11-24T00:00:00Z"), Some(&received(None))).is_ok());
+        let ahead = validate_position(&with_ts("2099-01-01T00:00:00Z"), Some(&received(None))).unwrap_err();
+        assert_eq!(
+            ahead.to_string(),
+            "field `ts` is more than 24 h after the record was ingested (EVENT_TIME_MAX_AHEAD_HOURS)"
+        );
+        let old = validate_position(&with_ts("2020-01-01T00:00:00Z"), Some(&received(None))).unwrap_err();
+        assert!(old.to_string().contains("more than 365 days before the record was ingested"), "{old}");
+        // A record redriven long after it was produced is judged by when it was produced.
+        let produced = Some("2020-01-02T00:00:00Z");
+        assert!(validate_position(&with_ts("2020-01-01T00:00:00Z"), Some(&received(produced))).is_ok());
+        // Without a window only the representable range applies.
+        assert!(validate_position(&with_ts("2099-01-01T00:00:00Z"), None).is_ok());
+    }
+
+    #[test]
+    fn the_contract_is_the_bronze_spec_without_the_weather() {
+        let names: Vec<&str> = position_columns().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            ["transport_unit_id", "ts", "lat", "lon", "transport_type", "speed_kmh", "heading_deg", "altitude_m"]
+        );
     }
 
     #[test]

@@ -87,8 +87,14 @@ impl Appender {
         move |source| DeltaError::Delta { table, source }
     }
 
-    pub(crate) fn data_err(&self, e: impl std::fmt::Display) -> DeltaError {
-        DeltaError::Data { table: self.spec.name, message: e.to_string() }
+    /// Arrow or Parquet failed: the error is kept as the cause.
+    pub(crate) fn data_err<E: std::error::Error + Send + Sync + 'static>(&self, e: E) -> DeltaError {
+        DeltaError::Data { table: self.spec.name, message: e.to_string(), source: Some(Box::new(e)) }
+    }
+
+    /// Data this writer built does not hold together (no underlying error).
+    pub(crate) fn data_problem(&self, message: impl Into<String>) -> DeltaError {
+        DeltaError::Data { table: self.spec.name, message: message.into(), source: None }
     }
 
     /// The table version the append started from (or was last reloaded at).
@@ -114,7 +120,7 @@ impl Appender {
     /// row.
     pub async fn write(&mut self, batch: RecordBatch, ids: Identities) -> Result<usize, DeltaError> {
         if batch.num_rows() != ids.len() {
-            return Err(self.data_err("a batch and its identities differ in length"));
+            return Err(self.data_problem("a batch and its identities differ in length"));
         }
         let rows = ids.len();
         self.stats.rows_in += rows as u64;
@@ -245,7 +251,7 @@ impl Appender {
         }
         for (start, len) in stretches {
             let value = ScalarExt::from_array(column.as_ref(), start)
-                .ok_or_else(|| self.data_err(format!("{name}: not a partition value")))?;
+                .ok_or_else(|| self.data_problem(format!("{name}: not a partition value")))?;
             let values = IndexMap::from([(name.to_owned(), value)]);
             self.writer
                 .write_partition(batch.slice(start, len), &values, WriteMode::Default)

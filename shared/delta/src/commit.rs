@@ -124,12 +124,18 @@ impl Appender {
         let mut txns = Vec::new();
         for (group, max) in groups {
             let w = self.watermark(group).await?;
-            if w.is_none_or(|w| max > w) {
-                txns.push(Transaction::new_with_last_update(
-                    txn_app_id(&self.groups.names[group as usize]),
-                    max,
-                    Some(now),
-                ));
+            let name = &self.groups.names[group as usize];
+            // Without a txn (retention dropped it), the table's files say how far the partition already reaches:
+            // a txn of only this append's offsets could move the watermark backwards.
+            let ceilings: Vec<OffsetCeiling> = if w.is_none() {
+                let partition = kafka_partition(name);
+                let snapshot = self.table.snapshot().map_err(self.err())?;
+                snapshot.log_data().iter().map(|f| offset_ceiling(f.stats().as_deref(), partition)).collect()
+            } else {
+                Vec::new()
+            };
+            if let Some(version) = next_watermark(w, max, ceilings) {
+                txns.push(Transaction::new_with_last_update(txn_app_id(name), version, Some(now)));
             }
         }
         Ok(txns)

@@ -169,6 +169,61 @@ impl Probe {
     }
 }
 
+/// What a data file's statistics say of the Kafka offsets it holds for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OffsetCeiling {
+    /// The file holds no row of that partition (or no Kafka row at all).
+    None,
+    /// No offset of that partition in the file is above this (exact for a file of one partition, an
+    /// over-estimate for a file of several: the safe side, as a watermark too high only costs lookups).
+    AtMost(i64),
+    /// The file has no usable statistics: only reading it would tell.
+    Unknown,
+}
+
+/// The ceiling of a file's offsets of Kafka partition `partition`, from its statistics JSON.
+pub(crate) fn offset_ceiling(stats: Option<&str>, partition: i64) -> OffsetCeiling {
+    let Some(stats) = stats.and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+        return OffsetCeiling::Unknown;
+    };
+    let records = stats.get("numRecords").and_then(Value::as_i64);
+    let num = |section: &str, col: &str| stats.get(section).and_then(|s| s.get(col)).and_then(Value::as_i64);
+    if records.is_some() && num("nullCount", "_source_offset") == records {
+        return OffsetCeiling::None;
+    }
+    match (num("minValues", "_source_partition"), num("maxValues", "_source_partition")) {
+        (Some(lo), Some(hi)) if partition < lo || partition > hi => return OffsetCeiling::None,
+        (Some(_), Some(_)) => {}
+        _ => return OffsetCeiling::Unknown,
+    }
+    num("maxValues", "_source_offset").map_or(OffsetCeiling::Unknown, OffsetCeiling::AtMost)
+}
+
+/// The version of a Kafka partition's new `txn`: never below what the table already holds. `watermark` is the
+/// table's `txn` (`None` once retention dropped it), `appended` this commit's highest offset, `ceilings` what the
+/// active files' statistics say. `None`: write no `txn` (it would not move forward, or the files cannot tell how
+/// far the table reaches, so every offset stays checked against the files).
+pub(crate) fn next_watermark(
+    watermark: Option<i64>,
+    appended: i64,
+    ceilings: impl IntoIterator<Item = OffsetCeiling>,
+) -> Option<i64> {
+    match watermark {
+        Some(w) => (appended > w).then_some(appended),
+        None => {
+            let mut top = appended;
+            for c in ceilings {
+                match c {
+                    OffsetCeiling::None => {}
+                    OffsetCeiling::AtMost(o) => top = top.max(o),
+                    OffsetCeiling::Unknown => return None,
+                }
+            }
+            Some(top)
+        }
+    }
+}
+
 /// The app id of a Kafka group's watermark: `kafka:<topic>:<partition>`.
 pub(crate) fn txn_app_id(group: &str) -> String {
     format!("kafka:{}", group.replace('|', ":"))
@@ -310,6 +365,31 @@ mod tests {
         assert!(probe.may_hold(None, &day("2026-11-24"), col), "no statistics: must read");
         let no_kafka = r#"{"numRecords":10,"nullCount":{"_source_offset":10}}"#;
         assert!(!probe.may_hold(Some(no_kafka), &day("2026-11-24"), col), "a file of dropped-file rows only");
+    }
+
+    #[test]
+    fn a_watermark_never_moves_below_what_the_table_holds() {
+        let stats = |p: (i64, i64), o: (i64, i64)| {
+            format!(
+                r#"{{"numRecords":10,"minValues":{{"_source_partition":{},"_source_offset":{}}},"maxValues":{{"_source_partition":{},"_source_offset":{}}},"nullCount":{{"_source_offset":0}}}}"#,
+                p.0, o.0, p.1, o.1
+            )
+        };
+        assert_eq!(offset_ceiling(Some(&stats((0, 0), (200, 299))), 0), OffsetCeiling::AtMost(299));
+        assert_eq!(offset_ceiling(Some(&stats((1, 3), (0, 999))), 0), OffsetCeiling::None);
+        assert_eq!(offset_ceiling(Some(&stats((0, 3), (0, 999))), 2), OffsetCeiling::AtMost(999));
+        assert_eq!(offset_ceiling(None, 0), OffsetCeiling::Unknown);
+        let no_kafka = r#"{"numRecords":4,"nullCount":{"_source_offset":4}}"#;
+        assert_eq!(offset_ceiling(Some(no_kafka), 0), OffsetCeiling::None);
+
+        // The txn expired (None) and an older slice (100..199) is appended after a newer one (200..299): the new
+        // txn covers the newer one, so its redelivery is checked rather than appended again.
+        assert_eq!(next_watermark(None, 199, [OffsetCeiling::AtMost(299), OffsetCeiling::None]), Some(299));
+        assert_eq!(next_watermark(None, 199, []), Some(199));
+        assert_eq!(next_watermark(None, 199, [OffsetCeiling::Unknown]), None, "unknown: write none");
+        // With a txn: only forward.
+        assert_eq!(next_watermark(Some(299), 199, [OffsetCeiling::Unknown]), None);
+        assert_eq!(next_watermark(Some(299), 300, []), Some(300));
     }
 
     #[test]

@@ -77,7 +77,7 @@ use fleetlake_core::bronze::{
     change_group, date_text, file_group, identity_columns, kafka_group, IdKind, Identities, Identity, Kind, Layout,
     TableSpec,
 };
-use fleetlake_core::fault::{Classify, Fault};
+use fleetlake_core::fault::{Cause, Classify, Fault};
 
 /// Commit attempts before the append gives up and fails (Lambda retries the invocation).
 const MAX_COMMIT_ATTEMPTS: u32 = 25;
@@ -101,6 +101,9 @@ pub enum DeltaError {
         table: &'static str,
         /// What failed.
         message: String,
+        /// The Arrow, Parquet or task error, when one failed.
+        #[source]
+        source: Option<Cause>,
     },
     /// A writer that committed at the same time appended some of the same records: redo the append.
     #[error("delta table {table}: a concurrent commit holds some of these records; the append must be redone")]

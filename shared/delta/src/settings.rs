@@ -36,9 +36,11 @@ impl DeltaSettings {
 
     /// The URL of one table.
     pub fn table_url(&self, spec: &TableSpec) -> Result<Url, DeltaError> {
-        self.bronze_url
-            .join(&format!("{}/", spec.name))
-            .map_err(|e| DeltaError::Data { table: spec.name, message: format!("table URL: {e}") })
+        self.bronze_url.join(&format!("{}/", spec.name)).map_err(|e| DeltaError::Data {
+            table: spec.name,
+            message: format!("table URL: {e}"),
+            source: Some(Box::new(e)),
+        })
     }
 }
 

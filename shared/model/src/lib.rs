@@ -5,6 +5,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
+use fleetlake_core::fault::Cause;
 use fleetlake_core::features::Contract;
 
 /// Why a model cannot be used.
@@ -15,8 +16,11 @@ pub enum ModelError {
     Unreadable {
         /// Model name (from the contract).
         name: String,
-        /// tract's message.
+        /// tract's message with its context.
         message: String,
+        /// tract's error.
+        #[source]
+        source: Cause,
     },
     /// The model's inputs or outputs do not match the contract.
     #[error("model {name}: does not match its feature contract: {message}")]
@@ -31,8 +35,11 @@ pub enum ModelError {
     Run {
         /// Model name.
         name: String,
-        /// tract's message.
+        /// What failed (tract's message with its context).
         message: String,
+        /// tract's error, when tract failed.
+        #[source]
+        source: Option<Cause>,
     },
 }
 
@@ -58,7 +65,8 @@ impl Model {
     /// Loads an ONNX model and checks it against `contract`: one input of `[batch, features]` (f32) and one output.
     pub fn load(bytes: &[u8], contract: Contract) -> Result<Model, ModelError> {
         let name = contract.name.clone();
-        let unreadable = |e: TractError| ModelError::Unreadable { name: name.clone(), message: format!("{e:#}") };
+        let unreadable =
+            |e: TractError| ModelError::Unreadable { name: name.clone(), message: format!("{e:#}"), source: e.into() };
         let mismatch = |message: String| ModelError::Contract { name: name.clone(), message };
         let mut model = tract_onnx::onnx().model_for_read(&mut std::io::Cursor::new(bytes)).map_err(unreadable)?;
         let (inputs, outputs) =
@@ -96,18 +104,23 @@ impl Model {
 
     /// One prediction per row; each row has the contract's features in order.
     pub fn predict(&self, rows: &[Vec<f32>]) -> Result<Vec<f32>, ModelError> {
-        let run_err = |message: String| ModelError::Run { name: self.contract.name.clone(), message };
+        let run_err = |message: String| ModelError::Run { name: self.contract.name.clone(), message, source: None };
+        let tract_err = |e: TractError| ModelError::Run {
+            name: self.contract.name.clone(),
+            message: format!("{e:#}"),
+            source: Some(e.into()),
+        };
         let n = self.contract.features.len();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             if row.len() != n {
                 return Err(run_err(format!("a row of {} features, the contract has {n}", row.len())));
             }
-            let input = Tensor::from_shape(&[1, n], row).map_err(|e| run_err(format!("{e:#}")))?;
-            let result = self.plan.run(tvec!(input.into())).map_err(|e| run_err(format!("{e:#}")))?;
+            let input = Tensor::from_shape(&[1, n], row).map_err(tract_err)?;
+            let result = self.plan.run(tvec!(input.into())).map_err(tract_err)?;
             let value = result[0]
                 .to_plain_array_view::<f32>()
-                .map_err(|e| run_err(format!("{e:#}")))?
+                .map_err(tract_err)?
                 .iter()
                 .next()
                 .copied()

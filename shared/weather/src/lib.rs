@@ -107,9 +107,37 @@ impl WeatherConfig {
         if cfg.cache_cells == 0 {
             return Err(ConfigError::new("WEATHER_CACHE_CELLS", "must be at least 1"));
         }
+        if cfg.api_key_param.is_some() {
+            cfg.key_transport()?;
+        }
         Ok(cfg)
     }
 }
+
+impl WeatherConfig {
+    /// A key travels in the query string: only over https, or plain http to this machine (a local stand-in).
+    pub fn key_transport(&self) -> Result<(), ConfigError> {
+        let rest = self.base_url.strip_prefix("http://");
+        let host = rest.map(|r| {
+            let authority = r.split('/').next().unwrap_or_default();
+            match authority.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or_default(),
+                None => authority.split(':').next().unwrap_or_default(),
+            }
+        });
+        match host {
+            None | Some("localhost" | "127.0.0.1" | "::1") => Ok(()),
+            Some(_) => Err(ConfigError::new(
+                "WEATHER_API_URL",
+                "must be https:// when an API key is configured (plain http only to a loopback address)",
+            )),
+        }
+    }
+}
+
+/// Largest weather response read, in bytes: a full batch of 1,000 cells is about 3 MB; anything larger is not an
+/// answer to our request and is refused before it fills the function's memory.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 /// Counters since the client was built (they span warm invocations).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,22 +174,28 @@ struct Breaker {
 enum FetchError {
     #[error("HTTP {status}: {reason}")]
     Status { status: u16, reason: String, retry_after: Option<Duration> },
-    #[error("transport: {0}")]
-    Transport(String),
+    #[error("transport: {message}")]
+    Transport {
+        message: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("malformed response: {0}")]
     Malformed(String),
     #[error("date out of the API's range: {0}")]
     OutOfRange(String),
     #[error("circuit open")]
     CircuitOpen,
+    #[error("response larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 impl FetchError {
     fn retryable(&self) -> bool {
         match self {
             FetchError::Status { status, .. } => *status == 429 || *status >= 500,
-            FetchError::Transport(_) | FetchError::Malformed(_) => true,
-            FetchError::OutOfRange(_) | FetchError::CircuitOpen => false,
+            FetchError::Transport { .. } | FetchError::Malformed(_) => true,
+            FetchError::OutOfRange(_) | FetchError::CircuitOpen | FetchError::TooLarge(_) => false,
         }
     }
 }
@@ -183,9 +217,15 @@ pub struct WeatherClient {
 }
 
 impl WeatherClient {
-    /// A client with its connection pool, per-attempt timeout and empty cache.
+    /// A client with its connection pool, per-attempt timeout and empty cache. It follows no redirect (the URL
+    /// may carry the API key, which a redirect would hand to another origin) and sends no `Referer`.
     pub fn new(cfg: WeatherConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder().timeout(cfg.timeout).connect_timeout(Duration::from_secs(3)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(Duration::from_secs(3))
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
+            .build()?;
         let capacity = NonZeroUsize::new(cfg.cache_cells).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             http,
@@ -404,11 +444,11 @@ impl WeatherClient {
             url.push_str(key);
         }
         // The URL may carry the API key: errors are rendered without it.
-        let resp = self.http.get(&url).send().await.map_err(|e| FetchError::Transport(describe(&e)))?;
+        let resp = self.http.get(&url).send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         let retry_after =
             resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
-        let body = resp.bytes().await.map_err(|e| FetchError::Transport(describe(&e)))?;
+        let body = read_capped(resp, MAX_RESPONSE_BYTES).await?;
         if status != 200 {
             let reason = serde_json::from_slice::<Value>(&body)
                 .ok()
@@ -423,6 +463,22 @@ impl WeatherClient {
     }
 }
 
+/// The response body, refused (as malformed) past `cap` bytes, whatever its `Content-Length` says.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, FetchError> {
+    let too_large = || FetchError::TooLarge(cap);
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// `Retry-After` as seconds (`120`) or as an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`).
 fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -434,6 +490,10 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// A reqwest error without its URL (which may carry the API key).
+fn transport(source: reqwest::Error) -> FetchError {
+    FetchError::Transport { message: describe(&source), source }
+}
+
 fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
@@ -472,6 +532,81 @@ mod tests {
         cfg.api_key = Some("s3cr3t".into());
         assert!(!format!("{cfg:?}").contains("s3cr3t"));
         assert_eq!(cfg.batch_size, 100);
+    }
+
+    #[test]
+    fn a_key_travels_only_over_https_or_to_this_machine() {
+        let with = |url: &str| {
+            WeatherConfig::from_env(&Env::from_pairs([("WEATHER_API_URL", url), ("WEATHER_API_KEY_PARAM", "/k")]))
+        };
+        assert_eq!(with("http://api.example.com").unwrap_err().var, "WEATHER_API_URL");
+        assert_eq!(with("http://127.0.0.1.example.com:80").unwrap_err().var, "WEATHER_API_URL");
+        for ok in ["https://api.example.com", "http://127.0.0.1:8089", "http://localhost", "http://[::1]:9"] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
+        // Without a key, plain http is the operator's choice.
+        assert!(WeatherConfig::from_env(&Env::from_pairs([("WEATHER_API_URL", "http://api.example.com")])).is_ok());
+    }
+
+    /// A one-answer HTTP server on this machine: every request gets `response`; the requests are kept.
+    async fn canned(response: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let requests = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (requests, response) = (requests.clone(), response.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    requests.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    let _ = sock.write_all(&response).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    async fn look_up_one(url: &str) -> (Lookup, WeatherStats) {
+        let env =
+            Env::from_pairs([("WEATHER_API_URL", url), ("WEATHER_MAX_RETRIES", "2"), ("WEATHER_BACKOFF_BASE_MS", "1")]);
+        let mut cfg = WeatherConfig::from_env(&env).unwrap();
+        cfg.api_key = Some("s3cr3t".into());
+        let client = WeatherClient::new(cfg).unwrap();
+        let cell = CellDay::of(53.5, 9.9, day(), 0.1);
+        let mut answers = client.lookup(&BTreeSet::from([cell]), day(), None).await;
+        (answers.remove(&cell).unwrap(), client.stats())
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_so_the_key_stays_with_its_origin() {
+        let (url, seen) = canned(
+            b"HTTP/1.1 302 Found\r\nLocation: /stolen\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+        )
+        .await;
+        let (lookup, stats) = look_up_one(&url).await;
+        assert!(matches!(lookup, Lookup::Unavailable));
+        assert_eq!(stats.requests, 1, "a redirect is an answer, not retried");
+        let requests = seen.lock().unwrap().clone();
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        assert!(requests[0].starts_with("GET /v1/forecast?"), "{}", requests[0]);
+        assert!(!requests[0].to_ascii_lowercase().contains("referer"));
+    }
+
+    #[tokio::test]
+    async fn a_response_past_the_size_cap_is_refused_without_being_held() {
+        let mut huge = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n".to_vec();
+        huge.resize(huge.len() + MAX_RESPONSE_BYTES + 1, b' ');
+        let (url, _) = canned(huge).await;
+        let (lookup, stats) = look_up_one(&url).await;
+        assert!(matches!(lookup, Lookup::Unavailable));
+        assert_eq!(stats.requests, 1, "too large is not retried");
+        let announced = b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999\r\nConnection: close\r\n\r\n{}".to_vec();
+        let (url, _) = canned(announced).await;
+        assert!(matches!(look_up_one(&url).await.0, Lookup::Unavailable));
     }
 
     #[test]

@@ -35,52 +35,69 @@ pub(crate) fn read_cell<'a>(c: &Column, value: Option<Json<'a>>) -> Result<Cell<
         return if c.required { Err(invalid(c.name, "required")) } else { Ok(Cell::Null) };
     }
     let got = value.kind();
-    let wrong = |want: &str| invalid(c.name, format!("expected {want}, got {got}"));
+    let wrong = |want: &str| invalid(c.name, format!("must be {want}, got {got}"));
     let cell = match (c.kind, value) {
-        (Kind::Utf8, Json::Str(s)) => Cell::Str(s),
+        (Kind::Utf8, Json::Str(s)) => {
+            if s.len() > MAX_TEXT_BYTES {
+                return Err(invalid(c.name, format!("must be at most {MAX_TEXT_BYTES} bytes, got {}", s.len())));
+            }
+            Cell::Str(s)
+        }
         (Kind::Utf8, _) => return Err(wrong("a string")),
         (Kind::Float64, Json::Int(v)) => Cell::F64(v as f64),
         (Kind::Float64, Json::UInt(v)) => Cell::F64(v as f64),
         (Kind::Float64, Json::Float(v)) => {
             if !v.is_finite() {
-                return Err(invalid(c.name, "not a finite number"));
+                return Err(invalid(c.name, "must be a finite number"));
             }
             Cell::F64(v)
         }
         (Kind::Float64, _) => return Err(wrong("a number")),
         (Kind::Int32, Json::Int(v)) => {
             if i32::try_from(v).is_err() {
-                return Err(invalid(c.name, format!("{v} does not fit in 32 bits")));
+                return Err(invalid(c.name, format!("must fit in 32 bits, got {v}")));
             }
             Cell::I64(v)
         }
         (Kind::Int64, Json::Int(v)) => Cell::I64(v),
         (Kind::Int32 | Kind::Int64, _) => return Err(wrong("an integer")),
-        (Kind::EpochMillis, Json::Int(ms)) => {
-            Cell::Micros(ms.checked_mul(1000).ok_or_else(|| invalid(c.name, "out of range"))?)
-        }
+        (Kind::EpochMillis, Json::Int(ms)) => Cell::Micros(
+            ms.checked_mul(1000)
+                .filter(|us| (MICROS_RANGE.0..=MICROS_RANGE.1).contains(us))
+                .ok_or_else(|| invalid(c.name, format!("must be a time in the years 1 to 9999, got {ms}")))?,
+        ),
         (Kind::EpochMillis, _) => return Err(wrong("integer epoch milliseconds")),
-        (Kind::Timestamp, Json::Str(s)) => match rfc3339_micros_fast(&s) {
-            Some(us) => Cell::Micros(us),
-            None => {
-                let t = DateTime::parse_from_rfc3339(&s)
-                    .map_err(|e| invalid(c.name, format!("not an RFC 3339 timestamp ({e}): {s:?}")))?;
-                Cell::Micros(t.timestamp_micros())
+        (Kind::Timestamp, Json::Str(s)) => {
+            let us = match rfc3339_micros_fast(&s) {
+                Some(us) => us,
+                None => DateTime::parse_from_rfc3339(&s)
+                    .map_err(|e| invalid(c.name, format!("must be an RFC 3339 timestamp, got {s:?} ({e})")))?
+                    .timestamp_micros(),
+            };
+            if !(MICROS_RANGE.0..=MICROS_RANGE.1).contains(&us) {
+                return Err(invalid(c.name, format!("must be a time in the years 1 to 9999 UTC, got {s:?}")));
             }
-        },
+            Cell::Micros(us)
+        }
         (Kind::Timestamp, _) => return Err(wrong("an RFC 3339 timestamp string")),
         (Kind::Date, Json::Str(s)) => {
             let d = NaiveDate::parse_from_str(&s, "%Y-%m-%d")
-                .map_err(|e| invalid(c.name, format!("not a YYYY-MM-DD date ({e}): {s:?}")))?;
-            Cell::Days(d.num_days_from_ce() - UNIX_EPOCH_DAYS_CE)
+                .map_err(|e| invalid(c.name, format!("must be a YYYY-MM-DD date, got {s:?} ({e})")))?;
+            days_in_range(c, i64::from(d.num_days_from_ce()) - i64::from(UNIX_EPOCH_DAYS_CE))?
         }
-        (Kind::Date, Json::Int(days)) => {
-            Cell::Days(i32::try_from(days).map_err(|_| wrong("a YYYY-MM-DD string or epoch days"))?)
-        }
+        (Kind::Date, Json::Int(days)) => days_in_range(c, days)?,
         (Kind::Date, _) => return Err(wrong("a YYYY-MM-DD string or epoch days")),
     };
     check(c, &cell)?;
     Ok(cell)
+}
+
+/// A date as days since 1970-01-01, refused outside [`DAYS_RANGE`] (years 1 to 9999), where Parquet readers, Athena
+/// and chrono stop agreeing (or stop working).
+fn days_in_range<'a>(c: &Column, days: i64) -> Result<Cell<'a>, RowError> {
+    i32::try_from(days).ok().filter(|d| (DAYS_RANGE.0..=DAYS_RANGE.1).contains(d)).map(Cell::Days).ok_or_else(|| {
+        invalid(c.name, format!("must be a date in the years 1 to 9999, got {days} days from 1970-01-01"))
+    })
 }
 
 /// The common shape `YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|±HH:MM)` as UTC microseconds, without chrono's general
@@ -137,19 +154,36 @@ pub(crate) fn rfc3339_micros_fast(s: &str) -> Option<i64> {
     Some(secs * 1_000_000 + micros)
 }
 
+/// A number for a message: whole numbers without a fraction, huge and tiny ones in exponent form.
+fn number_text(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e16 {
+        format!("{}", v as i64)
+    } else if v.abs() >= 1e16 || (v != 0.0 && v.abs() < 1e-5) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 pub(crate) fn check(c: &Column, cell: &Cell<'_>) -> Result<(), RowError> {
+    let number = match cell {
+        Cell::F64(v) => Some(*v),
+        Cell::I64(v) => Some(*v as f64),
+        _ => None,
+    };
     match (c.check, cell) {
-        (Check::Range(lo, hi), Cell::F64(v)) if !(lo..=hi).contains(v) => {
-            Err(invalid(c.name, format!("{v} is outside {lo}..={hi}")))
+        (Check::Range(lo, hi), _) if number.is_some_and(|v| !(lo..=hi).contains(&v)) => {
+            let v = number.unwrap_or_default();
+            Err(invalid(c.name, format!("must be between {lo} and {hi}, got {}", number_text(v))))
         }
         (Check::Len(lo, hi), Cell::Str(s)) if !(lo..=hi).contains(&s.chars().count()) => {
-            Err(invalid(c.name, format!("must be {lo} to {hi} characters")))
+            Err(invalid(c.name, format!("must be {lo}-{hi} characters, got {}", s.chars().count())))
         }
         (Check::Id(lo, hi), Cell::Str(s)) if !(lo..=hi).contains(&s.chars().count()) || s.trim().is_empty() => {
-            Err(invalid(c.name, format!("must be {lo} to {hi} characters, not all whitespace")))
+            Err(invalid(c.name, format!("must be {lo}-{hi} characters, not all whitespace, got {}", s.chars().count())))
         }
         (Check::OneOf(allowed), Cell::Str(s)) if !allowed.contains(&s.as_ref()) => {
-            Err(invalid(c.name, format!("{s:?} is not one of {allowed:?}")))
+            Err(invalid(c.name, format!("must be one of {}, got {s:?}", allowed.join("|"))))
         }
         _ => Ok(()),
     }

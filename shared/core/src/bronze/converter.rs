@@ -72,6 +72,9 @@ pub struct Converter {
     /// The identity group text being built, and the last one made: consecutive rows nearly always share it.
     pub(crate) group_text: String,
     pub(crate) last_group: Option<(IdKind, Arc<str>)>,
+    /// The event-time window and the time (µs) it is read against for a line that does not say when it was
+    /// ingested; `None` checks no window.
+    pub(crate) clock: Option<(EventWindow, i64)>,
 }
 
 impl Converter {
@@ -101,7 +104,15 @@ impl Converter {
             slots,
             group_text: String::new(),
             last_group: None,
+            clock: None,
         }
+    }
+
+    /// Also refuses event times outside `window` around each line's ingestion (`_ingested_at`, or `now_us` for a
+    /// line without one) and its production (`_source.timestamp`).
+    pub fn with_window(mut self, window: EventWindow, now_us: i64) -> Self {
+        self.clock = Some((window, now_us));
+        self
     }
 
     /// Records the next row's identity: `kind`, the group text in `group_text`, `seq`. A row continuing the last
@@ -158,6 +169,9 @@ impl Converter {
         let text = std::str::from_utf8(line).map_err(|e| RowError(format!("not UTF-8: {e}")))?;
         let mut top = Slots::new();
         self.top.parse(text, &mut top)?;
+        if top.members > MAX_FIELDS {
+            return Err(RowError(format!("has {} fields, more than {MAX_FIELDS}", top.members)));
+        }
         let mut cells: SmallVec<[Cell<'_>; 24]> = SmallVec::new();
         let mut key_text: SmallVec<[String; 2]> = SmallVec::new();
         let source_raw = match top.values[self.slots.0].take() {
@@ -182,6 +196,9 @@ impl Converter {
                 };
                 let mut row = Slots::new();
                 self.row.parse(row_raw, &mut row).map_err(|e| invalid("row", e))?;
+                if row.members > MAX_FIELDS {
+                    return Err(invalid("row", format!("has {} fields, more than {MAX_FIELDS}", row.members)));
+                }
                 for (c, value) in self.spec.data.iter().zip(row.values.iter_mut()) {
                     let cell = read_cell(c, value.take())?;
                     if key.contains(&c.name) {
@@ -210,6 +227,18 @@ impl Converter {
             None => None,
         };
         let ingested = read_cell(&LINEAGE_COLUMNS[6], ingested)?;
+        if let Some((window, now_us)) = self.clock {
+            let ingested_us = match ingested {
+                Cell::Micros(us) => us,
+                _ => now_us,
+            };
+            let produced_us = source.timestamp.filter(|ms| *ms > 0).and_then(|ms| ms.checked_mul(1000));
+            for (c, cell) in self.spec.read_columns().zip(&cells) {
+                if let (Check::EventTime, Cell::Micros(us)) = (c.check, cell) {
+                    window.check(*us, ingested_us, produced_us).map_err(|e| invalid(c.name, e))?;
+                }
+            }
+        }
 
         // The row's identity: its kind and sequence here, its group text in `group_text`.
         let line_no = i64::try_from(origin.line).unwrap_or(i64::MAX);

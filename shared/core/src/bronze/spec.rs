@@ -50,19 +50,94 @@ impl Kind {
     }
 }
 
+/// The dates every stage, Parquet, Athena and chrono represent alike, as days since 1970-01-01:
+/// 0001-01-01 ..= 9999-12-31. A date outside is refused wherever it is read.
+pub const DAYS_RANGE: (i32, i32) = (-719_162, 2_932_896);
+
+/// The same span in microseconds since the epoch: 0001-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999999Z.
+pub const MICROS_RANGE: (i64, i64) = (-62_135_596_800_000_000, 253_402_300_799_999_999);
+
+/// Longest text a string column takes, in bytes (an identifier or a name, never a document: a longer value is
+/// refused rather than stored).
+pub const MAX_TEXT_BYTES: usize = 4096;
+
+/// Most members a record (or a change's row) may have, known and unknown together: a line of thousands of fields
+/// is not a position.
+pub const MAX_FIELDS: usize = 500;
+
 /// A check on a value beyond its type.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Check {
-    /// Any value of the type.
+    /// Any value of the type (within the bounds every value of the type has: finite numbers, representable dates
+    /// and times, [`MAX_TEXT_BYTES`]).
     None,
-    /// A number in `lo..=hi`.
+    /// A number in `lo..=hi` (an integer column too).
     Range(f64, f64),
+    /// An event time: within the [`EventWindow`] around the time its record was ingested.
+    EventTime,
     /// A string of `min..=max` characters.
     Len(usize, usize),
     /// An identifier: `min..=max` characters, not all whitespace.
     Id(usize, usize),
     /// One of these strings.
     OneOf(&'static [&'static str]),
+}
+
+/// How far an event time may lie from the time its record entered the lake, in seconds. A clock a year behind or
+/// a day ahead is a broken clock: its record would become a table's newest position or drag every reader back
+/// through years of history. Backfills and snapshots of older events raise `max_age_s` explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventWindow {
+    /// Latest accepted event time after the record was ingested.
+    pub max_ahead_s: i64,
+    /// Earliest accepted event time before the record was produced (its Kafka timestamp) or, without one,
+    /// ingested.
+    pub max_age_s: i64,
+}
+
+impl Default for EventWindow {
+    fn default() -> Self {
+        Self { max_ahead_s: 24 * 3600, max_age_s: 365 * 86_400 }
+    }
+}
+
+/// The variables that set the [`EventWindow`] of every function that reads records.
+pub const EVENT_TIME_MAX_AHEAD_HOURS: &str = "EVENT_TIME_MAX_AHEAD_HOURS";
+/// See [`EVENT_TIME_MAX_AHEAD_HOURS`].
+pub const EVENT_TIME_MAX_AGE_DAYS: &str = "EVENT_TIME_MAX_AGE_DAYS";
+
+impl EventWindow {
+    /// The window from `EVENT_TIME_MAX_AHEAD_HOURS` (default 24) and `EVENT_TIME_MAX_AGE_DAYS` (default 365).
+    pub fn from_env(env: &crate::config::Env) -> Result<Self, crate::config::ConfigError> {
+        let d = Self::default();
+        let ahead: u32 = env.parse_or(EVENT_TIME_MAX_AHEAD_HOURS, (d.max_ahead_s / 3600) as u32)?;
+        let age: u32 = env.parse_or(EVENT_TIME_MAX_AGE_DAYS, (d.max_age_s / 86_400) as u32)?;
+        if age == 0 {
+            return Err(crate::config::ConfigError::new(EVENT_TIME_MAX_AGE_DAYS, "must be at least 1"));
+        }
+        Ok(Self { max_ahead_s: i64::from(ahead) * 3600, max_age_s: i64::from(age) * 86_400 })
+    }
+
+    /// Whether `event_us` may be the event time of a record ingested at `ingested_us` and produced at
+    /// `produced_us` (its Kafka timestamp, when it has one); the reason when it may not.
+    pub fn check(&self, event_us: i64, ingested_us: i64, produced_us: Option<i64>) -> Result<(), String> {
+        let latest = ingested_us.saturating_add(self.max_ahead_s.saturating_mul(1_000_000));
+        let earliest = produced_us.unwrap_or(ingested_us).saturating_sub(self.max_age_s.saturating_mul(1_000_000));
+        if event_us > latest {
+            Err(format!(
+                "is more than {} h after the record was ingested ({EVENT_TIME_MAX_AHEAD_HOURS})",
+                self.max_ahead_s / 3600
+            ))
+        } else if event_us < earliest {
+            Err(format!(
+                "is more than {} days before the record was {} ({EVENT_TIME_MAX_AGE_DAYS})",
+                self.max_age_s / 86_400,
+                if produced_us.is_some() { "produced" } else { "ingested" }
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// One column of a bronze table.
@@ -78,8 +153,28 @@ pub struct Column {
     pub check: Check,
 }
 
+impl Column {
+    /// Whether a number is a value this column takes: finite and, with a range, within it.
+    pub fn admits(&self, v: f64) -> bool {
+        v.is_finite()
+            && match self.check {
+                Check::Range(lo, hi) => (lo..=hi).contains(&v),
+                _ => true,
+            }
+    }
+}
+
+/// The column of `spec` named `name`.
+pub fn column(spec: &'static TableSpec, name: &str) -> Option<&'static Column> {
+    spec.data.iter().find(|c| c.name == name)
+}
+
 pub(crate) const fn col(name: &'static str, kind: Kind) -> Column {
     Column { name, kind, required: false, check: Check::None }
+}
+
+pub(crate) const fn opt(name: &'static str, kind: Kind, check: Check) -> Column {
+    Column { name, kind, required: false, check }
 }
 
 pub(crate) const fn req(name: &'static str, kind: Kind, check: Check) -> Column {
@@ -134,7 +229,7 @@ pub enum Zone {
 /// `op`, `ts_ms`, `lsn`: the columns of a change before the row's own.
 pub const CHANGE_COLUMNS: [Column; 3] = [
     req("op", Kind::Utf8, Check::OneOf(&["c", "u", "d", "r"])),
-    req("ts_ms", Kind::EpochMillis, Check::None),
+    req("ts_ms", Kind::EpochMillis, Check::EventTime),
     req("lsn", Kind::Int64, Check::None),
 ];
 
@@ -183,6 +278,9 @@ pub const UNIT_ID: Check = Check::Id(1, 64);
 pub const WEATHER_COLUMNS: [&str; 5] =
     ["temperature_c", "wind_speed_kmh", "precipitation_mm", "weather_code", "weather_status"];
 
+/// The `weather_status` values weather-enricher writes.
+pub const WEATHER_STATUSES: [&str; 3] = ["ok", "unavailable", "out_of_range"];
+
 /// The transport types a record may declare.
 pub const TRANSPORT_TYPES: [&str; 3] = ["aerial", "maritime", "terrestrial"];
 
@@ -193,18 +291,21 @@ pub const LOCATIONS: TableSpec = TableSpec {
     layout: Layout::Record,
     data: &[
         req("transport_unit_id", Kind::Utf8, UNIT_ID),
-        req("ts", Kind::Timestamp, Check::None),
+        req("ts", Kind::Timestamp, Check::EventTime),
         req("lat", Kind::Float64, Check::Range(-90.0, 90.0)),
         req("lon", Kind::Float64, Check::Range(-180.0, 180.0)),
         Column { name: "transport_type", kind: Kind::Utf8, required: false, check: Check::OneOf(&TRANSPORT_TYPES) },
-        Column { name: "speed_kmh", kind: Kind::Float64, required: false, check: Check::Range(0.0, f64::MAX) },
-        Column { name: "heading_deg", kind: Kind::Float64, required: false, check: Check::Range(0.0, 360.0) },
-        col("altitude_m", Kind::Float64),
-        col(WEATHER_COLUMNS[0], Kind::Float64),
-        col(WEATHER_COLUMNS[1], Kind::Float64),
-        col(WEATHER_COLUMNS[2], Kind::Float64),
-        col(WEATHER_COLUMNS[3], Kind::Int32),
-        col(WEATHER_COLUMNS[4], Kind::Utf8),
+        // Physical bounds, generous: the fastest transport aircraft stay under 1,000 km/h and 15 km of altitude.
+        opt("speed_kmh", Kind::Float64, Check::Range(0.0, 2_000.0)),
+        opt("heading_deg", Kind::Float64, Check::Range(0.0, 360.0)),
+        opt("altitude_m", Kind::Float64, Check::Range(-500.0, 20_000.0)),
+        // Weather beyond every recorded extreme is an error of the weather service, not weather.
+        opt(WEATHER_COLUMNS[0], Kind::Float64, Check::Range(-100.0, 70.0)),
+        opt(WEATHER_COLUMNS[1], Kind::Float64, Check::Range(0.0, 500.0)),
+        opt(WEATHER_COLUMNS[2], Kind::Float64, Check::Range(0.0, 500.0)),
+        // WMO weather interpretation codes.
+        opt(WEATHER_COLUMNS[3], Kind::Int32, Check::Range(0.0, 99.0)),
+        opt(WEATHER_COLUMNS[4], Kind::Utf8, Check::OneOf(&WEATHER_STATUSES)),
     ],
     partitioning: Some(Partitioning { column: "event_date", from: "ts" }),
 };
@@ -216,10 +317,12 @@ pub const PERFORMANCE_STATS: TableSpec = TableSpec {
     layout: Layout::Change { key: &["transport_unit_id", "stat_date"] },
     data: &[
         req("transport_unit_id", Kind::Utf8, UNIT_ID),
+        // A business date: any representable date, no window.
         req("stat_date", Kind::Date, Check::None),
-        col("distance_km", Kind::Float64),
-        col("fuel_used_l", Kind::Float64),
-        col("engine_hours", Kind::Float64),
+        // One unit's day: a long-haul aircraft covers under 20,000 km and burns under 400,000 l.
+        opt("distance_km", Kind::Float64, Check::Range(0.0, 25_000.0)),
+        opt("fuel_used_l", Kind::Float64, Check::Range(0.0, 1_000_000.0)),
+        opt("engine_hours", Kind::Float64, Check::Range(0.0, 24.0)),
     ],
     partitioning: Some(Partitioning { column: "stat_date", from: "stat_date" }),
 };
@@ -233,7 +336,8 @@ pub const TRANSPORT_UNITS: TableSpec = TableSpec {
         req("transport_unit_id", Kind::Utf8, UNIT_ID),
         col("transport_type", Kind::Utf8),
         col("name", Kind::Utf8),
-        col("capacity_t", Kind::Float64),
+        // The largest ships carry about 400,000 t.
+        opt("capacity_t", Kind::Float64, Check::Range(0.0, 1_000_000.0)),
     ],
     partitioning: None,
 };
@@ -255,6 +359,13 @@ impl TableSpec {
             out.push((p.column, Kind::Date, false));
         }
         out
+    }
+
+    /// The columns a line is read into, in order: a change's `op`, `ts_ms`, `lsn`, then the record's (or row's) own.
+    pub fn read_columns(&self) -> impl Iterator<Item = &'static Column> + '_ {
+        let change: &'static [Column] =
+            if matches!(self.layout, Layout::Change { .. }) { &CHANGE_COLUMNS } else { &[] };
+        change.iter().chain(self.data.iter())
     }
 
     /// The Arrow schema of the table.

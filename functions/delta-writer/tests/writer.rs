@@ -265,13 +265,16 @@ async fn redelivered_reordered_and_recut_batches_land_each_record_once() {
     assert_eq!(kafka_ids(&table), expected_ids(&[(0, 100..=349)]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_writing_files_and_committing_loses_and_doubles_nothing() {
+/// The lines of `key` (positions of Kafka `partition` at `offsets`) converted, written to Parquet and prepared, not
+/// committed: what an invocation leaves when it stops before its commit. Returns the table as it was opened.
+async fn prepared_append(
+    env: &Env,
+    key: &str,
+    partition: i64,
+    offsets: std::ops::RangeInclusive<i64>,
+) -> (deltalake::DeltaTable, fleetlake_delta::Prepared) {
     use fleetlake_core::bronze::{Converter, LineOrigin, LOCATIONS};
     use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
-
-    let env = Env::new(&[]).await;
-    let key = put_positions(&env, 3, 0..=499).await;
     let settings = DeltaSettings {
         bronze_url: format!("s3://{}/bronze/", env.bucket).parse().unwrap(),
         storage_options: env.moto.delta_storage_options(),
@@ -279,16 +282,25 @@ async fn a_crash_between_writing_files_and_committing_loses_and_doubles_nothing(
         log_retention: "interval 30 days".into(),
         txn_retention: "interval 7 days".into(),
     };
-    // GIVEN an invocation that wrote the Parquet files of the object and crashed before committing
     let table = open_or_create(&settings, &LOCATIONS).await.unwrap();
-    let mut appender = Appender::new(&LOCATIONS, table, 128 << 20).unwrap();
+    let mut appender = Appender::new(&LOCATIONS, table.clone(), 128 << 20).unwrap();
     let mut converter = Converter::new(&LOCATIONS);
-    for o in 0..=499 {
-        converter.push(enriched(3, o).as_bytes(), LineOrigin { key: &key, etag: "", line: o as u64 + 1 }).unwrap();
+    let first = *offsets.start();
+    for o in offsets {
+        let line = (o - first) as u64 + 1;
+        converter.push(enriched(partition, o).as_bytes(), LineOrigin { key, etag: "", line }).unwrap();
     }
     let (batch, ids) = converter.finish().unwrap();
     appender.write(batch, ids).await.unwrap();
-    let prepared = appender.prepare().await.unwrap();
+    (table, appender.prepare().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_writing_files_and_committing_loses_and_doubles_nothing() {
+    let env = Env::new(&[]).await;
+    let key = put_positions(&env, 3, 0..=499).await;
+    // GIVEN an invocation that wrote the Parquet files of the object and crashed before committing
+    let (_, prepared) = prepared_append(&env, &key, 3, 0..=499).await;
     let orphans: Vec<String> = prepared.files().iter().map(|a| a.path.clone()).collect();
     assert!(!orphans.is_empty());
     drop(prepared);
@@ -312,30 +324,14 @@ async fn a_watermark_lost_to_retention_never_moves_backwards() {
     use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
     use deltalake::kernel::Action;
     use deltalake::protocol::{DeltaOperation, SaveMode};
-    use fleetlake_core::bronze::{Converter, LineOrigin, LOCATIONS};
-    use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 
     let env = Env::new(&[]).await;
     let older = put_positions(&env, 0, 100..=199).await;
     let newer = put_positions(&env, 0, 200..=299).await;
     // GIVEN the newer offsets are in the table, and their `txn` is gone (TXN_RETENTION dropped it at a checkpoint:
     // here they are committed without one)
-    let settings = DeltaSettings {
-        bronze_url: format!("s3://{}/bronze/", env.bucket).parse().unwrap(),
-        storage_options: env.moto.delta_storage_options(),
-        checkpoint_interval: 100,
-        log_retention: "interval 30 days".into(),
-        txn_retention: "interval 7 days".into(),
-    };
-    let table = open_or_create(&settings, &LOCATIONS).await.unwrap();
-    let mut appender = Appender::new(&LOCATIONS, table.clone(), 128 << 20).unwrap();
-    let mut converter = Converter::new(&LOCATIONS);
-    for o in 200..=299 {
-        converter.push(enriched(0, o).as_bytes(), LineOrigin { key: &newer, etag: "", line: o as u64 - 199 }).unwrap();
-    }
-    let (batch, ids) = converter.finish().unwrap();
-    appender.write(batch, ids).await.unwrap();
-    let actions: Vec<Action> = appender.prepare().await.unwrap().files().iter().cloned().map(Action::Add).collect();
+    let (table, prepared) = prepared_append(&env, &newer, 0, 200..=299).await;
+    let actions: Vec<Action> = prepared.files().iter().cloned().map(Action::Add).collect();
     let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
     CommitBuilder::from(CommitProperties::default())
         .with_actions(actions)

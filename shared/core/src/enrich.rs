@@ -380,13 +380,17 @@ mod tests {
         (serde_json::from_slice(&out).unwrap(), status)
     }
 
-    fn found() -> Lookup {
-        let mut series = DaySeries {
+    fn no_weather() -> DaySeries {
+        DaySeries {
             temperature_c: [None; 24],
             wind_speed_kmh: [None; 24],
             precipitation_mm: [None; 24],
             weather_code: [None; 24],
-        };
+        }
+    }
+
+    fn found() -> Lookup {
+        let mut series = no_weather();
         series.temperature_c[8] = Some(12.3);
         series.precipitation_mm[8] = Some(0.0);
         series.weather_code[8] = Some(3);
@@ -485,12 +489,7 @@ mod tests {
     fn weather_beyond_physical_bounds_is_no_weather() {
         let p = prepare(br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2}"#, src(), 0.1, None)
             .unwrap();
-        let mut series = DaySeries {
-            temperature_c: [None; 24],
-            wind_speed_kmh: [None; 24],
-            precipitation_mm: [None; 24],
-            weather_code: [None; 24],
-        };
+        let mut series = no_weather();
         series.temperature_c[8] = Some(1e30);
         series.wind_speed_kmh[8] = Some(12.0);
         series.weather_code[8] = Some(1234);

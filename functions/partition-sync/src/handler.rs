@@ -5,10 +5,12 @@
 //! table's **latest** state (which includes that commit):
 //! - each touched partition's manifest `<table>/_symlink_format_manifest/<col>=<value>/manifest` is rewritten with
 //!   the absolute paths of the partition's active data files, in one PUT, stamped with the version it describes
-//!   (`x-amz-meta-delta-version`); a manifest already stamped with that version or a later one is left alone, so
-//!   commits processed late or twice change nothing;
+//!   (`x-amz-meta-delta-version`), conditional on the HEAD that read it (`If-Match` / `If-None-Match`); a manifest
+//!   already stamped with that version or a later one is left alone, so commits processed late or twice change
+//!   nothing, and two syncs racing cannot put an older version's manifest over a newer one;
 //! - partitions with files are registered in Glue (`BatchCreatePartition`; existing ones count as done) and
-//!   partitions left without files are removed (`BatchDeletePartition`).
+//!   partitions left without files are removed (`BatchDeletePartition`), by the sync whose version wrote the
+//!   manifest (an older one leaves them alone).
 //!
 //! Working from the latest state makes out-of-order processing converge: whichever commit is processed last, the
 //! manifests and partitions describe the newest version.
@@ -27,7 +29,7 @@ use fleetlake_core::partitions::{manifest_text, touched_partitions, CommitKey, P
 use fleetlake_delta::{active_files, DeltaError, DeltaSettings, TableCache};
 use fleetlake_runner::{Invocation, ObjectHandler};
 use tokio::sync::Mutex;
-use tracing::{error, info, instrument};
+use tracing::{error, info, instrument, warn};
 
 use crate::config::Config;
 
@@ -79,6 +81,8 @@ pub(crate) enum SyncError {
     Catalog(#[from] CatalogError),
     #[error("delta table {0} does not exist, yet a commit of it was notified")]
     NoTable(&'static str),
+    #[error("manifest {0}: other syncs kept changing it")]
+    ManifestContention(String),
 }
 
 impl Classify for SyncError {
@@ -96,6 +100,8 @@ struct Synced {
     partitions_created: u64,
     partitions_deleted: u64,
     partitions_refused: u64,
+    /// Touched partitions whose manifest a newer table version had written already: Glue is left to that sync.
+    partitions_superseded: u64,
     commits_missing: u64,
     commits_unreadable: u64,
 }
@@ -108,6 +114,7 @@ impl Synced {
         invocation.add("partitions_created", self.partitions_created);
         invocation.add("partitions_deleted", self.partitions_deleted);
         invocation.add("partitions_refused", self.partitions_refused);
+        invocation.add("partitions_superseded", self.partitions_superseded);
         invocation.add("commits_missing", self.commits_missing);
         invocation.add("commits_unreadable", self.commits_unreadable);
     }
@@ -186,22 +193,20 @@ async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey) -> Result<Synce
         let paths = files.get(partition).cloned().unwrap_or_default();
         let has_files = !paths.is_empty();
         let manifest_key = manifest_key(&deps.config.bronze_prefix, spec.name, &partition.folder());
-        let current = deps.store.metadata(&manifest_key).await?;
-        let stamped = current.as_ref().and_then(|m| m.get(VERSION_META)).and_then(|v| v.parse::<u64>().ok());
-        if stamped.is_some_and(|v| v >= version) {
-            out.manifests_current += 1;
-        } else {
-            let v = version.to_string();
-            deps.store
-                .put_object(
-                    &manifest_key,
-                    manifest_text(paths).into_bytes(),
-                    "text/plain",
-                    &[(VERSION_META, &v)],
-                    false,
-                )
-                .await?;
-            out.manifests_written += 1;
+        let newest = match write_manifest(deps, &manifest_key, version, manifest_text(paths)).await? {
+            Manifest::Written => {
+                out.manifests_written += 1;
+                true
+            }
+            Manifest::Current { stamped } => {
+                out.manifests_current += 1;
+                stamped == version
+            }
+        };
+        // Glue follows the version that wrote the manifest: a sync of an older version leaves the partition to it.
+        if !newest {
+            out.partitions_superseded += 1;
+            continue;
         }
         if let Partition::Value { .. } = partition {
             let location = manifest_location(&root, &partition.folder());
@@ -231,6 +236,37 @@ async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey) -> Result<Synce
         "synced"
     );
     Ok(out)
+}
+
+/// What writing a manifest came to.
+enum Manifest {
+    /// This version's manifest is in place.
+    Written,
+    /// A manifest of this version or a newer one was there already.
+    Current { stamped: u64 },
+}
+
+/// Most rounds of read, decide and conditional write of one manifest against other syncs.
+const MANIFEST_ATTEMPTS: u32 = 8;
+
+/// Writes the manifest of `version` unless one of this version or a newer one is there. The write is conditional on
+/// what was read (`If-Match` its ETag, `If-None-Match` when there was none): two syncs racing cannot leave an older
+/// version's manifest over a newer one. A lost race reads again and decides again.
+async fn write_manifest(deps: &Deps, key: &str, version: u64, text: String) -> Result<Manifest, SyncError> {
+    let v = version.to_string();
+    for attempt in 1..=MANIFEST_ATTEMPTS {
+        let head = deps.store.head(key).await?;
+        let stamped = head.as_ref().and_then(|h| h.metadata.get(VERSION_META)).and_then(|v| v.parse::<u64>().ok());
+        if let Some(stamped) = stamped.filter(|s| *s >= version) {
+            return Ok(Manifest::Current { stamped });
+        }
+        let body = text.clone().into_bytes();
+        if deps.store.put_if_unchanged(key, body, "text/plain", &[(VERSION_META, &v)], head.as_ref()).await? {
+            return Ok(Manifest::Written);
+        }
+        warn!(key, attempt, "the manifest changed while it was being written; reading it again");
+    }
+    Err(SyncError::ManifestContention(key.to_owned()))
 }
 
 /// The Glue table's storage descriptor, read once per execution environment.

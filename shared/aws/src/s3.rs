@@ -20,6 +20,15 @@ pub enum PutOutcome {
     AlreadyExists,
 }
 
+/// What a HEAD of an object found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// User metadata (`x-amz-meta-*`).
+    pub metadata: std::collections::HashMap<String, String>,
+    /// The ETag, quoted as S3 sends it.
+    pub etag: Option<String>,
+}
+
 /// An S3 client bound to one bucket.
 #[derive(Debug, Clone)]
 pub struct S3Store {
@@ -95,13 +104,55 @@ impl S3Store {
 
     /// The user metadata of the object at `key`, or `None` if there is none (HeadObject; needs `s3:ListBucket` to
     /// tell "missing" from "forbidden").
-    #[instrument(skip(self), fields(bucket = %self.bucket))]
     pub async fn metadata(&self, key: &str) -> Result<Option<std::collections::HashMap<String, String>>> {
+        Ok(self.head(key).await?.map(|h| h.metadata))
+    }
+
+    /// The object's user metadata and ETag, or `None` if there is none.
+    #[instrument(skip(self), fields(bucket = %self.bucket))]
+    pub async fn head(&self, key: &str) -> Result<Option<Head>> {
         match self.client.head_object().bucket(&self.bucket).key(key).send().await {
-            Ok(out) => Ok(Some(out.metadata.unwrap_or_default())),
+            Ok(out) => Ok(Some(Head { metadata: out.metadata.unwrap_or_default(), etag: out.e_tag })),
             Err(e) if matches!(e.as_service_error(), Some(HeadObjectError::NotFound(_))) => Ok(None),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
             Err(e) => Err(self.error("HeadObject", key, e)),
+        }
+    }
+
+    /// Writes `body` at `key` only if the object is still the one `read` found: `If-Match` its ETag, or
+    /// `If-None-Match: *` when there was none. `Ok(false)` when it changed in between (412, a concurrent
+    /// conditional write's 409 `ConditionalRequestConflict`, or 404 for an object deleted meanwhile): read it again
+    /// and decide again.
+    #[instrument(skip(self, body, metadata, read), fields(bucket = %self.bucket, bytes = body.len()))]
+    pub async fn put_if_unchanged(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        metadata: &[(&str, &str)],
+        read: Option<&Head>,
+    ) -> Result<bool> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body));
+        for (k, v) in metadata {
+            req = req.metadata(*k, *v);
+        }
+        req = match read.and_then(|h| h.etag.as_deref()) {
+            Some(etag) => req.if_match(etag),
+            None => req.if_none_match("*"),
+        };
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_response().is_some_and(|r| matches!(r.status().as_u16(), 404 | 409 | 412)) => {
+                debug!(key, "the object changed since it was read");
+                Ok(false)
+            }
+            Err(e) => Err(self.error("PutObject", key, e)),
         }
     }
 

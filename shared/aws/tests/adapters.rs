@@ -26,6 +26,24 @@ async fn create_only_puts_keep_the_first_object() {
 }
 
 #[tokio::test]
+async fn a_conditional_replace_loses_to_a_write_made_after_the_read() {
+    let moto = Moto::start().await;
+    let store = S3Store::new(moto.s3(), moto.bucket("lake").await);
+    let meta = |v: &'static str| [("delta-version", v)];
+    // Absent: created only once, by whichever writer read it absent first.
+    assert!(store.head("m").await.unwrap().is_none());
+    assert!(store.put_if_unchanged("m", b"v1".to_vec(), "text/plain", &meta("1"), None).await.unwrap());
+    assert!(!store.put_if_unchanged("m", b"v1'".to_vec(), "text/plain", &meta("1"), None).await.unwrap());
+    // Two writers read the same object; the first to write wins, the other must read again.
+    let (a, b) = (store.head("m").await.unwrap(), store.head("m").await.unwrap());
+    assert_eq!(a.as_ref().unwrap().metadata["delta-version"], "1");
+    assert!(store.put_if_unchanged("m", b"v3".to_vec(), "text/plain", &meta("3"), a.as_ref()).await.unwrap());
+    assert!(!store.put_if_unchanged("m", b"v2".to_vec(), "text/plain", &meta("2"), b.as_ref()).await.unwrap());
+    assert_eq!(store.get_bytes("m").await.unwrap(), b"v3");
+    assert_eq!(store.metadata("m").await.unwrap().unwrap()["delta-version"], "3");
+}
+
+#[tokio::test]
 async fn missing_objects_and_missing_buckets_are_told_apart() {
     let moto = Moto::start().await;
     let store = S3Store::new(moto.s3(), moto.bucket("lake").await);

@@ -23,12 +23,22 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
+        Env::start(false).await
+    }
+
+    /// With `race`, the function reaches moto through [`racing_proxy`].
+    async fn start(race: bool) -> Env {
         let moto = Moto::start().await;
         let bucket = moto.bucket("lake").await;
         let glue = moto.glue_bronze_tables(DB, &bucket).await;
         let mut env = moto.env();
         env.push(("LAKE_BUCKET".into(), bucket.clone()));
         env.push(("GLUE_DATABASE".into(), DB.into()));
+        if race {
+            let proxy = racing_proxy(moto.endpoint.clone(), moto.s3(), bucket.clone()).await;
+            env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+            env.push(("AWS_ENDPOINT_URL".into(), proxy));
+        }
         let sync = LambdaHarness::start(Path::new(env!("CARGO_BIN_EXE_partition-sync")), "partition-sync", &env).await;
         let settings = DeltaSettings {
             bronze_url: format!("s3://{bucket}/bronze/").parse().unwrap(),
@@ -112,6 +122,64 @@ impl Env {
     }
 }
 
+/// A proxy to moto that forwards every call as it is, except that just before the function's first manifest PUT
+/// reaches moto, another sync's write of the same manifest, stamped with a newer version (999), lands first: the
+/// race of two syncs between one's HEAD and its PUT. Returns its endpoint.
+async fn racing_proxy(moto: String, s3: aws_sdk_s3::Client, bucket: String) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let raced = Arc::new(AtomicBool::new(false));
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (raced, http, moto, s3, bucket) = (raced.clone(), http.clone(), moto.clone(), s3.clone(), bucket.clone());
+        async move {
+            let path = uri.path().replace("%3D", "=");
+            if method == Method::PUT
+                && path.contains("/_symlink_format_manifest/")
+                && !raced.swap(true, Ordering::SeqCst)
+            {
+                let key = path.trim_start_matches('/').strip_prefix(&format!("{bucket}/")).unwrap().to_owned();
+                s3.put_object()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .body(b"s3://newer/file.parquet\n".to_vec().into())
+                    .metadata("delta-version", "999")
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            let url = format!("{moto}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+            let mut forward =
+                http.request(reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap(), &url).body(body);
+            for (k, v) in &headers {
+                if k != "host" && k != "content-length" {
+                    forward = forward.header(k.as_str(), v.as_bytes());
+                }
+            }
+            let response = forward.send().await.unwrap();
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+            let mut out = HeaderMap::new();
+            for (k, v) in response.headers() {
+                if k != "transfer-encoding" && k != "connection" {
+                    out.insert(
+                        axum::http::HeaderName::from_bytes(k.as_str().as_bytes()).unwrap(),
+                        axum::http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+                    );
+                }
+            }
+            (status, out, response.bytes().await.unwrap().to_vec()).into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    endpoint
+}
+
 fn metric(inv: &Invocation, name: &str) -> u64 {
     inv.stdout
         .iter()
@@ -188,4 +256,27 @@ async fn bad_partition_values_and_missing_commits_are_reported_not_synced() {
     // A commit that is gone (the log was cleaned up): reported, not retried forever.
     let inv = env.invoke(&[v1 + 50]).await;
     assert_eq!(metric(&inv, "commits_missing"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_that_loses_a_race_leaves_the_newer_manifest_and_its_partition_alone() {
+    // GIVEN a commit touching two days, and another sync of a newer version writing one of the manifests between
+    // this sync's HEAD and its PUT
+    let mut env = Env::start(true).await;
+    let v1 = env.commit(0..40, &["2026-11-23", "2026-11-24"]).await;
+    // WHEN the commit is synced
+    let inv = env.invoke(&[v1]).await;
+    // THEN the newer manifest stays, this sync's Glue change for that day is left to the newer sync, and the other
+    // day is synced as usual
+    let stamps: Vec<String> = [env.manifest("2026-11-23").await.1, env.manifest("2026-11-24").await.1].into();
+    let raced = stamps.iter().position(|s| s == "999").expect("one manifest is the newer sync's");
+    assert_eq!(stamps[1 - raced], v1.to_string());
+    let raced_day = ["2026-11-23", "2026-11-24"][raced];
+    assert_eq!(env.manifest(raced_day).await.0, ["s3://newer/file.parquet"]);
+    assert_eq!(
+        (metric(&inv, "manifests_written"), metric(&inv, "manifests_current"), metric(&inv, "partitions_superseded")),
+        (1, 1, 1)
+    );
+    let partitions = env.partitions().await;
+    assert_eq!(partitions.keys().cloned().collect::<Vec<_>>(), [["2026-11-24", "2026-11-23"][raced]]);
 }

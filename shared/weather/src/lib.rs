@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use chrono::{Days, NaiveDate};
 use futures::StreamExt;
 use serde_json::Value;
@@ -212,6 +214,8 @@ pub struct WeatherClient {
     http: reqwest::Client,
     cfg: WeatherConfig,
     cache: Mutex<lru::LruCache<CellDay, Arc<DaySeries>>>,
+    /// Cell-days being fetched by a lookup now, with a channel that closes when that lookup is done.
+    inflight: Mutex<HashMap<CellDay, watch::Receiver<()>>>,
     breaker: Mutex<Breaker>,
     counters: Counters,
 }
@@ -231,6 +235,7 @@ impl WeatherClient {
             http,
             cfg,
             cache: Mutex::new(lru::LruCache::new(capacity)),
+            inflight: Mutex::new(HashMap::new()),
             breaker: Mutex::new(Breaker::default()),
             counters: Counters::default(),
         })
@@ -260,22 +265,78 @@ impl WeatherClient {
     ) -> HashMap<CellDay, Lookup> {
         let mut answers = HashMap::with_capacity(cells.len());
         let mut to_fetch: BTreeMap<(Endpoint, NaiveDate), Vec<CellDay>> = BTreeMap::new();
+        // Cells another lookup is fetching right now (objects are enriched concurrently and share their cells): wait
+        // for its answer instead of asking the API again.
+        let mut waiting: Vec<(CellDay, watch::Receiver<()>)> = Vec::new();
+        // Held until this lookup's own fetches are in the cache: dropping it wakes the lookups waiting on them.
+        let (fetched, fetching) = watch::channel(());
         {
             let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for &cell in cells {
                 if let Some(series) = cache.get(&cell) {
                     answers.insert(cell, Lookup::Found(series.clone()));
                     self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                if let Some(other) = inflight.get(&cell) {
+                    waiting.push((cell, other.clone()));
+                    continue;
+                }
                 match self.endpoint_for(cell.day, today) {
-                    Some(endpoint) => to_fetch.entry((endpoint, cell.day)).or_default().push(cell),
+                    Some(endpoint) => {
+                        to_fetch.entry((endpoint, cell.day)).or_default().push(cell);
+                        inflight.insert(cell, fetching.clone());
+                    }
                     None => {
                         answers.insert(cell, Lookup::OutOfRange);
                     }
                 }
             }
         }
+        let mine: Vec<CellDay> = to_fetch.values().flatten().copied().collect();
+        self.fetch_into(to_fetch, &mut answers, deadline).await;
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for cell in &mine {
+                if inflight.get(cell).is_some_and(|r| r.same_channel(&fetching)) {
+                    inflight.remove(cell);
+                }
+            }
+        }
+        drop(fetched);
+        if waiting.is_empty() {
+            return answers;
+        }
+        // The other lookups' answers, from the cache; a cell they could not get is asked for again here.
+        let mut again: BTreeMap<(Endpoint, NaiveDate), Vec<CellDay>> = BTreeMap::new();
+        for (cell, mut done) in waiting {
+            // Err: its fetcher is finished (the sender is gone), which is all this waits for.
+            let _ = done.changed().await;
+            let cached = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&cell).cloned();
+            match (cached, self.endpoint_for(cell.day, today)) {
+                (Some(series), _) => {
+                    self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    answers.insert(cell, Lookup::Found(series));
+                }
+                (None, Some(endpoint)) => again.entry((endpoint, cell.day)).or_default().push(cell),
+                (None, None) => {
+                    answers.insert(cell, Lookup::OutOfRange);
+                }
+            }
+        }
+        self.fetch_into(again, &mut answers, deadline).await;
+        answers
+    }
+
+    /// Fetches the cells (by endpoint and day, in batches of `WEATHER_BATCH_SIZE`, `WEATHER_CONCURRENCY` at a time),
+    /// caching what it gets and answering every cell.
+    async fn fetch_into(
+        &self,
+        to_fetch: BTreeMap<(Endpoint, NaiveDate), Vec<CellDay>>,
+        answers: &mut HashMap<CellDay, Lookup>,
+        deadline: Option<Instant>,
+    ) {
         let requests: Vec<(Endpoint, NaiveDate, Vec<CellDay>)> = to_fetch
             .into_iter()
             .flat_map(|((endpoint, day), cells)| {
@@ -309,7 +370,6 @@ impl WeatherClient {
                 }
             }
         }
-        answers
     }
 
     fn endpoint_for(&self, day: NaiveDate, today: NaiveDate) -> Option<Endpoint> {
@@ -517,6 +577,7 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn day() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 24).unwrap()
@@ -607,6 +668,36 @@ mod tests {
         let announced = b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999\r\nConnection: close\r\n\r\n{}".to_vec();
         let (url, _) = canned(announced).await;
         assert!(matches!(look_up_one(&url).await.0, Lookup::Unavailable));
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_of_the_same_cells_ask_the_api_once() {
+        let nulls = vec![Value::Null; 24];
+        let warm = vec![4.5; 24];
+        let times: Vec<String> = (0..24).map(|h| format!("{}T{h:02}:00", day())).collect();
+        let body = json!({"hourly": {"time": times, "temperature_2m": warm, "wind_speed_10m": nulls,
+                                     "precipitation": nulls, "weather_code": nulls}})
+        .to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (url, seen) = canned(response.into_bytes()).await;
+        let client =
+            WeatherClient::new(WeatherConfig::from_env(&Env::from_pairs([("WEATHER_API_URL", url.as_str())])).unwrap())
+                .unwrap();
+        let cells = BTreeSet::from([CellDay::of(53.5, 9.9, day(), 0.1)]);
+        // Objects of one invocation are enriched at once and share their cells.
+        let (a, b, c) = tokio::join!(
+            client.lookup(&cells, day(), None),
+            client.lookup(&cells, day(), None),
+            client.lookup(&cells, day(), None)
+        );
+        for answers in [a, b, c] {
+            assert!(matches!(answers.values().next(), Some(Lookup::Found(s)) if s.temperature_c[3] == Some(4.5)));
+        }
+        assert_eq!(seen.lock().unwrap().len(), 1, "one request for the three lookups");
+        assert_eq!(client.stats().cache_hits, 2);
     }
 
     #[test]

@@ -56,12 +56,19 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// An invocation of `stage` with the runtime's context (its deadline in epoch milliseconds; 0 means none).
+    /// An invocation of `stage` with the runtime's context (its deadline in epoch milliseconds; 0, or a time already
+    /// past, means none).
     pub fn new(stage: &'static str, context: &Context) -> Self {
         let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or_default();
         let left = match context.deadline {
             0 => NO_DEADLINE,
-            d => Duration::from_millis(d.saturating_sub(now_ms)),
+            // A deadline already past when the invocation arrives is no deadline Lambda gives: an emulator's (some
+            // send it in seconds). Running as if without one beats failing every object unstarted.
+            d if d <= now_ms => {
+                warn!(deadline = d, now_ms, "the invocation's deadline is already past; running without one");
+                NO_DEADLINE
+            }
+            d => Duration::from_millis(d - now_ms),
         };
         let mut metrics = Metrics::new(stage);
         metrics.property("requestId", context.request_id.clone());

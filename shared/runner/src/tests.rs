@@ -134,6 +134,17 @@ async fn objects_of_other_functions_are_acknowledged() {
     assert_eq!(h.calls.load(Ordering::SeqCst), 0);
 }
 
+#[test]
+fn a_deadline_already_past_on_arrival_is_no_deadline() {
+    // What `cargo lambda watch` sends: a value no real invocation has (in seconds, or in the past).
+    let mut c = context(None);
+    c.deadline = Utc::now().timestamp() as u64;
+    let left = Invocation::new("test", &c).deadline().saturating_duration_since(std::time::Instant::now());
+    assert!(left > Duration::from_secs(800), "{left:?}");
+    let soon = Invocation::new("test", &context(Some(Duration::from_secs(3))));
+    assert!(soon.deadline().saturating_duration_since(std::time::Instant::now()) <= Duration::from_secs(3));
+}
+
 #[tokio::test]
 async fn a_group_past_the_deadline_is_cut_off_and_unstarted_ones_fail() {
     // GIVEN 4 s left, a 2 s margin, one group at a time: a slow object, then a good one

@@ -75,16 +75,7 @@ impl S3Store {
         metadata: &[(&str, &str)],
         create_only: bool,
     ) -> Result<PutOutcome> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body));
-        for (k, v) in metadata {
-            req = req.metadata(*k, *v);
-        }
+        let mut req = self.put_request(key, body, content_type, metadata);
         if create_only {
             req = req.if_none_match("*");
         }
@@ -100,6 +91,27 @@ impl S3Store {
             }
             Err(e) => Err(self.error("PutObject", key, e)),
         }
+    }
+
+    /// A PutObject of `body` at `key` with its content type and user metadata, not sent yet.
+    fn put_request(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        metadata: &[(&str, &str)],
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body));
+        for (k, v) in metadata {
+            req = req.metadata(*k, *v);
+        }
+        req
     }
 
     /// The user metadata of the object at `key`, or `None` if there is none (HeadObject; needs `s3:ListBucket` to
@@ -132,16 +144,7 @@ impl S3Store {
         metadata: &[(&str, &str)],
         read: Option<&Head>,
     ) -> Result<bool> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body));
-        for (k, v) in metadata {
-            req = req.metadata(*k, *v);
-        }
+        let mut req = self.put_request(key, body, content_type, metadata);
         req = match read.and_then(|h| h.etag.as_deref()) {
             Some(etag) => req.if_match(etag),
             None => req.if_none_match("*"),

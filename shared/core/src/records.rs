@@ -6,19 +6,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::bronze::{
-    read_cell, Cell, Check, Column, EventWindow, Json, RowError, TableSpec, CHANGE_COLUMNS, LOCATIONS, MAX_FIELDS,
-    UNIT_ID, WEATHER_COLUMNS,
+    read_cell, Cell, Column, EventWindow, Json, RowError, TableSpec, CHANGE_COLUMNS, LOCATIONS, MAX_FIELDS,
+    WEATHER_COLUMNS,
 };
 use crate::cdc::Change;
 
 /// Transport types a position may declare (the bronze schema's list).
 pub use crate::bronze::TRANSPORT_TYPES;
-
-/// Longest accepted `transport_unit_id`, in characters (the bronze schema's rule).
-pub const MAX_UNIT_ID_CHARS: usize = match UNIT_ID {
-    Check::Id(_, max) => max,
-    _ => 64,
-};
 
 /// Why a record was refused; the `Display` text is the quarantine reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -16,9 +16,9 @@ use deltalake::arrow::record_batch::RecordBatch;
 use fleetlake_aws::quarantine::{QuarantineLine, QuarantineWriter};
 use fleetlake_aws::s3::S3Store;
 use fleetlake_aws::s3event::ObjectRef;
-use fleetlake_core::bronze::{Converter, Identities, LineOrigin, TableSpec, Zone};
+use fleetlake_core::bronze::{Converter, Identities, LineOrigin, Lineage, TableSpec, Zone};
 use fleetlake_core::fault::{Classify, Fault};
-use fleetlake_core::lake::{key_date, quarantine_source_name};
+use fleetlake_core::lake::{key_date, quarantine_source_name, BatchName};
 use fleetlake_core::ndjson::Line;
 use fleetlake_delta::{AppendStats, Appender, DeltaError, TableCache};
 use fleetlake_runner::{Invocation, ObjectHandler, Runner};
@@ -79,6 +79,8 @@ struct TableResult {
     version: Option<u64>,
     stats: AppendStats,
     quarantined: u64,
+    /// Objects replaced since their event (acknowledged: the newer event appends the current version).
+    superseded: u64,
     /// Objects (by key) that could not be appended.
     failed: BTreeMap<String, ObjectFailure>,
 }
@@ -105,8 +107,9 @@ impl ObjectHandler for Deps {
         invocation.add("records_written", result.stats.rows_written);
         invocation.add("records_duplicate", result.stats.duplicates);
         invocation.add("records_quarantined", result.quarantined);
+        invocation.add("objects_superseded", result.superseded);
         invocation.add("files_checked", result.stats.files_checked);
-        invocation.add("objects_appended", (objects.len() - result.failed.len()) as u64);
+        invocation.add("objects_appended", objects.len() as u64 - result.failed.len() as u64 - result.superseded);
         if let Some(v) = result.version {
             invocation.add("commits", 1);
             invocation.property(&format!("{}_version", spec.name), v);
@@ -184,7 +187,7 @@ async fn try_append(
             })
             .collect();
         drop(tx);
-        let mut quarantined = 0;
+        let (mut quarantined, mut superseded) = (0, 0_usize);
         let mut with_rows = vec![false; todo.len()];
         while let Some(produced) = rx.recv().await {
             match produced {
@@ -193,6 +196,7 @@ async fn try_append(
                     with_rows[object] = true;
                 }
                 Produced::Done { quarantine } => quarantined += quarantine,
+                Produced::Superseded => superseded += 1,
                 Produced::Failed { object, failure } => {
                     warn!(key = %todo[object].key, error = %failure.message, "object failed");
                     failed.insert(todo[object].key.clone(), failure);
@@ -216,7 +220,7 @@ async fn try_append(
         }
         let metadata = vec![
             ("fleetlake.writer".to_owned(), json!(STAGE)),
-            ("fleetlake.objects".to_owned(), json!(objects.len() - failed.len())),
+            ("fleetlake.objects".to_owned(), json!(objects.len() - failed.len() - superseded)),
         ];
         let committed = Box::pin(appender.commit(metadata)).await?;
         // Keep the table open for the next invocation.
@@ -225,6 +229,7 @@ async fn try_append(
             version: committed.version,
             stats: committed.stats,
             quarantined,
+            superseded: superseded as u64,
             failed: BTreeMap::new(),
         });
     }
@@ -239,6 +244,8 @@ enum Produced {
     Chunk { object: usize, batch: RecordBatch, ids: Identities },
     /// An object was read to its end; its bad lines (this many) are in quarantine.
     Done { quarantine: u64 },
+    /// An object was replaced since its event: nothing of it is appended, and nothing fails.
+    Superseded,
     /// An object could not be read, or its quarantine not written.
     Failed { object: usize, failure: ObjectFailure },
 }
@@ -274,6 +281,10 @@ async fn convert_objects(
         let i = *i;
         let sent = match convert_object(deps, &mut converter, i, obj, &tx).await {
             Ok(quarantine) => tx.send(Produced::Done { quarantine }).await,
+            Err(fleetlake_aws::Error::Superseded { .. }) => {
+                info!(key = %obj.key, "the object was replaced since this event; the newer event appends it");
+                tx.send(Produced::Superseded).await
+            }
             Err(e) => {
                 converter.clear();
                 let failure = ObjectFailure { message: e.to_string(), fault: e.fault() };
@@ -296,8 +307,11 @@ async fn convert_object(
     obj: &ObjectRef,
     tx: &mpsc::Sender<Produced>,
 ) -> Result<u64, fleetlake_aws::Error> {
-    let mut lines = deps.store.gzip_lines(&obj.key).await?;
+    // Exactly the version the event named: rows are identified by its ETag.
+    let mut lines = deps.store.gzip_lines(&obj.key, obj.etag.as_deref()).await?;
     let etag = obj.etag.as_deref().unwrap_or_default();
+    // Kafka lineage is believed only within the batch the lander named this object after.
+    let batch = BatchName::from_key(&obj.key);
     let mut bad = Vec::new();
     let send = |converter: &mut Converter| -> Result<Produced, fleetlake_aws::Error> {
         let (batch, ids) = converter.finish().map_err(|e| {
@@ -308,7 +322,7 @@ async fn convert_object(
     while let Some(line) = lines.next_line().await? {
         match line {
             Line::Text { number, bytes } => {
-                let origin = LineOrigin { key: &obj.key, etag, line: number };
+                let origin = LineOrigin { key: &obj.key, etag, line: number, lineage: Lineage::of(batch.as_ref()) };
                 if let Err(reason) = converter.push(&bytes, origin) {
                     bad.push(QuarantineLine::new(
                         reason.to_string(),

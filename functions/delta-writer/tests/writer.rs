@@ -273,7 +273,8 @@ async fn prepared_append(
     partition: i64,
     offsets: std::ops::RangeInclusive<i64>,
 ) -> (deltalake::DeltaTable, fleetlake_delta::Prepared) {
-    use fleetlake_core::bronze::{Converter, LineOrigin, LOCATIONS};
+    use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, LOCATIONS};
+    use fleetlake_core::lake::BatchName;
     use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
     let settings = DeltaSettings {
         bronze_url: format!("s3://{}/bronze/", env.bucket).parse().unwrap(),
@@ -286,9 +287,11 @@ async fn prepared_append(
     let mut appender = Appender::new(&LOCATIONS, table.clone(), 128 << 20).unwrap();
     let mut converter = Converter::new(&LOCATIONS);
     let first = *offsets.start();
+    let batch = BatchName::from_key(key);
     for o in offsets {
         let line = (o - first) as u64 + 1;
-        converter.push(enriched(partition, o).as_bytes(), LineOrigin { key, etag: "", line }).unwrap();
+        let origin = LineOrigin { key, etag: "", line, lineage: Lineage::of(batch.as_ref()) };
+        converter.push(enriched(partition, o).as_bytes(), origin).unwrap();
     }
     let (batch, ids) = converter.finish().unwrap();
     appender.write(batch, ids).await.unwrap();
@@ -423,6 +426,45 @@ async fn unreadable_objects_are_quarantined_by_reference_and_only_a_non_event_fa
         assert_eq!(line["source"]["key"], json!(key), "{line}");
         assert_eq!(line["raw"], Value::Null);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_object_is_appended_only_from_the_version_its_event_names() {
+    let env = Env::new(&[]).await;
+    let mut writer = env.writer().await;
+    // Positions without lineage (a file dropped into the enriched zone): identified by the object's ETag and line.
+    let key = format!("enriched/locations/dt={DAY}/manual.ndjson.gz");
+    let position = |unit: &str, hour: u32| {
+        json!({"transport_unit_id": unit, "ts": format!("{DAY}T{hour:02}:00:00Z"), "lat": 50.0, "lon": 8.0}).to_string()
+    };
+    let put = |lines: Vec<String>| {
+        let (s3, bucket, key) = (env.moto.s3(), env.bucket.clone(), key.clone());
+        async move {
+            let out = s3.put_object().bucket(bucket).key(key).body(gzip(&lines).into()).send().await.unwrap();
+            out.e_tag().unwrap().trim_matches('"').to_owned()
+        }
+    };
+    let event = |etag: &str| {
+        let mut ev = env.sqs(&[("m", &[key.as_str()])]);
+        let mut body: Value = serde_json::from_str(ev["Records"][0]["body"].as_str().unwrap()).unwrap();
+        body["Records"][0]["s3"]["object"]["eTag"] = json!(etag);
+        ev["Records"][0]["body"] = json!(body.to_string());
+        ev
+    };
+    let etag1 = put(vec![position("TU-1", 1)]).await;
+    let etag2 = put(vec![position("TU-1", 1), position("TU-2", 2)]).await;
+
+    // WHEN the newer version's event comes first and the older one's late
+    let inv = writer.invoke(&event(&etag2)).await;
+    assert_eq!(metric(&inv, "records_written"), 2);
+    let inv = writer.invoke(&event(&etag1)).await;
+    assert_eq!(failures(inv.outcome.as_ref().unwrap()), Vec::<String>::new(), "acknowledged, not retried");
+    assert_eq!(metric(&inv, "objects_superseded"), 1);
+
+    // THEN the table holds the current content once, under its own identity
+    let rows = env.read("locations")["rows"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r["_source_etag"] == json!(etag2)), "{rows:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fleetlake_core::bronze::{Converter, LineOrigin, LOCATIONS};
+use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, LOCATIONS};
 use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{venv_bin, workspace_root, Invocation, LambdaHarness, Moto};
 use serde_json::{json, Value};
@@ -59,7 +59,12 @@ impl Env {
             let day = days[(o as usize) % days.len()];
             let line = json!({"transport_unit_id": format!("TU-{}", o % 7), "ts": format!("{day}T10:00:00Z"), "lat": 1.5, "lon": 2.5,
                               "_source": {"topic": "fleet.locations", "partition": 0, "offset": o, "timestamp": 1}});
-            converter.push(line.to_string().as_bytes(), LineOrigin { key: "k", etag: "", line: 1 }).unwrap();
+            converter
+                .push(
+                    line.to_string().as_bytes(),
+                    LineOrigin { key: "k", etag: "", line: 1, lineage: Lineage::Vouched },
+                )
+                .unwrap();
         }
         let (batch, ids) = converter.finish().unwrap();
         appender.write(batch, ids).await.unwrap();

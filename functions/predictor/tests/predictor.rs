@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use fleetlake_core::bronze::{Converter, LineOrigin, TableSpec, LOCATIONS, PERFORMANCE_STATS};
+use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, TableSpec, LOCATIONS, PERFORMANCE_STATS};
 use fleetlake_core::features::{haversine_km, Contract, SHIPPED_CONTRACT};
 use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{unique_name, venv_bin, workspace_root, Invocation, LambdaHarness, Moto};
@@ -59,7 +59,12 @@ impl Env {
             self.offset += 1;
             line["_source"] =
                 json!({"topic": format!("t.{}", spec.name), "partition": 0, "offset": self.offset, "timestamp": 1});
-            converter.push(line.to_string().as_bytes(), LineOrigin { key: "k", etag: "", line: 1 }).unwrap();
+            converter
+                .push(
+                    line.to_string().as_bytes(),
+                    LineOrigin { key: "k", etag: "", line: 1, lineage: Lineage::Vouched },
+                )
+                .unwrap();
         }
         let (batch, ids) = converter.finish().unwrap();
         appender.write(batch, ids).await.unwrap();

@@ -16,7 +16,7 @@ use fleetlake_aws::s3::{GzipUpload, ObjectLines, PutOutcome, S3Store};
 use fleetlake_aws::s3event::ObjectRef;
 use fleetlake_core::enrich::{prepare, write_enriched, LineSource, Pending, WeatherStatus, STAGE};
 use fleetlake_core::fault::Fault;
-use fleetlake_core::lake::{enriched_key, key_date, quarantine_source_name};
+use fleetlake_core::lake::{enriched_key, key_date, quarantine_source_name, BatchName};
 use fleetlake_core::ndjson::{Line, MAX_LINE_BYTES};
 use fleetlake_runner::{Invocation, ObjectHandler, Runner};
 use fleetlake_weather::{WeatherClient, WeatherStats};
@@ -60,8 +60,14 @@ impl Deps {
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
-    Enriched { records: u64, degraded: u64, quarantined: u64 },
+    Enriched {
+        records: u64,
+        degraded: u64,
+        quarantined: u64,
+    },
     AlreadyEnriched,
+    /// The landed object was replaced after the event was sent: the event of the new version enriches it.
+    Superseded,
 }
 
 impl ObjectHandler for Deps {
@@ -101,6 +107,7 @@ impl ObjectHandler for Deps {
                     invocation.add("records_quarantined", quarantined);
                 }
                 Outcome::AlreadyEnriched => invocation.add("objects_already_enriched", 1),
+                Outcome::Superseded => invocation.add("objects_superseded", 1),
             }));
         }
         results
@@ -135,8 +142,16 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
     let dt = key_date(&obj.key).unwrap_or(today);
     let source_name = quarantine_source_name(&obj.key, obj.etag.as_deref());
 
-    // Gone or not gzip: a permanent error, which the runner quarantines by reference.
-    let mut lines = deps.store.gzip_lines(&obj.key).await?;
+    // Read exactly the version the event named: content replaced since is the later event's to enrich, and its
+    // lines must not be written under this event's identity. Gone or not gzip: a permanent error, which the
+    // runner quarantines by reference.
+    let mut lines = match deps.store.gzip_lines(&obj.key, obj.etag.as_deref()).await {
+        Err(fleetlake_aws::Error::Superseded { .. }) => {
+            info!("the object was replaced since this event; the newer event enriches it");
+            return Ok(Outcome::Superseded);
+        }
+        read => read?,
+    };
     // The enriched object streams out in multipart parts as chunks are enriched; it becomes visible only when
     // completed, after the quarantine parts are written.
     let meta: Vec<(&str, &str)> = obj.etag.as_deref().map(|e| (SOURCE_ETAG, e)).into_iter().collect();
@@ -186,6 +201,8 @@ async fn enrich_lines(
     let mut pending = Vec::with_capacity(cfg.chunk_records);
     let (mut records, mut degraded) = (0_u64, 0_u64);
     let window = Some((cfg.lake.event_window, Utc::now().timestamp_micros()));
+    // Kafka lineage is believed only within the batch the lander named this object after.
+    let batch = BatchName::from_key(&obj.key);
     loop {
         let next = match lines.next_line().await {
             Ok(next) => next,
@@ -195,7 +212,7 @@ async fn enrich_lines(
         let done = next.is_none();
         match next {
             Some(Line::Text { number, bytes }) => {
-                let src = LineSource { key: &obj.key, etag: obj.etag.as_deref(), line: number };
+                let src = LineSource { key: &obj.key, etag: obj.etag.as_deref(), line: number, batch: batch.as_ref() };
                 match prepare(&bytes, src, cfg.weather.grid_deg, window) {
                     Ok(p) => pending.push(p),
                     Err(q) => bad.push(*q),

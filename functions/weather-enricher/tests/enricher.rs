@@ -414,23 +414,39 @@ async fn the_api_key_comes_from_ssm_and_never_reaches_the_logs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_dropped_again_with_other_content_is_enriched_again() {
+async fn a_file_dropped_again_is_enriched_from_the_version_its_event_names() {
     let mut e = setup(&[]).await;
     let key = format!("landing/locations/dt={DAY}/again.ndjson.gz");
+    let out_key = format!("enriched/locations/dt={DAY}/again.ndjson.gz");
     let event = |etag: &str| {
         let mut ev = s3_event(&e.bucket, &[&key]);
         ev["Records"][0]["s3"]["object"]["eTag"] = json!(etag);
         ev
     };
+    let put = |lines: Vec<String>| {
+        let (s3, bucket, key) = (e.moto.s3(), e.bucket.clone(), key.clone());
+        async move {
+            let out = s3.put_object().bucket(bucket).key(key).body(gzip(&lines).into()).send().await.unwrap();
+            out.e_tag().unwrap().trim_matches('"').to_owned()
+        }
+    };
     let v1 = vec![position("TU-1", &format!("{DAY}T01:00:00Z"), 1.0, 1.0)];
-    e.moto.s3().put_object().bucket(&e.bucket).key(&key).body(gzip(&v1).into()).send().await.unwrap();
-    assert_eq!(e.enricher.invoke(&event("etag-1")).await.outcome.unwrap()["objects_enriched"], json!(1));
+    let etag1 = put(v1.clone()).await;
+    assert_eq!(e.enricher.invoke(&event(&etag1)).await.outcome.unwrap()["objects_enriched"], json!(1));
 
-    let v2 = vec![v1[0].clone(), position("TU-2", &format!("{DAY}T02:00:00Z"), 2.0, 2.0)];
-    e.moto.s3().put_object().bucket(&e.bucket).key(&key).body(gzip(&v2).into()).send().await.unwrap();
-    assert_eq!(e.enricher.invoke(&event("etag-2")).await.outcome.unwrap()["objects_enriched"], json!(1));
-    assert_eq!(statuses(&e, &key).await.len(), 2, "the new content replaced the old");
-    assert_eq!(e.enricher.invoke(&event("etag-2")).await.outcome.unwrap()["objects_already_enriched"], json!(1));
+    // WHEN the file is dropped again with more lines, and the events of both versions arrive again, newest first
+    let etag2 = put(vec![v1[0].clone(), position("TU-2", &format!("{DAY}T02:00:00Z"), 2.0, 2.0)]).await;
+    assert_eq!(e.enricher.invoke(&event(&etag2)).await.outcome.unwrap()["objects_enriched"], json!(1));
+    let late = e.enricher.invoke(&event(&etag1)).await.outcome.unwrap();
+    assert_eq!((&late["objects_superseded"], &late["objects_enriched"]), (&json!(1), &Value::Null), "{late}");
+
+    // THEN the enriched object is the new content under the new identity, whatever the order
+    let records = gunzip(&e.moto.get(&e.bucket, &out_key).await);
+    assert_eq!(records.len(), 2, "the new content replaced the old");
+    assert!(records.iter().all(|r| r["_source"]["etag"] == json!(etag2)), "{records:?}");
+    let head = e.moto.s3().head_object().bucket(&e.bucket).key(&out_key).send().await.unwrap();
+    assert_eq!(head.metadata().unwrap()["source-etag"], etag2);
+    assert_eq!(e.enricher.invoke(&event(&etag2)).await.outcome.unwrap()["objects_already_enriched"], json!(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

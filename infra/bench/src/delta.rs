@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use deltalake::parquet::arrow::ArrowWriter;
-use fleetlake_core::bronze::{Converter, LineOrigin, LOCATIONS};
+use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, LOCATIONS};
 use fleetlake_testkit::{venv_bin, workspace_root, LambdaHarness, Moto};
 use serde_json::{json, Value};
 
@@ -101,10 +101,12 @@ fn ceiling(objects: &[(String, Vec<u8>)]) -> (usize, f64, usize) {
     let mut writer = ArrowWriter::try_new(Vec::new(), LOCATIONS.arrow_schema(), Some(props)).unwrap();
     let mut records = 0;
     for (key, gz) in objects {
+        let name = fleetlake_core::lake::BatchName::from_key(key);
         let mut text = String::new();
         flate2::read::MultiGzDecoder::new(gz.as_slice()).read_to_string(&mut text).unwrap();
         for (i, line) in text.lines().enumerate() {
-            converter.push(line.as_bytes(), LineOrigin { key, etag: "", line: i as u64 + 1 }).unwrap();
+            let origin = LineOrigin { key, etag: "", line: i as u64 + 1, lineage: Lineage::of(name.as_ref()) };
+            converter.push(line.as_bytes(), origin).unwrap();
             if converter.len() == 20_000 {
                 let (batch, _) = converter.finish().unwrap();
                 records += batch.num_rows();
@@ -215,7 +217,9 @@ async fn main() {
     let t = Instant::now();
     let mut objects = Vec::new();
     for f in 0..a.files {
-        let key = format!("enriched/locations/dt=2026-11-23/fleet.locations-{}-{f}.ndjson.gz", f % 6);
+        // Named as the lander names a batch (topic-partition-first-last), so the lineage is believed.
+        let (first, last) = (f * per_file, (f + 1) * per_file - 1);
+        let key = format!("enriched/locations/dt=2026-11-23/fleet.locations-{}-{first}-{last}.ndjson.gz", f % 6);
         let body = enriched_object(f, per_file);
         s3.put_object().bucket(&bucket).key(&key).body(body.clone().into()).send().await.expect("upload");
         objects.push((key, body));

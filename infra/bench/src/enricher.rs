@@ -96,7 +96,9 @@ async fn main() {
     let mut keys = Vec::new();
     let mut landed_bytes = 0;
     for f in 0..a.files {
-        let key = format!("landing/locations/dt=2026-11-24/fleet.locations-{}-{f}.ndjson.gz", f % 6);
+        // Named as the lander names a batch (topic-partition-first-last), so the lineage is believed.
+        let (first, last) = (f * per_file, (f + 1) * per_file - 1);
+        let key = format!("landing/locations/dt=2026-11-24/fleet.locations-{}-{first}-{last}.ndjson.gz", f % 6);
         let body = landed_file(f, per_file, a.cells);
         landed_bytes += body.len();
         s3.put_object().bucket(&bucket).key(&key).body(body.into()).send().await.expect("upload");

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use fleetlake_core::bronze::{Converter, LineOrigin, TableSpec, LOCATIONS, PERFORMANCE_STATS};
+use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, TableSpec, LOCATIONS, PERFORMANCE_STATS};
 use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{LambdaHarness, Moto};
 use serde_json::{json, Value};
@@ -40,7 +40,12 @@ async fn append(settings: &DeltaSettings, spec: &'static TableSpec, lines: impl 
     let mut converter = Converter::new(spec);
     for (offset, mut line) in lines.enumerate() {
         line["_source"] = json!({"topic": spec.name, "partition": 0, "offset": offset, "timestamp": 1});
-        converter.push(line.to_string().as_bytes(), LineOrigin { key: "bench", etag: "", line: 1 }).unwrap();
+        converter
+            .push(
+                line.to_string().as_bytes(),
+                LineOrigin { key: "bench", etag: "", line: 1, lineage: Lineage::Vouched },
+            )
+            .unwrap();
     }
     let (batch, ids) = converter.finish().unwrap();
     appender.write(batch, ids).await.unwrap();

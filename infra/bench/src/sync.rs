@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use chrono::{Duration, NaiveDate};
-use fleetlake_core::bronze::{Converter, LineOrigin, LOCATIONS};
+use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, LOCATIONS};
 use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{LambdaHarness, Moto};
 use serde_json::{json, Value};
@@ -67,7 +67,12 @@ async fn main() {
             let offset = (c * rows + r) as i64;
             let line = json!({"transport_unit_id": format!("TU-{}", r % 50), "ts": format!("{day}T12:00:00Z"), "lat": 1.0, "lon": 2.0,
                               "_source": {"topic": "fleet.locations", "partition": 0, "offset": offset, "timestamp": 1}});
-            converter.push(line.to_string().as_bytes(), LineOrigin { key: "bench", etag: "", line: 1 }).unwrap();
+            converter
+                .push(
+                    line.to_string().as_bytes(),
+                    LineOrigin { key: "bench", etag: "", line: 1, lineage: Lineage::Vouched },
+                )
+                .unwrap();
         }
         let (batch, ids) = converter.finish().unwrap();
         appender.write(batch, ids).await.unwrap();

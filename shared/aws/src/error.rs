@@ -35,6 +35,15 @@ pub enum Error {
         /// Key of the object.
         key: String,
     },
+    /// The object was replaced since the event that named it: a later event names the current version, and this
+    /// one has nothing left to do.
+    #[error("s3://{bucket}/{key} was replaced since the event named it")]
+    Superseded {
+        /// Bucket of the object.
+        bucket: String,
+        /// Key of the object.
+        key: String,
+    },
     /// The object's bytes could not be read or decoded (truncated stream, not gzip).
     #[error("reading s3://{bucket}/{key}: {source}")]
     Read {
@@ -62,7 +71,8 @@ impl Error {
     pub fn fault(&self) -> Fault {
         match self {
             Error::S3 { .. } | Error::Encode(_) => Fault::Retryable,
-            Error::Config(_) | Error::NotFound { .. } => Fault::Permanent,
+            // A superseded read is acknowledged by the handlers before it reaches the runner.
+            Error::Config(_) | Error::NotFound { .. } | Error::Superseded { .. } => Fault::Permanent,
             // Not gzip, or a gzip stream that ends before its trailer (the decoder's UnexpectedEof): the object's
             // fault. A connection that drops mid-body surfaces from the SDK as another kind: retried.
             Error::Read { source, .. } => match source.kind() {

@@ -163,23 +163,33 @@ impl S3Store {
     #[instrument(skip(self), fields(bucket = %self.bucket))]
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
         let mut body = Vec::new();
-        self.open(key).await?.read_to_end(&mut body).await.map_err(|source| self.read_error(key, source))?;
+        self.open(key, None).await?.read_to_end(&mut body).await.map_err(|source| self.read_error(key, source))?;
         Ok(body)
     }
 
     /// Streams the lines of a gzip NDJSON object (concatenated gzip members allowed), holding one
     /// decompressed line at a time: a 1 GB object needs no 1 GB of memory.
+    ///
+    /// With `etag` (the version an event named), the read is pinned to it (`If-Match`): an object replaced since
+    /// gives [`Error::Superseded`], never the newer content under the older identity.
     #[instrument(skip(self), fields(bucket = %self.bucket))]
-    pub async fn gzip_lines(&self, key: &str) -> Result<ObjectLines> {
-        let mut decoder = GzipDecoder::new(self.open(key).await?);
+    pub async fn gzip_lines(&self, key: &str, etag: Option<&str>) -> Result<ObjectLines> {
+        let mut decoder = GzipDecoder::new(self.open(key, etag).await?);
         decoder.multiple_members(true);
         let reader: Box<dyn AsyncBufRead + Send + Unpin> = Box::new(BufReader::with_capacity(64 * 1024, decoder));
         Ok(ObjectLines { bucket: self.bucket.clone(), key: key.to_owned(), lines: LineReader::new(reader) })
     }
 
-    async fn open(&self, key: &str) -> Result<impl AsyncBufRead + Send + Unpin + 'static> {
-        match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+    async fn open(&self, key: &str, etag: Option<&str>) -> Result<impl AsyncBufRead + Send + Unpin + 'static> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(etag) = etag {
+            req = req.if_match(quoted(etag));
+        }
+        match req.send().await {
             Ok(out) => Ok(out.body.into_async_read()),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                Err(Error::Superseded { bucket: self.bucket.clone(), key: key.to_owned() })
+            }
             Err(e)
                 if matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_)))
                     || e.code() == Some("NoSuchKey") =>
@@ -200,6 +210,15 @@ impl S3Store {
 
     fn read_error(&self, key: &str, source: std::io::Error) -> Error {
         Error::Read { bucket: self.bucket.clone(), key: key.to_owned(), source }
+    }
+}
+
+/// An ETag as HTTP conditions want it: quoted (notifications carry it bare).
+fn quoted(etag: &str) -> String {
+    if etag.starts_with('"') {
+        etag.to_owned()
+    } else {
+        format!("\"{etag}\"")
     }
 }
 

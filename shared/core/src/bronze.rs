@@ -33,6 +33,8 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
+use crate::lake::BatchName;
+
 mod cells;
 mod columns;
 mod converter;
@@ -50,7 +52,7 @@ use self::{cells::*, columns::*, converter::*, fields::*, identity::*, spec::*};
 pub use self::cells::RowError;
 pub use self::converter::Converter;
 pub use self::identity::{
-    change_group, date_text, file_group, kafka_group, IdKind, IdRun, Identities, Identity, LineOrigin,
+    change_group, date_text, file_group, kafka_group, IdKind, IdRun, Identities, Identity, LineOrigin, Lineage,
 };
 pub use self::spec::{
     column, glue_schema, identity_columns, Check, Column, EventWindow, Kind, Layout, Partitioning, TableSpec, Zone,

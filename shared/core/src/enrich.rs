@@ -6,7 +6,10 @@ use serde_json::{json, Value};
 use crate::quarantine::QuarantineLine;
 use serde::Deserialize as _;
 
+use std::borrow::Cow;
+
 use crate::bronze::{column, EventWindow, LOCATIONS};
+use crate::lake::BatchName;
 use crate::records::{parse_object, validate_position, Fields, Position, Received};
 use crate::weather::{CellDay, Lookup};
 
@@ -60,12 +63,15 @@ pub struct LineSource<'a> {
     pub etag: Option<&'a str>,
     /// 1-based line number.
     pub line: u64,
+    /// The lander batch the object is named after ([`BatchName::from_key`]): Kafka lineage is believed only within
+    /// it. A line of any other object (a file dropped by hand) gets the file's own lineage instead of what it claims.
+    pub batch: Option<&'a BatchName>,
 }
 
 /// The fields a position is validated on, decoded without building the whole record: other fields are only
 /// skipped over, and the record's own text is kept for the output (so unknown fields pass through untouched).
 #[derive(Debug, serde::Deserialize)]
-struct View {
+struct View<'a> {
     transport_unit_id: Option<Value>,
     ts: Option<Value>,
     lat: Option<Value>,
@@ -74,8 +80,8 @@ struct View {
     speed_kmh: Option<Value>,
     heading_deg: Option<Value>,
     altitude_m: Option<Value>,
-    #[serde(rename = "_source", default, deserialize_with = "source_seen")]
-    source: SourceSeen,
+    #[serde(rename = "_source", default, borrow, deserialize_with = "source_seen")]
+    source: SourceSeen<'a>,
     #[serde(rename = "_ingested_at", default, deserialize_with = "micros_of")]
     ingested_us: Option<i64>,
     #[serde(default, deserialize_with = "present")]
@@ -90,70 +96,151 @@ struct View {
     weather_status: bool,
 }
 
-/// Whether `_source` is present (whatever its value, `null` included) and its Kafka `timestamp`, if it has one.
+/// Whether `_source` is present (whatever its value, `null` included) and the Kafka coordinates it claims.
 #[derive(Debug, Default)]
-struct SourceSeen {
+struct SourceSeen<'a> {
     present: bool,
+    /// `topic`, `partition` or `offset` present and not null: a claim of Kafka identity.
+    claims_kafka: bool,
+    topic: Option<Cow<'a, str>>,
+    partition: Option<i64>,
+    offset: Option<i64>,
     timestamp_ms: Option<i64>,
 }
 
-/// Whether a member name is `timestamp`, read without copying the name.
-struct IsTimestamp(bool);
+/// The members of `_source` read here, named without copying the name.
+enum SourceMember {
+    Topic,
+    Partition,
+    Offset,
+    Timestamp,
+    Other,
+}
 
-impl<'de> serde::Deserialize<'de> for IsTimestamp {
+impl<'de> serde::Deserialize<'de> for SourceMember {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl serde::de::Visitor<'_> for V {
-            type Value = IsTimestamp;
+            type Value = SourceMember;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a member name")
             }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<IsTimestamp, E> {
-                Ok(IsTimestamp(s == "timestamp"))
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<SourceMember, E> {
+                Ok(match s {
+                    "topic" => SourceMember::Topic,
+                    "partition" => SourceMember::Partition,
+                    "offset" => SourceMember::Offset,
+                    "timestamp" => SourceMember::Timestamp,
+                    _ => SourceMember::Other,
+                })
             }
         }
         d.deserialize_str(V)
     }
 }
 
-fn source_seen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SourceSeen, D::Error> {
+/// A JSON string, borrowed from the line when it has no escapes; `None` for any other value.
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Borrowed(s))))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Owned(s.to_owned()))))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'de>, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn source_seen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SourceSeen<'de>, D::Error> {
     struct V;
     impl<'de> serde::de::Visitor<'de> for V {
-        type Value = SourceSeen;
+        type Value = SourceSeen<'de>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("any JSON value")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SourceSeen, A::Error> {
-            let mut seen = SourceSeen { present: true, timestamp_ms: None };
-            while let Some(IsTimestamp(is_timestamp)) = map.next_key()? {
-                if is_timestamp {
-                    seen.timestamp_ms = map.next_value::<Value>()?.as_i64();
-                } else {
-                    map.next_value::<serde::de::IgnoredAny>()?;
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SourceSeen<'de>, A::Error> {
+            let mut seen = SourceSeen { present: true, ..SourceSeen::default() };
+            while let Some(member) = map.next_key()? {
+                let value = match member {
+                    SourceMember::Other => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
+                    SourceMember::Topic => {
+                        let Text(topic) = map.next_value()?;
+                        seen.claims_kafka |= topic.is_some();
+                        seen.topic = topic;
+                        continue;
+                    }
+                    _ => map.next_value::<Value>()?,
+                };
+                match member {
+                    SourceMember::Partition => {
+                        seen.claims_kafka |= !value.is_null();
+                        seen.partition = value.as_i64();
+                    }
+                    SourceMember::Offset => {
+                        seen.claims_kafka |= !value.is_null();
+                        seen.offset = value.as_i64();
+                    }
+                    _ => seen.timestamp_ms = value.as_i64(),
                 }
             }
             Ok(seen)
         }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SourceSeen, A::Error> {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SourceSeen<'de>, A::Error> {
             while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-            Ok(SourceSeen { present: true, timestamp_ms: None })
+            Ok(SourceSeen { present: true, ..SourceSeen::default() })
         }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<SourceSeen, E> {
-            Ok(SourceSeen { present: true, timestamp_ms: None })
+        fn visit_unit<E: serde::de::Error>(self) -> Result<SourceSeen<'de>, E> {
+            Ok(SourceSeen { present: true, ..SourceSeen::default() })
         }
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SourceSeen, E> {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SourceSeen<'de>, E> {
             self.visit_unit()
         }
-        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SourceSeen, E> {
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SourceSeen<'de>, E> {
             self.visit_unit()
         }
-        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SourceSeen, E> {
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SourceSeen<'de>, E> {
             self.visit_unit()
         }
-        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SourceSeen, E> {
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SourceSeen<'de>, E> {
             self.visit_unit()
         }
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SourceSeen, E> {
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SourceSeen<'de>, E> {
             self.visit_unit()
         }
     }
@@ -204,7 +291,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
-impl Fields for View {
+impl Fields for View<'_> {
     fn field(&self, name: &str) -> Option<&Value> {
         match name {
             "transport_unit_id" => self.transport_unit_id.as_ref(),
@@ -274,21 +361,41 @@ pub fn prepare(
             parse_object(text).err().map_or_else(|| "value is not a JSON object".into(), |r| r.to_string()),
         ));
     }
-    let view: View = serde_json::from_slice(text).map_err(|e| quarantine(reason(e)))?;
+    let view: View<'_> = serde_json::from_slice(text).map_err(|e| quarantine(reason(e)))?;
+    // Lineage is believed only from the lander's own objects, and there only within the batch the object is named
+    // after: a claimed Kafka identity elsewhere would make the real record with it a "duplicate" later.
+    let believed = match src.batch {
+        Some(batch) => {
+            let seen = &view.source;
+            if seen.claims_kafka {
+                if let Some(reason) = batch.refuse_claim(seen.topic.as_deref(), seen.partition, seen.offset) {
+                    return Err(quarantine(reason));
+                }
+            }
+            true
+        }
+        None => false,
+    };
     let received = window.map(|(window, now_us)| Received {
         window,
-        ingested_us: view.ingested_us.unwrap_or(now_us),
-        produced_us: view.source.timestamp_ms.filter(|ms| *ms > 0).map(|ms| ms.saturating_mul(1000)),
+        ingested_us: view.ingested_us.filter(|_| believed).unwrap_or(now_us),
+        produced_us: view.source.timestamp_ms.filter(|ms| believed && *ms > 0).map(|ms| ms.saturating_mul(1000)),
     });
     let Position { ts, lat, lon, .. } =
         validate_position(&view, received.as_ref()).map_err(|e| quarantine(e.to_string()))?;
     let had_weather =
         view.temperature_c || view.wind_speed_kmh || view.precipitation_mm || view.weather_code || view.weather_status;
-    let line = if had_weather || needs_full_parse(text) {
-        // Rare: parse the whole record, refuse what does not parse, drop old weather fields, write it anew.
+    // A dropped file's own `_source` claim is replaced by the file's lineage.
+    let replace_source = view.source.present && !believed;
+    let line = if had_weather || replace_source || needs_full_parse(text) {
+        // Rare: parse the whole record, refuse what does not parse, drop old weather fields (and an unbelieved
+        // `_source`), write it anew.
         let mut map = parse_object(text).map_err(|e| quarantine(e.to_string()))?;
         for f in WEATHER_FIELDS {
             map.remove(f);
+        }
+        if replace_source {
+            map.remove("_source");
         }
         serde_json::to_vec(&map).unwrap_or_else(|_| unreachable!("a JSON map serialises"))
     } else {
@@ -296,7 +403,7 @@ pub fn prepare(
     };
     Ok(Pending {
         line,
-        add_source: !view.source.present,
+        add_source: !view.source.present || replace_source,
         cell: CellDay::of(lat, lon, ts.date_naive(), grid_deg),
         hour: ts.hour() as usize,
     })
@@ -370,7 +477,18 @@ mod tests {
     use std::sync::Arc;
 
     fn src() -> LineSource<'static> {
-        LineSource { key: "landing/locations/dt=2026-11-24/drop.ndjson.gz", etag: Some("e1"), line: 3 }
+        LineSource { key: "landing/locations/dt=2026-11-24/drop.ndjson.gz", etag: Some("e1"), line: 3, batch: None }
+    }
+
+    const BATCH_KEY: &str = "landing/locations/dt=2026-11-24/t-0-0-9.ndjson.gz";
+
+    /// The lander's batch `t-0-0-9`, and a line of its object.
+    fn batch() -> BatchName {
+        BatchName::from_key(BATCH_KEY).unwrap()
+    }
+
+    fn of_batch(batch: &BatchName) -> LineSource<'_> {
+        LineSource { key: BATCH_KEY, batch: Some(batch), ..src() }
     }
 
     fn enriched(p: &Pending, lookup: Option<&Lookup>) -> (Value, WeatherStatus) {
@@ -409,9 +527,37 @@ mod tests {
                    "_source": {"key": "landing/locations/dt=2026-11-24/drop.ndjson.gz", "etag": "e1"},
                    "temperature_c": 12.3, "wind_speed_kmh": null, "precipitation_mm": 0.0, "weather_code": 3, "weather_status": "ok"})
         );
-        let landed = br#"{"transport_unit_id":"T","ts":"2026-11-24T10:45:00Z","lat":1,"lon":2,"_source":{"topic":"t","partition":0,"offset":5,"timestamp":1}}"#;
-        let (rec, _) = enriched(&prepare(landed, src(), 0.1, None).unwrap(), None);
-        assert_eq!(rec["_source"]["offset"], json!(5), "Kafka lineage is kept");
+    }
+
+    #[test]
+    fn kafka_lineage_is_believed_only_within_the_batch_the_object_is_named_after() {
+        let landed = |offset: i64| {
+            format!(
+                r#"{{"transport_unit_id":"T","ts":"2026-11-24T10:45:00Z","lat":1,"lon":2,"_source":{{"topic":"t","partition":0,"offset":{offset},"timestamp":1}}}}"#
+            )
+        };
+        let key = "landing/locations/dt=2026-11-24/t-0-5-9.ndjson.gz";
+        let batch = BatchName::from_key(key).unwrap();
+        let of_batch = LineSource { key, batch: Some(&batch), ..src() };
+        let p = prepare(landed(5).as_bytes(), of_batch, 0.1, None).unwrap();
+        let (rec, _) = enriched(&p, None);
+        assert_eq!(rec["_source"]["offset"], json!(5), "the lander's lineage is kept");
+        // A line of the batch's object that claims an offset outside it: refused, with the reason.
+        let q = prepare(landed(10).as_bytes(), of_batch, 0.1, None).unwrap_err();
+        assert_eq!(q.reason, "_source: names t-0 offset 10, which is not in the batch t-0-5-9 this object holds");
+        let q = prepare(
+            br#"{"transport_unit_id":"T","ts":"2026-11-24T10:45:00Z","lat":1,"lon":2,"_source":{"offset":7}}"#,
+            of_batch,
+            0.1,
+            None,
+        )
+        .unwrap_err();
+        assert!(q.reason.contains("names ?-? offset 7"), "{}", q.reason);
+        // A file dropped by hand claims Kafka coordinates: it gets its own lineage instead.
+        let p = prepare(landed(5).as_bytes(), src(), 0.1, None).unwrap();
+        let (rec, _) = enriched(&p, None);
+        assert_eq!(rec["_source"], json!({"key": src().key, "etag": "e1"}), "{rec}");
+        assert_eq!(rec["transport_unit_id"], json!("T"));
     }
 
     #[test]
@@ -429,7 +575,7 @@ mod tests {
     #[test]
     fn weather_fields_already_present_are_replaced_not_repeated() {
         let line = br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2,"temperature_c":99,"weather_status":"old","_source":null}"#;
-        let p = prepare(line, src(), 0.1, None).unwrap();
+        let p = prepare(line, of_batch(&batch()), 0.1, None).unwrap();
         assert!(!p.add_source, "a null _source is still a _source");
         let mut out = Vec::new();
         write_enriched(&mut out, &p, Some(&found()), "k", None);
@@ -506,13 +652,16 @@ mod tests {
         let window = Some((EventWindow::default(), now));
         // Landed in 2026 by msk-lander: judged by its `_ingested_at` and Kafka timestamp, not by today.
         let landed = br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2,"_source":{"topic":"t","partition":0,"offset":1,"timestamp":1795478400000},"_ingested_at":"2026-11-24T09:00:00.000Z"}"#;
-        assert!(prepare(landed, src(), 0.1, window).is_ok());
+        let batch = batch();
+        assert!(prepare(landed, of_batch(&batch), 0.1, window).is_ok());
         let future = br#"{"transport_unit_id":"T","ts":"2027-11-24T08:00:00Z","lat":1,"lon":2,"_ingested_at":"2026-11-24T09:00:00.000Z"}"#;
-        let q = prepare(future, src(), 0.1, window).unwrap_err();
+        let q = prepare(future, of_batch(&batch), 0.1, window).unwrap_err();
         assert!(q.reason.starts_with("field `ts` is more than 24 h after the record was ingested"), "{}", q.reason);
-        // A file dropped straight into landing/ (no lineage) is judged by the time it is read.
+        // A file dropped straight into landing/ is judged by the time it is read, whatever lineage it claims.
         let dropped = br#"{"transport_unit_id":"T","ts":"2026-11-24T08:00:00Z","lat":1,"lon":2}"#;
-        let q = prepare(dropped, src(), 0.1, window).unwrap_err();
-        assert!(q.reason.contains("more than 365 days before the record was ingested"), "{}", q.reason);
+        for line in [&dropped[..], &landed[..]] {
+            let q = prepare(line, src(), 0.1, window).unwrap_err();
+            assert!(q.reason.contains("more than 365 days before the record was ingested"), "{}", q.reason);
+        }
     }
 }

@@ -95,6 +95,54 @@ impl std::fmt::Display for BatchName {
     }
 }
 
+impl BatchName {
+    /// The batch an object is named after, when its key follows the lander's scheme exactly: the file name
+    /// `<topic>-<partition>-<first>-<last>.ndjson.gz` (as [`BatchName`] prints it, no other spelling of the numbers)
+    /// directly in a `dt=YYYY-MM-DD` folder. The enriched mirror of a landed object has the same name. Any other
+    /// object (a file dropped by hand) is named by nobody's batch.
+    pub fn from_key(key: &str) -> Option<BatchName> {
+        let mut segments = key.rsplit('/');
+        let name = segments.next()?.strip_suffix(".ndjson.gz")?;
+        let dt = segments.next()?.strip_prefix("dt=")?;
+        NaiveDate::parse_from_str(dt, "%Y-%m-%d").ok()?;
+        let mut parts = name.rsplitn(4, '-');
+        let (last, first, partition, topic) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let batch = BatchName {
+            topic: topic.to_owned(),
+            partition: partition.parse().ok()?,
+            first_offset: first.parse().ok()?,
+            last_offset: last.parse().ok()?,
+        };
+        let plausible = is_valid_topic(topic)
+            && batch.partition >= 0
+            && (0..=batch.last_offset).contains(&batch.first_offset)
+            && batch.to_string() == name;
+        plausible.then_some(batch)
+    }
+
+    /// Whether a record of `topic`, `partition` and `offset` belongs to this batch.
+    pub fn holds(&self, topic: &str, partition: i64, offset: i64) -> bool {
+        topic == self.topic && partition == self.partition && (self.first_offset..=self.last_offset).contains(&offset)
+    }
+
+    /// Why a line of this batch's object claiming these Kafka coordinates (any of them missing: `None`) is refused,
+    /// or `None` when the claim holds.
+    pub fn refuse_claim(&self, topic: Option<&str>, partition: Option<i64>, offset: Option<i64>) -> Option<String> {
+        if let (Some(t), Some(p), Some(o)) = (topic, partition, offset) {
+            if self.holds(t, p, o) {
+                return None;
+            }
+        }
+        let shown = |n: Option<i64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
+        Some(format!(
+            "_source: names {}-{} offset {}, which is not in the batch {self} this object holds",
+            topic.unwrap_or("?"),
+            shown(partition),
+            shown(offset)
+        ))
+    }
+}
+
 /// Whether `topic` is a legal Kafka topic name (and therefore safe inside an S3 key).
 pub fn is_valid_topic(topic: &str) -> bool {
     (1..=249).contains(&topic.len())
@@ -122,6 +170,31 @@ mod tests {
         // A non-ASCII ETag (a hostile notification) is no reason to panic: unsafe characters are left out.
         assert_eq!(quarantine_source_name("landing/locations/dt=2026-11-24/x.ndjson.gz", Some("é€ab/../c")), "x.abc");
         assert_eq!(quarantine_source_name("landing/locations/dt=2026-11-24/x.ndjson.gz", Some("ééé")), "x");
+    }
+
+    #[test]
+    fn only_the_landers_own_names_are_batches() {
+        let b = BatchName::from_key("landing/locations/dt=2026-11-24/fleet.loc-ations-3-100-199.ndjson.gz").unwrap();
+        assert_eq!((b.topic.as_str(), b.partition, b.first_offset, b.last_offset), ("fleet.loc-ations", 3, 100, 199));
+        assert!(b.holds("fleet.loc-ations", 3, 100) && b.holds("fleet.loc-ations", 3, 199));
+        assert!(!b.holds("fleet.loc-ations", 3, 200) && !b.holds("fleet.loc-ations", 2, 150) && !b.holds("x", 3, 150));
+        let mirrored = BatchName::from_key("enriched/locations/dt=2026-11-24/fleet.loc-ations-3-100-199.ndjson.gz");
+        assert_eq!(mirrored, Some(b));
+        for key in [
+            "landing/locations/dt=2026-11-24/drop.ndjson.gz",
+            "landing/locations/dt=2026-11-24/sub/fleet-0-1-2.ndjson.gz",
+            "landing/locations/fleet-0-1-2.ndjson.gz",
+            "landing/locations/dt=2026-13-01/fleet-0-1-2.ndjson.gz",
+            "landing/locations/dt=2026-11-24/fleet-0-1-2.json",
+            "landing/locations/dt=2026-11-24/fleet-0-01-2.ndjson.gz",
+            "landing/locations/dt=2026-11-24/fleet-0-+1-2.ndjson.gz",
+            "landing/locations/dt=2026-11-24/fleet-0-5-2.ndjson.gz",
+            "landing/locations/dt=2026-11-24/fleet-x-1-2.ndjson.gz",
+            "landing/locations/dt=2026-11-24/fl et-0-1-2.ndjson.gz",
+            "landing/locations/dt=2026-11-24/0-1-2.ndjson.gz",
+        ] {
+            assert_eq!(BatchName::from_key(key), None, "{key}");
+        }
     }
 
     #[test]

@@ -10,9 +10,12 @@ use chrono::NaiveDate;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-use crate::bronze::{Converter, EventWindow, LineOrigin, LOCATIONS, PERFORMANCE_STATS, TRANSPORT_UNITS};
+use crate::bronze::{
+    kafka_group, Converter, EventWindow, IdKind, LineOrigin, Lineage, LOCATIONS, PERFORMANCE_STATS, TRANSPORT_UNITS,
+};
 use crate::cdc::parse_change;
 use crate::enrich::{prepare, LineSource};
+use crate::lake::BatchName;
 use crate::landing::{land_slice, KafkaMessage, TopicDatasets};
 use crate::partitions::{touched_partitions, CommitKey};
 use crate::records::{validate_change, validate_position, Received};
@@ -145,7 +148,12 @@ fn line() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn origin() -> LineOrigin<'static> {
-    LineOrigin { key: "enriched/locations/dt=2026-11-24/fleet.locations-0-1-9.ndjson.gz", etag: "e", line: 1 }
+    LineOrigin {
+        key: "enriched/locations/dt=2026-11-24/fleet.locations-0-1-9.ndjson.gz",
+        etag: "e",
+        line: 1,
+        lineage: Lineage::Vouched,
+    }
 }
 
 proptest! {
@@ -154,18 +162,33 @@ proptest! {
     /// The converter takes any line: a row is added or a reason is given, and the columns stay aligned.
     #[test]
     fn the_converter_accepts_or_refuses_every_line_with_a_reason(lines in proptest::collection::vec(line(), 1..8)) {
-        for spec in [&LOCATIONS, &PERFORMANCE_STATS, &TRANSPORT_UNITS] {
-            let mut c = Converter::new(spec).with_window(EventWindow::default(), 1_795_478_400_000_000);
-            let mut accepted = 0;
-            for l in &lines {
-                match c.push(l, origin()) {
-                    Ok(()) => accepted += 1,
-                    Err(e) => prop_assert!(!e.0.is_empty()),
+        let named = BatchName::from_key(origin().key).ok_or_else(|| TestCaseError::fail("not a batch name"))?;
+        for lineage in [Lineage::Vouched, Lineage::Batch(&named), Lineage::File] {
+            for spec in [&LOCATIONS, &PERFORMANCE_STATS, &TRANSPORT_UNITS] {
+                let mut c = Converter::new(spec).with_window(EventWindow::default(), 1_795_478_400_000_000);
+                let mut accepted = 0;
+                for l in &lines {
+                    match c.push(l, LineOrigin { lineage, ..origin() }) {
+                        Ok(()) => accepted += 1,
+                        Err(e) => prop_assert!(!e.0.is_empty()),
+                    }
+                }
+                let (batch, ids) = c.finish().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(batch.num_rows(), accepted);
+                prop_assert_eq!(ids.len(), accepted);
+                // Whatever a line claims, a Kafka identity comes only from the batch the object is named after.
+                for id in ids.iter().filter(|id| id.kind == IdKind::Kafka) {
+                    match lineage {
+                        Lineage::Batch(b) => {
+                            let group = kafka_group(&b.topic, b.partition as i32);
+                            prop_assert_eq!(&*id.group, group.as_str());
+                            prop_assert!((b.first_offset..=b.last_offset).contains(&id.seq));
+                        }
+                        Lineage::File => prop_assert!(false, "a dropped file's line took a Kafka identity: {:?}", id),
+                        Lineage::Vouched => {}
+                    }
                 }
             }
-            let (batch, ids) = c.finish().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            prop_assert_eq!(batch.num_rows(), accepted);
-            prop_assert_eq!(ids.len(), accepted);
         }
     }
 
@@ -224,7 +247,7 @@ proptest! {
     /// Landed lines of any bytes: weather-enricher prepares them or quarantines them with a reason.
     #[test]
     fn landed_lines_are_prepared_or_quarantined(l in line()) {
-        let src = LineSource { key: "landing/locations/dt=2026-11-24/x.ndjson.gz", etag: Some("e"), line: 1 };
+        let src = LineSource { key: "landing/locations/dt=2026-11-24/x.ndjson.gz", etag: Some("e"), line: 1, batch: None };
         if let Err(q) = prepare(&l, src, 0.1, Some((EventWindow::default(), 1_795_478_400_000_000))) {
             prop_assert!(!q.reason.is_empty());
         }

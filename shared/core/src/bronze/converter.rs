@@ -218,15 +218,29 @@ impl Converter {
                 extra_json(&row.unknown, top_extra.as_deref().map(|t| ("_change", t)))
             }
         };
-        let source: Source<'_> = match source_raw.filter(|r| *r != "null") {
+        let mut source: Source<'_> = match source_raw.filter(|r| *r != "null") {
             Some(raw) => self.read_source(raw)?,
             None => Source::default(),
         };
+        let mut ingested = read_cell(&LINEAGE_COLUMNS[6], ingested)?;
+        let claims_kafka = source.topic.is_some() || source.partition.is_some() || source.offset.is_some();
+        match origin.lineage {
+            Lineage::Batch(batch) if claims_kafka => {
+                if let Some(reason) = batch.refuse_claim(source.topic.as_deref(), source.partition, source.offset) {
+                    return Err(RowError(reason));
+                }
+            }
+            Lineage::File => {
+                // Not the lander's object: its Kafka claims and ingestion time are not believed.
+                (source.topic, source.partition, source.offset, source.timestamp) = (None, None, None, None);
+                ingested = Cell::Null;
+            }
+            Lineage::Batch(_) | Lineage::Vouched => {}
+        }
         let partition = match source.partition {
             Some(p) => Some(i32::try_from(p).map_err(|_| invalid("_source.partition", "does not fit in 32 bits"))?),
             None => None,
         };
-        let ingested = read_cell(&LINEAGE_COLUMNS[6], ingested)?;
         if let Some((window, now_us)) = self.clock {
             let ingested_us = match ingested {
                 Cell::Micros(us) => us,

@@ -164,7 +164,8 @@ pub fn date_text(days: i32) -> String {
         .unwrap_or_else(|| days.to_string())
 }
 
-/// Where a line was read: the object and its ETag, and the line's 1-based number.
+/// Where a line was read: the object and its ETag, the line's 1-based number, and which lineage its `_source`
+/// may claim.
 #[derive(Debug, Clone, Copy)]
 pub struct LineOrigin<'a> {
     /// Object key.
@@ -173,4 +174,28 @@ pub struct LineOrigin<'a> {
     pub etag: &'a str,
     /// 1-based line number.
     pub line: u64,
+    /// What the line's Kafka lineage is believed against.
+    pub lineage: Lineage<'a>,
+}
+
+/// Which Kafka coordinates (`_source.topic`, `partition`, `offset`, `timestamp`) and ingestion time a line may
+/// claim. Coordinates are the record's identity, so a claim believed from the wrong object would make a real
+/// record with that identity a "duplicate" later.
+#[derive(Debug, Clone, Copy)]
+pub enum Lineage<'a> {
+    /// The object is named after this lander batch ([`BatchName::from_key`]): a line claiming coordinates outside
+    /// it is refused.
+    Batch(&'a BatchName),
+    /// The object is not named by the lander (a file dropped by hand): claimed coordinates and `_ingested_at` are
+    /// not believed, and the line is identified by the file.
+    File,
+    /// Whatever the line says: for tables built from input the caller vouches for (tests, benchmarks).
+    Vouched,
+}
+
+impl<'a> Lineage<'a> {
+    /// The lineage an object of `batch` (the name its key parses to, if any) may claim.
+    pub fn of(batch: Option<&'a BatchName>) -> Self {
+        batch.map_or(Lineage::File, Lineage::Batch)
+    }
 }

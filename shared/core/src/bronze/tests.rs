@@ -16,7 +16,7 @@ static NUMBERS: TableSpec = TableSpec {
 };
 
 fn origin(line: u64) -> LineOrigin<'static> {
-    LineOrigin { key: "enriched/locations/dt=2026-11-24/f.ndjson.gz", etag: "e1", line }
+    LineOrigin { key: "enriched/locations/dt=2026-11-24/f.ndjson.gz", etag: "e1", line, lineage: Lineage::Vouched }
 }
 
 const POSITION: &str = r#"{"transport_unit_id":"TU-1","ts":"2026-11-24T23:45:00+01:00","lat":53.5,"lon":9.9,"speed_kmh":12,"_source":{"topic":"fleet.locations","partition":2,"offset":7,"timestamp":1795507200001},"_ingested_at":"2026-11-24T08:00:00Z","weather_code":61,"flight_level":"FL350","tags":["a"]}"#;
@@ -46,6 +46,34 @@ fn a_position_becomes_one_typed_row_with_lineage_and_identity() {
         [Identity { kind: IdKind::Kafka, group: "fleet.locations|2".into(), seq: 7 }]
     );
     assert_eq!(batch.schema(), LOCATIONS.arrow_schema());
+}
+
+#[test]
+fn kafka_lineage_is_believed_only_from_the_batch_the_object_is_named_after() {
+    let key = "enriched/locations/dt=2026-11-24/fleet.locations-2-5-9.ndjson.gz";
+    let named = BatchName::from_key(key).unwrap();
+    let mut c = Converter::new(&LOCATIONS);
+    // The lander's object: lineage within its batch is kept, lineage outside it refused.
+    c.push(POSITION.as_bytes(), LineOrigin { key, etag: "e1", line: 1, lineage: Lineage::Batch(&named) }).unwrap();
+    let elsewhere = POSITION.replace(r#""offset":7"#, r#""offset":70"#);
+    let err = c
+        .push(elsewhere.as_bytes(), LineOrigin { key, etag: "e1", line: 2, lineage: Lineage::Batch(&named) })
+        .unwrap_err();
+    assert_eq!(
+        err.0,
+        "_source: names fleet.locations-2 offset 70, which is not in the batch fleet.locations-2-5-9 this object holds"
+    );
+    // A file dropped by hand claims the same Kafka record: it is identified by the file instead.
+    let drop = "enriched/locations/dt=2026-11-24/drop.ndjson.gz";
+    c.push(POSITION.as_bytes(), LineOrigin { key: drop, etag: "e2", line: 4, lineage: Lineage::File }).unwrap();
+    let (batch, ids) = c.finish().unwrap();
+    let kinds: Vec<IdKind> = ids.iter().map(|id| id.kind).collect();
+    assert_eq!(kinds, [IdKind::Kafka, IdKind::File]);
+    for lineage in ["_source_topic", "_source_partition", "_source_offset", "_source_timestamp", "_ingested_at"] {
+        assert!(batch.column_by_name(lineage).unwrap().is_null(1), "{lineage} of a dropped file is not believed");
+    }
+    assert_eq!(batch.column_by_name("_source_key").unwrap().as_string::<i32>().value(1), drop);
+    assert_eq!(batch.column_by_name("_source_etag").unwrap().as_string::<i32>().value(1), "e2");
 }
 
 #[test]

@@ -21,13 +21,13 @@ FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency build sam-build package clean-local
+.PHONY: help toolchain venv schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory build sam-build package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
 	@echo "make model  - train the fuel-24h model on a synthetic fleet and export it to models/fuel-24h/ (ONNX + test fixture)"
-	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions (release builds)"
+	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions; peak RSS for 50 MB vs 500 MB objects (release builds)"
 	@echo "make schema - regenerate the Glue columns (stack.json, template.yaml, Athena DDL) from the bronze table specs"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
@@ -110,7 +110,7 @@ demo: toolchain venv
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 
-bench: bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency
+bench: bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory
 
 bench-enricher: toolchain venv
 	cargo build --release -p weather-enricher
@@ -131,6 +131,12 @@ bench-predict: toolchain venv
 	cargo build --release -p predictor
 	cargo build --profile tools -p fleetlake-bench
 	$(TARGET_DIR)/tools/bench-predict --predictor $(TARGET_DIR)/release/predictor $(BENCH_PREDICT_ARGS)
+
+# Peak RSS of weather-enricher and delta-writer for a 50 MB and a 500 MB object of long lines, and of bad lines only.
+bench-memory: toolchain venv
+	cargo build --release -p weather-enricher -p delta-writer
+	cargo build --profile tools -p fleetlake-bench
+	$(TARGET_DIR)/tools/bench-memory --enricher $(TARGET_DIR)/release/weather-enricher --writer $(TARGET_DIR)/release/delta-writer $(BENCH_MEMORY_ARGS)
 
 # Cold start of every function (process start to its first poll of the runtime API), release binaries.
 bench-init: toolchain venv

@@ -218,7 +218,8 @@ def up(args):
         weather_url = f"http://127.0.0.1:{args.weather_port}"
         wait_http(weather_url + "/health", "weather stub", proc=stub, log="weather-stub.log")
     names = bootstrap(endpoint)
-    env = {"AWS_ENDPOINT_URL": endpoint, **CREDENTIALS, **names}
+    # What every function gets (template.yaml Globals): cargo lambda watch reads this file for the demo.
+    env = {"AWS_ENDPOINT_URL": endpoint, **CREDENTIALS, **names, **definition().get("function_environment", {})}
     if weather_url:
         env["WEATHER_API_URL"] = weather_url
     (STATE / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
@@ -275,8 +276,8 @@ def sub_text(value):
 
 def check_template(args):
     d = definition()
-    t = load_template(args.template)
-    res = t["Resources"]
+    template = load_template(args.template)
+    res = template["Resources"]
     problems = []
 
     def expect(what, got, want):
@@ -356,6 +357,8 @@ def check_template(args):
         expect(f"{gt['logical_id']} SerDe", sd.get("SerdeInfo"), want["StorageDescriptor"]["SerdeInfo"])
         expect(f"{gt['logical_id']} location", sub_text(sd.get("Location")), want["StorageDescriptor"]["Location"])
 
+    globals_env = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    expect("Globals function environment", globals_env, d.get("function_environment", {}))
     for f in d["functions"]:
         r = res.get(f["logical_id"], {})
         p = resource(f["logical_id"], "AWS::Serverless::Function")

@@ -11,8 +11,12 @@ pub(crate) struct Config {
     pub(crate) lake: LakeConfig,
     /// `ENRICHED_PREFIX` (default `enriched/`): where enriched positions are read.
     pub(crate) enriched_prefix: Prefix,
-    /// `CHUNK_RECORDS` (default 20000): rows converted and checked per step; bounds memory.
+    /// `CHUNK_RECORDS` (default 20000) and `CHUNK_BYTES` (default 16 MiB of input lines): a step converts and
+    /// checks rows until it holds either many; together they bound memory whatever the lines' length.
     pub(crate) chunk_records: usize,
+    pub(crate) chunk_bytes: usize,
+    /// `QUARANTINE_PART_BYTES` (default 16 MiB): quarantine lines held before they are written as one part.
+    pub(crate) quarantine_part_bytes: usize,
     /// `TARGET_FILE_BYTES` (default 128 MiB): a data file is closed once it reaches this size.
     pub(crate) target_file_bytes: u64,
     /// The Delta settings: the tables under `BRONZE_PREFIX` (default `bronze/`), `CHECKPOINT_INTERVAL` (default 100), `LOG_RETENTION` (default `interval 30 days`),
@@ -42,10 +46,6 @@ impl Config {
     pub(crate) fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let lake = LakeConfig::from_env(env)?;
         let bronze_prefix = Prefix::parse("BRONZE_PREFIX", env.get("BRONZE_PREFIX").unwrap_or("bronze/"))?;
-        let chunk_records = env.parse_or("CHUNK_RECORDS", 20_000)?;
-        if chunk_records == 0 {
-            return Err(ConfigError::new("CHUNK_RECORDS", "must be at least 1"));
-        }
         let checkpoint_interval: u64 = env.parse_or("CHECKPOINT_INTERVAL", 100)?;
         if checkpoint_interval == 0 {
             return Err(ConfigError::new("CHECKPOINT_INTERVAL", "must be at least 1"));
@@ -65,7 +65,10 @@ impl Config {
         let storage_options = fleetlake_delta::storage_options(env);
         Ok(Self {
             enriched_prefix: Prefix::parse("ENRICHED_PREFIX", env.get("ENRICHED_PREFIX").unwrap_or("enriched/"))?,
-            chunk_records,
+            chunk_records: env.count_or("CHUNK_RECORDS", 20_000)?,
+            chunk_bytes: env.count_or("CHUNK_BYTES", 16 << 20)?,
+            quarantine_part_bytes: env
+                .count_or("QUARANTINE_PART_BYTES", fleetlake_aws::quarantine::DEFAULT_PART_BYTES)?,
             target_file_bytes: env.parse_or("TARGET_FILE_BYTES", 128 << 20)?,
             delta: DeltaSettings {
                 bronze_url,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use deltalake::arrow::record_batch::RecordBatch;
-use fleetlake_aws::quarantine::{QuarantineLine, QuarantineWriter};
+use fleetlake_aws::quarantine::{QuarantineLine, QuarantineParts, QuarantineWriter};
 use fleetlake_aws::s3::S3Store;
 use fleetlake_aws::s3event::ObjectRef;
 use fleetlake_core::bronze::{Converter, Identities, LineOrigin, Lineage, TableSpec, Zone};
@@ -312,7 +312,10 @@ async fn convert_object(
     let etag = obj.etag.as_deref().unwrap_or_default();
     // Kafka lineage is believed only within the batch the lander named this object after.
     let batch = BatchName::from_key(&obj.key);
-    let mut bad = Vec::new();
+    let dt = key_date(&obj.key).unwrap_or_else(|| Utc::now().date_naive());
+    let name = quarantine_source_name(&obj.key, obj.etag.as_deref());
+    // Bad lines are written out in parts as they add up: an object of bad lines never sits in memory whole.
+    let mut bad = QuarantineParts::new(&deps.quarantine, dt, name, deps.config.quarantine_part_bytes);
     let send = |converter: &mut Converter| -> Result<Produced, fleetlake_aws::Error> {
         let (batch, ids) = converter.finish().map_err(|e| {
             fleetlake_aws::Error::Encode(std::io::Error::other(format!("building a record batch: {e}")))
@@ -339,17 +342,17 @@ async fn convert_object(
                 Some(String::from_utf8_lossy(&head).into_owned()),
             )),
         }
-        if converter.len() >= deps.config.chunk_records && tx.send(send(converter)?).await.is_err() {
+        // The quarantine is written before the commit: a failed write fails the object, never loses the lines.
+        bad.flush_if_full().await?;
+        let full = converter.len() >= deps.config.chunk_records || converter.bytes() >= deps.config.chunk_bytes;
+        if full && tx.send(send(converter)?).await.is_err() {
             return Ok(0);
         }
     }
     if !converter.is_empty() && tx.send(send(converter)?).await.is_err() {
         return Ok(0);
     }
-    // The quarantine is written before the commit: a failed write fails the object, never loses the lines.
-    let dt = key_date(&obj.key).unwrap_or_else(|| Utc::now().date_naive());
-    deps.quarantine.write(dt, &quarantine_source_name(&obj.key, obj.etag.as_deref()), &bad).await?;
-    Ok(bad.len() as u64)
+    bad.finish().await
 }
 
 #[cfg(test)]

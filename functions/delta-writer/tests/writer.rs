@@ -468,6 +468,35 @@ async fn a_replaced_object_is_appended_only_from_the_version_its_event_names() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_are_quarantined_in_parts_as_they_add_up_and_chunks_are_cut_by_bytes() {
+    // Parts and chunks of about 2 KB: an object of bad lines never sits in memory whole, whatever its lines' length.
+    let env = Env::new(&[("QUARANTINE_PART_BYTES", "2000"), ("CHUNK_BYTES", "2000")]).await;
+    let key = enriched_key(4, 0, 299);
+    let lines: Vec<String> =
+        (0..300).map(|o| if o % 3 == 0 { enriched(4, o) } else { format!("{{\"broken\": {o}") }).collect();
+    env.put(&key, gzip(&lines)).await;
+    let mut writer = env.writer().await;
+    let inv = writer.invoke(&env.sqs(&[("m", &[key.as_str()])])).await;
+    assert_eq!(failures(inv.outcome.as_ref().unwrap()), Vec::<String>::new());
+    assert_eq!((metric(&inv, "records_written"), metric(&inv, "records_quarantined")), (100, 200));
+    let want: Vec<(i64, i64)> = (0..300).filter(|o| o % 3 == 0).map(|o| (4, o)).collect();
+    assert_eq!(kafka_ids(&env.read("locations")), want);
+
+    let parts = env.moto.keys(&env.bucket, &format!("quarantine/delta-writer/dt={DAY}/fleet.locations-4-0-299")).await;
+    assert!(parts.len() > 1, "{parts:?}");
+    let mut quarantined: Vec<u64> = Vec::new();
+    for part in &parts {
+        let text = String::from_utf8(env.moto.get(&env.bucket, part).await).unwrap();
+        quarantined.extend(
+            text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["source"]["line"].as_u64().unwrap()),
+        );
+    }
+    quarantined.sort_unstable();
+    let want: Vec<u64> = (1..=300).filter(|n| (n - 1) % 3 != 0).collect();
+    assert_eq!(quarantined, want, "every bad line once, across {} parts", parts.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_written_every_interval() {
     let env = Env::new(&[("CHECKPOINT_INTERVAL", "2")]).await;
     let mut writer = env.writer().await;

@@ -10,8 +10,10 @@ pub(crate) struct Config {
     pub(crate) lake: LakeConfig,
     /// `ENRICHED_PREFIX` (default `enriched/`).
     pub(crate) enriched_prefix: Prefix,
-    /// `CHUNK_RECORDS` (default 5000): records decoded, looked up and written per step; bounds memory.
+    /// `CHUNK_RECORDS` (default 5000) and `CHUNK_BYTES` (default 8 MiB): a step decodes, looks up and writes
+    /// records until it holds either many; together they bound memory whatever the lines' length.
     pub(crate) chunk_records: usize,
+    pub(crate) chunk_bytes: usize,
     /// `OUTPUT_PART_BYTES` (default 8 MiB, at least 5 MiB): compressed output buffered before it is sent as
     /// one multipart part.
     pub(crate) output_part_bytes: usize,
@@ -23,21 +25,19 @@ pub(crate) struct Config {
 
 impl Config {
     pub(crate) fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let chunk_records = env.parse_or("CHUNK_RECORDS", 5_000)?;
-        if chunk_records == 0 {
-            return Err(ConfigError::new("CHUNK_RECORDS", "must be at least 1"));
-        }
         Ok(Self {
             lake: LakeConfig::from_env(env)?,
             enriched_prefix: Prefix::parse("ENRICHED_PREFIX", env.get("ENRICHED_PREFIX").unwrap_or("enriched/"))?,
-            chunk_records,
+            chunk_records: env.count_or("CHUNK_RECORDS", 5_000)?,
+            chunk_bytes: env.count_or("CHUNK_BYTES", 8 << 20)?,
             output_part_bytes: match env.parse_or("OUTPUT_PART_BYTES", 8 << 20)? {
                 n if n < fleetlake_aws::s3::MIN_PART_BYTES => {
                     return Err(ConfigError::new("OUTPUT_PART_BYTES", "must be at least 5242880 (S3's smallest part)"))
                 }
                 n => n,
             },
-            quarantine_part_bytes: env.parse_or("QUARANTINE_PART_BYTES", 16 << 20)?,
+            quarantine_part_bytes: env
+                .count_or("QUARANTINE_PART_BYTES", fleetlake_aws::quarantine::DEFAULT_PART_BYTES)?,
             weather: WeatherConfig::from_env(env)?,
         })
     }

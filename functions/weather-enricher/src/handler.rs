@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{NaiveDate, Utc};
-use fleetlake_aws::quarantine::{QuarantineLine, QuarantineWriter};
+use fleetlake_aws::quarantine::{QuarantineLine, QuarantineParts, QuarantineWriter};
 use fleetlake_aws::s3::{GzipUpload, ObjectLines, PutOutcome, S3Store};
 use fleetlake_aws::s3event::ObjectRef;
 use fleetlake_core::enrich::{prepare, write_enriched, LineSource, Pending, WeatherStatus, STAGE};
@@ -156,7 +156,7 @@ async fn process(obj: &ObjectRef, deps: &Deps, deadline: Option<Instant>) -> Res
     // completed, after the quarantine parts are written.
     let meta: Vec<(&str, &str)> = obj.etag.as_deref().map(|e| (SOURCE_ETAG, e)).into_iter().collect();
     let mut out = GzipUpload::new(&deps.store, &out_key, "application/gzip", &meta, !replace, cfg.output_part_bytes);
-    let mut bad = QuarantineParts::new(&deps.quarantine, dt, &source_name, cfg.quarantine_part_bytes);
+    let mut bad = QuarantineParts::new(&deps.quarantine, dt, source_name, cfg.quarantine_part_bytes);
     let streamed = enrich_lines(obj, deps, &mut lines, &mut out, &mut bad, today, deadline).await;
     let (records, degraded) = match streamed {
         Ok(Ok(counts)) => counts,
@@ -193,12 +193,13 @@ async fn enrich_lines(
     deps: &Deps,
     lines: &mut ObjectLines,
     out: &mut GzipUpload,
-    bad: &mut QuarantineParts<'_>,
+    bad: &mut QuarantineParts,
     today: NaiveDate,
     deadline: Option<Instant>,
 ) -> Result<Result<(u64, u64), fleetlake_aws::Error>, fleetlake_aws::Error> {
     let cfg = &deps.config;
     let mut pending = Vec::with_capacity(cfg.chunk_records);
+    let mut pending_bytes = 0;
     let (mut records, mut degraded) = (0_u64, 0_u64);
     let window = Some((cfg.lake.event_window, Utc::now().timestamp_micros()));
     // Kafka lineage is believed only within the batch the lander named this object after.
@@ -214,7 +215,10 @@ async fn enrich_lines(
             Some(Line::Text { number, bytes }) => {
                 let src = LineSource { key: &obj.key, etag: obj.etag.as_deref(), line: number, batch: batch.as_ref() };
                 match prepare(&bytes, src, cfg.weather.grid_deg, window) {
-                    Ok(p) => pending.push(p),
+                    Ok(p) => {
+                        pending_bytes += p.line.len();
+                        pending.push(p);
+                    }
                     Err(q) => bad.push(*q),
                 }
             }
@@ -227,7 +231,9 @@ async fn enrich_lines(
             None => {}
         }
         bad.flush_if_full().await?;
-        if pending.len() >= cfg.chunk_records || (done && !pending.is_empty()) {
+        let full = pending.len() >= cfg.chunk_records || pending_bytes >= cfg.chunk_bytes;
+        if full || (done && !pending.is_empty()) {
+            pending_bytes = 0;
             let (n, d) = enrich_chunk(&mut pending, out, obj, &deps.weather, today, deadline).await?;
             records += n;
             degraded += d;
@@ -235,59 +241,6 @@ async fn enrich_lines(
         if done {
             return Ok(Ok((records, degraded)));
         }
-    }
-}
-
-/// The quarantine lines of one object, written in parts of about `part_bytes` so that an object full of bad lines
-/// never sits in memory whole: `<name>.ndjson`, then `<name>.part-2.ndjson`, `<name>.part-3.ndjson`, … The cut
-/// points depend only on the input, so a retry writes the same parts (create-only, as every quarantine object).
-struct QuarantineParts<'a> {
-    writer: &'a QuarantineWriter,
-    dt: NaiveDate,
-    name: &'a str,
-    part_bytes: usize,
-    lines: Vec<QuarantineLine>,
-    bytes: usize,
-    parts: u32,
-    total: u64,
-}
-
-impl<'a> QuarantineParts<'a> {
-    fn new(writer: &'a QuarantineWriter, dt: NaiveDate, name: &'a str, part_bytes: usize) -> Self {
-        Self { writer, dt, name, part_bytes, lines: Vec::new(), bytes: 0, parts: 0, total: 0 }
-    }
-
-    fn push(&mut self, line: QuarantineLine) {
-        self.bytes += line.reason.len() + line.raw.as_ref().map_or(0, String::len) + 64;
-        self.lines.push(line);
-    }
-
-    async fn flush_if_full(&mut self) -> Result<(), fleetlake_aws::Error> {
-        if self.bytes >= self.part_bytes {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), fleetlake_aws::Error> {
-        let name = match self.parts {
-            0 => self.name.to_owned(),
-            n => format!("{}.part-{}", self.name, n + 1),
-        };
-        self.writer.write(self.dt, &name, &self.lines).await?;
-        self.parts += 1;
-        self.total += self.lines.len() as u64;
-        self.lines.clear();
-        self.bytes = 0;
-        Ok(())
-    }
-
-    /// Writes what is left; returns how many lines were quarantined in all.
-    async fn finish(mut self) -> Result<u64, fleetlake_aws::Error> {
-        if !self.lines.is_empty() {
-            self.flush().await?;
-        }
-        Ok(self.total)
     }
 }
 

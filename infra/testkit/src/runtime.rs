@@ -64,6 +64,18 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// What every deployed function gets (`function_environment` of `infra/local/stack.json`, which
+/// `make template-check` holds equal to the template's Globals).
+fn function_environment() -> Vec<(String, String)> {
+    let stack: Value = serde_json::from_str(include_str!("../../local/stack.json")).expect("stack.json is JSON");
+    stack["function_environment"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
 impl LambdaHarness {
     /// Serves the runtime API on a free port and starts `binary` against it with `env` (plus the variables the
     /// Lambda service sets). The process is killed when the harness is dropped.
@@ -90,6 +102,7 @@ impl LambdaHarness {
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
             .env("AWS_LAMBDA_LOG_STREAM_NAME", "harness")
             .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{function_name}"))
+            .envs(function_environment())
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -42,3 +42,63 @@ impl QuarantineWriter {
         Ok(Some(key))
     }
 }
+
+/// Default size of one quarantine part (`QUARANTINE_PART_BYTES`).
+pub const DEFAULT_PART_BYTES: usize = 16 << 20;
+
+/// The quarantine lines of one input object, written in parts of about `part_bytes` so that an object full of bad
+/// lines never sits in memory whole: `<name>.ndjson`, then `<name>.part-2.ndjson`, `<name>.part-3.ndjson`, … The
+/// cut points depend only on the input, so a retry writes the same parts (create-only, as every quarantine object).
+#[derive(Debug)]
+pub struct QuarantineParts {
+    writer: QuarantineWriter,
+    dt: NaiveDate,
+    name: String,
+    part_bytes: usize,
+    lines: Vec<QuarantineLine>,
+    bytes: usize,
+    parts: u32,
+    total: u64,
+}
+
+impl QuarantineParts {
+    /// The parts of the object whose quarantine name is `name`, filed under `dt`.
+    pub fn new(writer: &QuarantineWriter, dt: NaiveDate, name: String, part_bytes: usize) -> Self {
+        Self { writer: writer.clone(), dt, name, part_bytes, lines: Vec::new(), bytes: 0, parts: 0, total: 0 }
+    }
+
+    /// Adds a line; call [`QuarantineParts::flush_if_full`] after it.
+    pub fn push(&mut self, line: QuarantineLine) {
+        self.bytes += line.reason.len() + line.raw.as_ref().map_or(0, String::len) + 64;
+        self.lines.push(line);
+    }
+
+    /// Writes the lines held as the next part once they reach the part size.
+    pub async fn flush_if_full(&mut self) -> Result<()> {
+        if self.bytes >= self.part_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let name = match self.parts {
+            0 => self.name.clone(),
+            n => format!("{}.part-{}", self.name, n + 1),
+        };
+        self.writer.write(self.dt, &name, &self.lines).await?;
+        self.parts += 1;
+        self.total += self.lines.len() as u64;
+        self.lines.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+
+    /// Writes what is left; returns how many lines were quarantined in all.
+    pub async fn finish(mut self) -> Result<u64> {
+        if !self.lines.is_empty() {
+            self.flush().await?;
+        }
+        Ok(self.total)
+    }
+}

@@ -59,6 +59,14 @@ impl Env {
             Some(raw) => raw.trim().parse().map_err(|e| ConfigError::new(var, format!("cannot parse {raw:?}: {e}"))),
         }
     }
+
+    /// `var` as a count of at least 1 (a size, a chunk length), or `default` when unset.
+    pub fn count_or(&self, var: &str, default: usize) -> Result<usize, ConfigError> {
+        match self.parse_or(var, default)? {
+            0 => Err(ConfigError::new(var, "must be at least 1")),
+            n => Ok(n),
+        }
+    }
 }
 
 /// An S3 bucket name, checked against S3's naming rules.

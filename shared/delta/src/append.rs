@@ -334,9 +334,11 @@ impl Appender {
 /// - **Zstandard level 1 pages.** On `make bench-delta`'s data that wrote 24% fewer bytes than Snappy (deltalake's
 ///   default) for the same CPU time (level 3: 34% fewer, for 5% more CPU): less to upload, to store, and for Athena
 ///   to scan and bill. Every reader of the lake (Athena, Spark, the Python `deltalake`) reads it.
-/// - **Row groups of [`ROW_GROUP_ROWS`] rows.** A row group is encoded in memory and only then written out, so a
-///   file of one large row group reached the store only when it was closed, after the last row; with 128 Ki rows
-///   most of a file is uploaded while the rest is still being converted, and a writer holds less memory.
+/// - **Row groups of [`ROW_GROUP_ROWS`] rows, or [`ROW_GROUP_BYTES`] if less.** A row group is encoded in memory
+///   and only then written out, so a file of one large row group reached the store only when it was closed, after
+///   the last row; with 128 Ki rows most of a file is uploaded while the rest is still being converted, and a
+///   writer holds less memory. The byte cap only matters for long rows (a row of near 1 MiB of `_extra` would
+///   otherwise let one row group grow to gigabytes).
 /// - **No dictionary for [`DISTINCT_COLUMNS`]**, whose values are nearly all different: dictionary encoding them
 ///   spent time on every value, and with smaller row groups it never fell back to plain encoding, which
 ///   Zstandard compresses better.
@@ -344,7 +346,8 @@ pub fn writer_properties() -> WriterProperties {
     let level = ZstdLevel::try_new(1).unwrap_or_default();
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_max_row_group_bytes(Some(ROW_GROUP_BYTES));
     for column in DISTINCT_COLUMNS {
         props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
     }
@@ -353,6 +356,9 @@ pub fn writer_properties() -> WriterProperties {
 
 /// Rows per Parquet row group (see [`writer_properties`]).
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Most encoded bytes of a Parquet row group (see [`writer_properties`]).
+pub const ROW_GROUP_BYTES: usize = 64 << 20;
 
 /// Columns, of any bronze table, whose values are nearly all distinct: positions, offsets, source timestamps and
 /// log sequence numbers.

@@ -33,7 +33,9 @@ pub mod scan;
 mod settings;
 mod table;
 
-pub use append::{writer_properties, AppendStats, Appender, Committed, DISTINCT_COLUMNS, ROW_GROUP_ROWS};
+pub use append::{
+    writer_properties, AppendStats, Appender, Committed, DISTINCT_COLUMNS, ROW_GROUP_BYTES, ROW_GROUP_ROWS,
+};
 pub use cache::TableCache;
 pub use commit::Prepared;
 pub use scan::{active_files, ActiveFile};

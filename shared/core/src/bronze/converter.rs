@@ -60,6 +60,8 @@ pub struct Converter {
     pub(crate) builders: Vec<Builder>,
     pub(crate) ids: Identities,
     pub(crate) rows: usize,
+    /// Bytes of the lines of those rows: what a chunk holds, whatever the lines' length.
+    pub(crate) bytes: usize,
     /// The line's own members: the record's columns (or a change's `op`, `ts_ms`, `lsn` and `row`), `_source`,
     /// `_ingested_at`.
     pub(crate) top: FieldSet,
@@ -98,6 +100,7 @@ impl Converter {
             builders,
             ids: Identities::default(),
             rows: 0,
+            bytes: 0,
             top,
             row,
             source: FieldSet::new(SOURCE_FIELDS, &[]),
@@ -144,6 +147,11 @@ impl Converter {
     /// Rows converted since the last [`Converter::finish`].
     pub fn len(&self) -> usize {
         self.rows
+    }
+
+    /// Bytes of the lines converted since the last [`Converter::finish`].
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether no row is waiting.
@@ -331,6 +339,7 @@ impl Converter {
         }
         self.record_identity(kind, seq);
         self.rows += 1;
+        self.bytes += line.len();
         Ok(())
     }
 
@@ -348,6 +357,7 @@ impl Converter {
     pub fn finish(&mut self) -> Result<(RecordBatch, Identities), ArrowError> {
         let columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
         self.rows = 0;
+        self.bytes = 0;
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         Ok((batch, std::mem::take(&mut self.ids)))
     }

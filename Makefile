@@ -21,7 +21,7 @@ FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory build sam-build package clean-local
+.PHONY: help toolchain venv schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory build sam-build test-sam sam-local package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
@@ -61,7 +61,7 @@ clippy: toolchain
 	cargo clippy --workspace --all-targets -- -D warnings
 
 # Each part prints its wall time (CI reads them; docs/benchmarks.md keeps the figures).
-TEST_PARTS := fmt-check template-check test-infra test-rust test-e2e
+TEST_PARTS := fmt-check template-check test-infra test-rust test-e2e test-sam
 test:
 	@for part in $(TEST_PARTS); do \
 	  start=$$(date +%s); $(MAKE) --no-print-directory $$part || exit 1; \
@@ -81,6 +81,21 @@ test-rust: toolchain venv
 test-e2e: toolchain venv
 	$(CLIPPY_BUILD) cargo build --workspace --bins
 	FLEETLAKE_BIN_DIR=$(TARGET_DIR)/debug $(PY) -m unittest discover -s infra/e2e -v
+
+# `sam local invoke` of every function with its sample event on the Docker engine, answers compared with the
+# runtime-API harness's (infra/sam-local); the image is built offline by infra/sam-local/image.sh.
+test-sam: toolchain venv
+	$(CLIPPY_BUILD) cargo build --workspace --bins
+	FLEETLAKE_BIN_DIR=$(TARGET_DIR)/debug $(PY) -m unittest discover -s infra/sam-local -v
+
+# A local stack that containers reach (moto and the stub on 0.0.0.0), the offline image, and .local/sam/ (a template
+# of x86_64 functions on the debug binaries, the env-vars file): then `sam local invoke` as docs/local-stack.md shows.
+sam-local: toolchain venv
+	cargo build --workspace --bins
+	$(PY) infra/local/stack.py up --host 0.0.0.0 --moto-port $(MOTO_PORT) --weather-port $(WEATHER_PORT) --weather-stub $(TARGET_DIR)/debug/weather-stub
+	infra/sam-local/image.sh
+	$(PY) infra/sam-local/prepare.py --bin-dir $(TARGET_DIR)/debug --stack-env .local/stack.env --out .local/sam
+	@echo "try: SAM_CLI_TELEMETRY=0 sam local invoke MskLanderFunction -t .local/sam/template.json -e events/msk-lander/batch.json --env-vars .local/sam/env.json --skip-pull-image --add-host host.docker.internal:host-gateway"
 
 model: venv
 	$(PY) infra/model/train.py

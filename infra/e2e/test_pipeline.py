@@ -31,16 +31,23 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stack_up(prefix, weather=True, host="127.0.0.1"):
+    """A local stack on free ports with its own state folder: (folder, environment for stack.py, stack.env path,
+    the settings in it)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    env = dict(os.environ, FLEETLAKE_STATE=str(tmp / "state"))
+    cmd = [PY, ROOT / "infra/local/stack.py", "up", "--host", host, "--moto-port", str(free_port())]
+    if weather:
+        cmd += ["--weather-port", str(free_port()), "--weather-stub", str(BIN / "weather-stub")]
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    stack_env = tmp / "state" / "stack.env"
+    return tmp, env, stack_env, dict(line.split("=", 1) for line in stack_env.read_text().split())
+
+
 class Pipeline(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = Path(tempfile.mkdtemp(prefix="fleetlake-e2e-"))
-        cls.env = dict(os.environ, FLEETLAKE_STATE=str(cls.tmp / "state"))
-        subprocess.run([PY, ROOT / "infra/local/stack.py", "up", "--moto-port", str(free_port()),
-                        "--weather-port", str(free_port()), "--weather-stub", str(BIN / "weather-stub")],
-                       check=True, env=cls.env, stdout=subprocess.DEVNULL)
-        cls.stack_env = cls.tmp / "state" / "stack.env"
-        cls.names = dict(line.split("=", 1) for line in cls.stack_env.read_text().split())
+        cls.tmp, cls.env, cls.stack_env, cls.names = stack_up("fleetlake-e2e-")
         day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
         subprocess.run([PY, ROOT / "infra/local/fleet.py", "--out", cls.tmp / "fleet", "--units", "24", "--day", day],
                        check=True, stdout=subprocess.DEVNULL)
@@ -170,12 +177,8 @@ class FailedMessages(unittest.TestCase):
     then moved to the dead-letter queue; the rest of the batch is committed."""
 
     def test_a_bad_object_is_quarantined_a_bad_message_dead_lettered_and_the_batch_goes_on(self):
-        tmp = Path(tempfile.mkdtemp(prefix="fleetlake-e2e-dlq-"))
-        env = dict(os.environ, FLEETLAKE_STATE=str(tmp / "state"))
-        subprocess.run([PY, ROOT / "infra/local/stack.py", "up", "--moto-port", str(free_port())],
-                       check=True, env=env, stdout=subprocess.DEVNULL)
+        tmp, env, _, names = stack_up("fleetlake-e2e-dlq-", weather=False)
         try:
-            names = dict(line.split("=", 1) for line in (tmp / "state" / "stack.env").read_text().split())
             creds = dict(endpoint_url=names["AWS_ENDPOINT_URL"], region_name="us-east-1",
                          aws_access_key_id="testing", aws_secret_access_key="testing")
             s3 = boto3.client("s3", **creds)

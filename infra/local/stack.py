@@ -209,12 +209,13 @@ def up(args):
     moto_bin = ROOT / ".venv" / "bin" / "moto_server"
     if not moto_bin.exists():
         raise SystemExit(f"{moto_bin} is missing: run `make venv`")
-    moto = start([str(moto_bin), "-H", "127.0.0.1", "-p", str(args.moto_port)], "moto.log", args.moto_port)
+    moto = start([str(moto_bin), "-H", args.host, "-p", str(args.moto_port)], "moto.log", args.moto_port)
     endpoint = f"http://127.0.0.1:{args.moto_port}"
     wait_http(endpoint + "/moto-api/", "moto server", proc=moto, log="moto.log")
     weather_url = ""
     if args.weather_stub:
-        stub = start([args.weather_stub, "--port", str(args.weather_port)], "weather-stub.log", args.weather_port)
+        stub = start([args.weather_stub, "--host", args.host, "--port", str(args.weather_port)], "weather-stub.log",
+                     args.weather_port)
         weather_url = f"http://127.0.0.1:{args.weather_port}"
         wait_http(weather_url + "/health", "weather stub", proc=stub, log="weather-stub.log")
     names = bootstrap(endpoint)
@@ -514,6 +515,8 @@ def main():
     p.add_argument("--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", 5000)))
     p.add_argument("--weather-port", type=int, default=int(os.environ.get("WEATHER_PORT", 8089)))
     p.add_argument("--weather-stub", help="path of the weather-stub binary (omit to run moto only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address moto and the stub listen on (0.0.0.0 lets containers reach them: sam local invoke)")
     p = sub.add_parser("bootstrap")
     p.add_argument("--endpoint", required=True)
     sub.add_parser("down")

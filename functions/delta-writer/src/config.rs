@@ -11,7 +11,7 @@ pub(crate) struct Config {
     pub(crate) lake: LakeConfig,
     /// `ENRICHED_PREFIX` (default `enriched/`): where enriched positions are read.
     pub(crate) enriched_prefix: Prefix,
-    /// `CHUNK_RECORDS` (default 20000) and `CHUNK_BYTES` (default 16 MiB of input lines): a step converts and
+    /// `CHUNK_RECORDS` (default 20000) and `CHUNK_BYTES` (default 8 MiB of input lines): a step converts and
     /// checks rows until it holds either many; together they bound memory whatever the lines' length.
     pub(crate) chunk_records: usize,
     pub(crate) chunk_bytes: usize,
@@ -66,7 +66,7 @@ impl Config {
         Ok(Self {
             enriched_prefix: Prefix::parse("ENRICHED_PREFIX", env.get("ENRICHED_PREFIX").unwrap_or("enriched/"))?,
             chunk_records: env.count_or("CHUNK_RECORDS", 20_000)?,
-            chunk_bytes: env.count_or("CHUNK_BYTES", 16 << 20)?,
+            chunk_bytes: env.count_or("CHUNK_BYTES", 8 << 20)?,
             quarantine_part_bytes: env
                 .count_or("QUARANTINE_PART_BYTES", fleetlake_aws::quarantine::DEFAULT_PART_BYTES)?,
             target_file_bytes: env.parse_or("TARGET_FILE_BYTES", 128 << 20)?,

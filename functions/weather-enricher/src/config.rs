@@ -10,7 +10,7 @@ pub(crate) struct Config {
     pub(crate) lake: LakeConfig,
     /// `ENRICHED_PREFIX` (default `enriched/`).
     pub(crate) enriched_prefix: Prefix,
-    /// `CHUNK_RECORDS` (default 5000) and `CHUNK_BYTES` (default 8 MiB): a step decodes, looks up and writes
+    /// `CHUNK_RECORDS` (default 5000) and `CHUNK_BYTES` (default 4 MiB): a step decodes, looks up and writes
     /// records until it holds either many; together they bound memory whatever the lines' length.
     pub(crate) chunk_records: usize,
     pub(crate) chunk_bytes: usize,
@@ -29,7 +29,7 @@ impl Config {
             lake: LakeConfig::from_env(env)?,
             enriched_prefix: Prefix::parse("ENRICHED_PREFIX", env.get("ENRICHED_PREFIX").unwrap_or("enriched/"))?,
             chunk_records: env.count_or("CHUNK_RECORDS", 5_000)?,
-            chunk_bytes: env.count_or("CHUNK_BYTES", 8 << 20)?,
+            chunk_bytes: env.count_or("CHUNK_BYTES", 4 << 20)?,
             output_part_bytes: match env.parse_or("OUTPUT_PART_BYTES", 8 << 20)? {
                 n if n < fleetlake_aws::s3::MIN_PART_BYTES => {
                     return Err(ConfigError::new("OUTPUT_PART_BYTES", "must be at least 5242880 (S3's smallest part)"))

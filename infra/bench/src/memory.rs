@@ -88,6 +88,7 @@ fn object(shape: Shape, mb: usize) -> (Vec<u8>, usize) {
     let day = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let (mut bytes, mut lines) = (0, 0);
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ mb as u64;
     while bytes < mb * 1_000_000 {
         let lat = if shape == Shape::QuarantineOnly { 91.5 } else { 40.0 + (lines % 10) as f64 };
         let mut line = json!({
@@ -95,7 +96,16 @@ fn object(shape: Shape, mb: usize) -> (Vec<u8>, usize) {
             "lat": lat, "lon": 8.5, "transport_type": "maritime", "speed_kmh": 20.5,
         });
         for f in 0..FIELDS {
-            let text: String = (0..FIELD_CHARS).map(|i| char::from(b'a' + ((i * 7 + f + lines) % 26) as u8)).collect();
+            // Hex digits of a pseudo-random stream: text that compresses about 2:1, as real payloads do, so the
+            // compressed buffers (output parts, row groups) fill as they would, not 70 times later.
+            let text: String = (0..FIELD_CHARS)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    char::from(b"0123456789abcdef"[(state & 15) as usize])
+                })
+                .collect();
             line[format!("note_{f}")] = json!(text);
         }
         let mut text = serde_json::to_vec(&line).unwrap();
@@ -148,6 +158,12 @@ async fn main() {
                     [("LAKE_BUCKET", bucket.as_str()), ("WEATHER_API_URL", &weather_url), ("RUST_LOG", "warn")]
                 {
                     env.push((k.to_owned(), v.to_owned()));
+                }
+                // The function's own variables of the local stack (the template's, e.g. delta-writer's upload budget).
+                let stack: Value = serde_json::from_str(include_str!("../../local/stack.json")).unwrap();
+                let own = stack["functions"].as_array().unwrap().iter().find(|f| f["binary"] == function).unwrap();
+                for (k, v) in own["environment"].as_object().unwrap() {
+                    env.push((k.clone(), v.as_str().unwrap_or_default().to_owned()));
                 }
                 env.extend(a.env.iter().cloned());
                 let mut f = LambdaHarness::start(binary, function, &env).await;

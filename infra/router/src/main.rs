@@ -20,6 +20,9 @@
 //! recorded event once more (at-least-once delivery, replayed), then routes as usual. The router stops when the
 //! pipeline has been idle (no MSK batch left, nothing in flight, every polled queue empty) for `--idle-seconds`,
 //! and prints a JSON report.
+//!
+//! `--invoke FUNCTION --event FILE` routes nothing: it hands the event once to that function (its binary name) and
+//! prints `{"function", "answer"}` or `{"function", "error"}`: `cargo lambda invoke` for the test harness.
 
 // A test and benchmark tool, not Lambda code: a failed setup stops it with its reason.
 #![allow(clippy::expect_used, clippy::panic, clippy::string_slice)]
@@ -51,6 +54,8 @@ struct Args {
     timeout: Duration,
     record: Option<PathBuf>,
     replay: Option<PathBuf>,
+    invoke: Option<String>,
+    event: Option<PathBuf>,
 }
 
 fn args() -> Fallible<Args> {
@@ -66,6 +71,8 @@ fn args() -> Fallible<Args> {
         timeout: Duration::from_secs(900),
         record: None,
         replay: None,
+        invoke: None,
+        event: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -83,11 +90,16 @@ fn args() -> Fallible<Args> {
             "--timeout-seconds" => a.timeout = Duration::from_secs(n()?),
             "--record" => a.record = Some(v.into()),
             "--replay" => a.replay = Some(v.into()),
+            "--invoke" => a.invoke = Some(v),
+            "--event" => a.event = Some(v.into()),
             other => return Err(format!("unknown flag {other}")),
         }
     }
     if a.invoke_url.is_some() == a.binaries.is_some() {
         return Err("give one of --invoke-url URL (a runtime emulator) or --binaries DIR".into());
+    }
+    if a.invoke.is_some() != a.event.is_some() {
+        return Err("--invoke FUNCTION and --event FILE go together".into());
     }
     Ok(a)
 }
@@ -465,6 +477,17 @@ async fn run() -> Fallible<Value> {
             (None, None) => unreachable!("checked in args()"),
         };
         functions.insert(binary.clone(), Arc::new(Function { binary, invoker, stats: Mutex::default() }));
+    }
+
+    // One event to one function, nothing routed.
+    if let (Some(name), Some(path)) = (&a.invoke, &a.event) {
+        let f = functions.get(name).ok_or(format!("no function {name} in {}", a.stack.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let event: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok(match f.invoke(&event).await {
+            Ok(answer) => json!({"idle": true, "function": name, "answer": answer}),
+            Err(error) => json!({"idle": true, "function": name, "error": error}),
+        });
     }
 
     // Replayed events first, each once, in their recorded order.

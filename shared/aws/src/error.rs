@@ -44,6 +44,16 @@ pub enum Error {
         /// Key of the object.
         key: String,
     },
+    /// The event names the object by an ETag that no object can have (not an entity tag).
+    #[error("the event names s3://{bucket}/{key} with {etag:?}, which is not an ETag")]
+    BadEtag {
+        /// Bucket of the object.
+        bucket: String,
+        /// Key of the object.
+        key: String,
+        /// The ETag as the event gave it.
+        etag: String,
+    },
     /// The object's bytes could not be read or decoded (truncated stream, not gzip).
     #[error("reading s3://{bucket}/{key}: {source}")]
     Read {
@@ -72,7 +82,9 @@ impl Error {
         match self {
             Error::S3 { .. } | Error::Encode(_) => Fault::Retryable,
             // A superseded read is acknowledged by the handlers before it reaches the runner.
-            Error::Config(_) | Error::NotFound { .. } | Error::Superseded { .. } => Fault::Permanent,
+            Error::Config(_) | Error::NotFound { .. } | Error::Superseded { .. } | Error::BadEtag { .. } => {
+                Fault::Permanent
+            }
             // Not gzip, or a gzip stream that ends before its trailer (the decoder's UnexpectedEof): the object's
             // fault. A connection that drops mid-body surfaces from the SDK as another kind: retried.
             Error::Read { source, .. } => match source.kind() {

@@ -183,7 +183,10 @@ impl S3Store {
     async fn open(&self, key: &str, etag: Option<&str>) -> Result<impl AsyncBufRead + Send + Unpin + 'static> {
         let mut req = self.client.get_object().bucket(&self.bucket).key(key);
         if let Some(etag) = etag {
-            req = req.if_match(quoted(etag));
+            let Some(tag) = entity_tag(etag) else {
+                return Err(Error::BadEtag { bucket: self.bucket.clone(), key: key.to_owned(), etag: etag.to_owned() });
+            };
+            req = req.if_match(tag);
         }
         match req.send().await {
             Ok(out) => Ok(out.body.into_async_read()),
@@ -213,13 +216,13 @@ impl S3Store {
     }
 }
 
-/// An ETag as HTTP conditions want it: quoted (notifications carry it bare).
-fn quoted(etag: &str) -> String {
-    if etag.starts_with('"') {
-        etag.to_owned()
-    } else {
-        format!("\"{etag}\"")
-    }
+/// An ETag as HTTP conditions want it: quoted (notifications carry it bare). `None` for a text that is no entity
+/// tag (S3's are hex digits, with `-<parts>` for a multipart upload): a hostile or corrupt notification, which must
+/// not reach a request header.
+fn entity_tag(etag: &str) -> Option<String> {
+    let bare = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag);
+    let valid = !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_graphic() && b != b'"');
+    valid.then(|| format!("\"{bare}\""))
 }
 
 /// Smallest part S3 accepts in a multipart upload (all parts but the last).

@@ -97,7 +97,11 @@ fn s3_objects(records: &[Value]) -> Result<Vec<ObjectRef>, String> {
         let bucket = s3.pointer("/bucket/name").and_then(Value::as_str).ok_or("S3 record without bucket name")?;
         let raw_key = s3.pointer("/object/key").and_then(Value::as_str).ok_or("S3 record without object key")?;
         let key = decode_key(raw_key).map_err(|e| format!("object key {raw_key:?}: {e}"))?;
-        let etag = s3.pointer("/object/eTag").and_then(Value::as_str).map(|e| e.trim_matches('"').to_owned());
+        let etag = s3
+            .pointer("/object/eTag")
+            .and_then(Value::as_str)
+            .map(|e| e.trim_matches('"').to_owned())
+            .filter(|e| !e.is_empty());
         out.push(ObjectRef { bucket: bucket.to_owned(), key, etag });
     }
     Ok(out)
@@ -114,7 +118,11 @@ fn eventbridge_object(event: &Value) -> Result<ObjectRef, EventError> {
         (Some(bucket), Some(key)) => Ok(ObjectRef {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
-            etag: event.pointer("/detail/object/etag").and_then(Value::as_str).map(str::to_owned),
+            etag: event
+                .pointer("/detail/object/etag")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .filter(|e| !e.is_empty()),
         }),
         _ => Err(EventError("EventBridge event without detail.bucket.name and detail.object.key".into())),
     }

@@ -72,6 +72,12 @@ async fn a_read_pinned_to_an_etag_refuses_a_replaced_object() {
     store.put("in/x.ndjson.gz", gzip_lines([b"{\"v\":2}".as_slice()]).unwrap(), "application/gzip").await.unwrap();
     let Err(err) = store.gzip_lines("in/x.ndjson.gz", Some(&bare)).await else { panic!("the old version is gone") };
     assert!(matches!(err, Error::Superseded { .. }), "{err}");
+    // An ETag no object can have (a corrupt or hostile notification) never reaches a request header.
+    for bad in ["é€ab", "a\"b", "", "a b"] {
+        let Err(err) = store.gzip_lines("in/x.ndjson.gz", Some(bad)).await else { panic!("{bad:?} is no ETag") };
+        assert!(matches!(err, Error::BadEtag { .. }), "{err}");
+        assert_eq!(err.fault(), Fault::Permanent, "reported, not retried");
+    }
     // Unpinned, the current content.
     let mut lines = store.gzip_lines("in/x.ndjson.gz", None).await.unwrap();
     assert!(matches!(lines.next_line().await.unwrap(), Some(Line::Text { bytes, .. }) if bytes == b"{\"v\":2}"));

@@ -8,7 +8,7 @@ use serde::Deserialize as _;
 
 use std::borrow::Cow;
 
-use crate::bronze::{column, EventWindow, LOCATIONS};
+use crate::bronze::{column, EventWindow, LOCATIONS, MAX_LINE_MEMBERS};
 use crate::lake::BatchName;
 use crate::records::{parse_object, validate_position, Fields, Position, Received};
 use crate::weather::{CellDay, Lookup};
@@ -307,28 +307,41 @@ impl Fields for View<'_> {
     }
 }
 
-/// Whether a line needs the full parse before its text may be copied to the output: it has a `\u` escape (which
-/// may be a lone surrogate) or a number with an exponent (which may overflow). Skipped fields are not checked by
-/// the fast path, and nothing unparseable may reach the enriched zone.
-fn needs_full_parse(bytes: &[u8]) -> bool {
-    let (mut in_string, mut escaped, mut prev) = (false, false, 0_u8);
+/// One pass over a line: whether it needs the full parse before its text may be copied to the output (a `\u` escape,
+/// which may be a lone surrogate, or a number with an exponent, which may overflow: skipped fields are not checked by
+/// the fast path, and nothing unparseable may reach the enriched zone), and how many members its object has (the
+/// commas at the top level, plus one). Linear, whatever the line.
+fn scan(bytes: &[u8]) -> (bool, usize) {
+    let (mut in_string, mut escaped, mut prev, mut depth) = (false, false, 0_u8, 0_usize);
+    let (mut full, mut commas, mut any) = (false, 0_usize, false);
     for &b in bytes {
         if in_string {
             match (escaped, b) {
-                (true, b'u') => return true,
+                (true, b'u') => {
+                    full = true;
+                    escaped = false;
+                }
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
                 (false, b'"') => in_string = false,
                 _ => {}
             }
-        } else if b == b'"' {
-            in_string = true;
-        } else if (b == b'e' || b == b'E') && (prev.is_ascii_digit() || prev == b'.') {
-            return true;
+        } else {
+            match b {
+                b'"' => {
+                    in_string = true;
+                    any |= depth == 1;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                b',' if depth == 1 => commas += 1,
+                b'e' | b'E' if prev.is_ascii_digit() || prev == b'.' => full = true,
+                _ => {}
+            }
         }
         prev = b;
     }
-    false
+    (full, if any { commas + 1 } else { 0 })
 }
 
 /// Parses and validates one landed line (a leading UTF-8 byte-order mark is ignored). With `window`, `ts` must
@@ -361,6 +374,10 @@ pub fn prepare(
             parse_object(text).err().map_or_else(|| "value is not a JSON object".into(), |r| r.to_string()),
         ));
     }
+    let (full_parse, members) = scan(text);
+    if members > MAX_LINE_MEMBERS {
+        return Err(quarantine(format!("has {members} fields, more than {MAX_LINE_MEMBERS} with lineage and weather")));
+    }
     let view: View<'_> = serde_json::from_slice(text).map_err(|e| quarantine(reason(e)))?;
     // Lineage is believed only from the lander's own objects, and there only within the batch the object is named
     // after: a claimed Kafka identity elsewhere would make the real record with it a "duplicate" later.
@@ -387,7 +404,7 @@ pub fn prepare(
         view.temperature_c || view.wind_speed_kmh || view.precipitation_mm || view.weather_code || view.weather_status;
     // A dropped file's own `_source` claim is replaced by the file's lineage.
     let replace_source = view.source.present && !believed;
-    let line = if had_weather || replace_source || needs_full_parse(text) {
+    let line = if had_weather || replace_source || full_parse {
         // Rare: parse the whole record, refuse what does not parse, drop old weather fields (and an unbelieved
         // `_source`), write it anew.
         let mut map = parse_object(text).map_err(|e| quarantine(e.to_string()))?;
@@ -530,6 +547,24 @@ mod tests {
     }
 
     #[test]
+    fn a_line_of_too_many_fields_is_refused_in_one_pass() {
+        let fields =
+            |n: usize| (0..n).map(|i| format!(",\"f{i}\":[{i},{{\"a\":1,\"b\":\"x,y\"}}]")).collect::<String>();
+        let line = |n: usize| {
+            format!(r#"{{"transport_unit_id":"T","ts":"2026-11-24T10:00:00Z","lat":1,"lon":2{}}}"#, fields(n))
+        };
+        // 4 fields of the record, and commas nested in arrays, objects and strings are not members.
+        assert_eq!(scan(line(3).as_bytes()), (false, 7));
+        assert_eq!(scan(b"{}"), (false, 0));
+        assert!(prepare(line(MAX_LINE_MEMBERS - 4).as_bytes(), src(), 0.1, None).is_ok());
+        let q = prepare(line(MAX_LINE_MEMBERS - 3).as_bytes(), src(), 0.1, None).unwrap_err();
+        assert_eq!(
+            q.reason,
+            format!("has {} fields, more than {MAX_LINE_MEMBERS} with lineage and weather", MAX_LINE_MEMBERS + 1)
+        );
+    }
+
+    #[test]
     fn kafka_lineage_is_believed_only_within_the_batch_the_object_is_named_after() {
         let landed = |offset: i64| {
             format!(
@@ -628,7 +663,7 @@ mod tests {
         // A byte-order mark and surrounding blanks are dropped; words with e after digits inside strings are fine.
         let bom = [b"\xEF\xBB\xBF".as_slice(), format!(" {{{base},\"x\":\"3e\"}} ").as_bytes()].concat();
         assert_eq!(ok(&bom)["x"], json!("3e"));
-        assert!(!needs_full_parse(format!("{{{base},\"b\":true,\"f\":false,\"s\":\"12e4\"}}").as_bytes()));
+        assert!(!scan(format!("{{{base},\"b\":true,\"f\":false,\"s\":\"12e4\"}}").as_bytes()).0);
     }
 
     #[test]

@@ -10,10 +10,11 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::bronze::{EventWindow, TableSpec, Zone};
+use crate::bronze::{EventWindow, TableSpec, Zone, ADDED_FIELDS, MAX_FIELDS};
 use crate::cdc::parse_change;
 use crate::config::ConfigError;
 use crate::lake::{is_valid_topic, BatchName};
+use crate::ndjson::MAX_LINE_BYTES;
 use crate::quarantine::QuarantineLine;
 use crate::records::{parse_object, validate_change, validate_position, Received, RecordError};
 
@@ -196,6 +197,10 @@ fn land_value(
         base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| RecordError::Base64(e.to_string()))?;
     let mut out = if dataset == POSITIONS_DATASET {
         let rec = parse_object(&bytes)?;
+        let own = rec.keys().filter(|k| !ADDED_FIELDS.contains(&k.as_str())).count();
+        if own > MAX_FIELDS {
+            return Err(RecordError::TooManyFields(own));
+        }
         validate_position(&rec, Some(received))?;
         rec
     } else {
@@ -212,7 +217,13 @@ fn land_value(
         }
     };
     add_lineage(&mut out, source, ingested_at);
-    Ok(Some(serde_json::to_vec(&out).unwrap_or_else(|_| unreachable!("a JSON map serialises"))))
+    let line = serde_json::to_vec(&out).unwrap_or_else(|_| unreachable!("a JSON map serialises"));
+    // A line longer than the later stages read is refused here, the first stage that sees it, with its Kafka
+    // coordinates (a later stage could only name the file and line).
+    if line.len() > MAX_LINE_BYTES {
+        return Err(RecordError::TooLong(line.len()));
+    }
+    Ok(Some(line))
 }
 
 fn add_lineage(rec: &mut Map<String, Value>, source: &KafkaSource, ingested_at: &str) {
@@ -267,6 +278,56 @@ mod tests {
                    "_source":{"topic":"fleet.locations","partition":2,"offset":11,"timestamp":1_795_478_400_011_i64},
                    "_ingested_at":"2026-11-24T01:02:03.456Z"})
         );
+    }
+
+    #[test]
+    fn a_value_too_long_for_a_line_is_refused_with_its_coordinates() {
+        let fits = format!(
+            r#"{{"transport_unit_id":"TU-7","ts":"2026-11-24T00:00:00Z","lat":1.5,"lon":2.5,"pad":"{}"}}"#,
+            "x".repeat(MAX_LINE_BYTES - 400)
+        );
+        let long = fits.replace(r#""pad":""#, &format!(r#""pad":"{}"#, "y".repeat(400)));
+        let slice = land_slice(
+            vec![msg("fleet.locations", 1, b64(&fits)), msg("fleet.locations", 2, b64(&long))],
+            &TopicDatasets::default(),
+            at(),
+            EventWindow::default(),
+        )
+        .unwrap();
+        assert_eq!(slice.lines.len(), 1);
+        assert!(slice.lines[0].len() <= MAX_LINE_BYTES);
+        assert_eq!(slice.quarantined.len(), 1);
+        let q = &slice.quarantined[0];
+        assert!(
+            q.reason.ends_with(&format!("bytes as a landed line, more than the {MAX_LINE_BYTES} a line may hold")),
+            "{}",
+            q.reason
+        );
+        assert_eq!(q.source["offset"], json!(2));
+    }
+
+    #[test]
+    fn a_position_of_too_many_fields_of_its_own_is_refused_as_it_lands() {
+        let with = |n: usize| {
+            let extra: String = (0..n).map(|i| format!(r#","f{i}":{i}"#)).collect();
+            format!(
+                r#"{{"transport_unit_id":"TU-7","ts":"2026-11-24T00:00:00Z","lat":1.5,"lon":2.5,"_source":1,"weather_code":3{extra}}}"#
+            )
+        };
+        // 4 fields of the contract + n more; the lineage and weather fields it carries are not its own.
+        let slice = land_slice(
+            vec![
+                msg("fleet.locations", 1, b64(&with(MAX_FIELDS - 4))),
+                msg("fleet.locations", 2, b64(&with(MAX_FIELDS - 3))),
+            ],
+            &TopicDatasets::default(),
+            at(),
+            EventWindow::default(),
+        )
+        .unwrap();
+        assert_eq!(slice.lines.len(), 1);
+        assert_eq!(slice.quarantined.len(), 1);
+        assert_eq!(slice.quarantined[0].reason, format!("has {} fields, more than {MAX_FIELDS}", MAX_FIELDS + 1));
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub enum RecordError {
         /// What is wrong, with the offending value.
         problem: String,
     },
+    /// The record has more fields of its own than a record may have.
+    #[error("has {0} fields, more than {max}", max = crate::bronze::MAX_FIELDS)]
+    TooManyFields(usize),
+    /// The value, or the line it would land as, is longer than a line may be.
+    #[error("value is {0} bytes as a landed line, more than the {max} a line may hold", max = crate::ndjson::MAX_LINE_BYTES)]
+    TooLong(usize),
     /// The record's topic is not mapped to any dataset.
     #[error("topic {0:?} is not mapped to a dataset (TOPIC_DATASETS)")]
     UnknownTopic(String),

@@ -177,8 +177,12 @@ impl Converter {
         let text = std::str::from_utf8(line).map_err(|e| RowError(format!("not UTF-8: {e}")))?;
         let mut top = Slots::new();
         self.top.parse(text, &mut top)?;
-        if top.members > MAX_FIELDS {
-            return Err(RowError(format!("has {} fields, more than {MAX_FIELDS}", top.members)));
+        let most = match self.spec.layout {
+            Layout::Record => MAX_LINE_MEMBERS,
+            Layout::Change { .. } => MAX_FIELDS,
+        };
+        if top.members > most {
+            return Err(RowError(format!("has {} fields, more than {most} with lineage and weather", top.members)));
         }
         let mut cells: SmallVec<[Cell<'_>; 24]> = SmallVec::new();
         let mut key_text: SmallVec<[String; 2]> = SmallVec::new();

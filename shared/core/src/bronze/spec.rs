@@ -61,9 +61,23 @@ pub const MICROS_RANGE: (i64, i64) = (-62_135_596_800_000_000, 253_402_300_799_9
 /// refused rather than stored).
 pub const MAX_TEXT_BYTES: usize = 4096;
 
-/// Most members a record (or a change's row) may have, known and unknown together: a line of thousands of fields
-/// is not a position.
+/// Most members a record (or a change's row) may have of its own, known and unknown together: a line of thousands
+/// of fields is not a position. The fields the pipeline adds ([`ADDED_FIELDS`]) are not counted.
 pub const MAX_FIELDS: usize = 500;
+
+/// The fields the pipeline adds to a record: lineage (msk-lander) and weather (weather-enricher).
+pub const ADDED_FIELDS: [&str; 7] = [
+    "_source",
+    "_ingested_at",
+    "temperature_c",
+    "wind_speed_kmh",
+    "precipitation_mm",
+    "weather_code",
+    "weather_status",
+];
+
+/// Most members a landed or enriched line of a record may have: its own [`MAX_FIELDS`] and the [`ADDED_FIELDS`].
+pub const MAX_LINE_MEMBERS: usize = MAX_FIELDS + ADDED_FIELDS.len();
 
 /// A check on a value beyond its type.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -372,7 +372,7 @@ fn values_no_reader_can_represent_or_no_unit_can_have_are_refused_and_the_rest_g
 
     let pos =
         |extra: &str| format!(r#"{{"transport_unit_id":"T","ts":"2026-11-24T10:00:00Z","lat":1,"lon":2{extra}}}"#);
-    let many: String = (0..MAX_FIELDS).map(|i| format!(r#","f{i}":1"#)).collect();
+    let many: String = (0..MAX_LINE_MEMBERS).map(|i| format!(r#","f{i}":1"#)).collect();
     let cases = [
         (pos(r#","speed_kmh":1e308"#), "speed_kmh: must be between 0 and 2000, got 1e308".to_owned()),
         (pos(r#","altitude_m":-11000"#), "altitude_m: must be between -500 and 20000, got -11000".to_owned()),
@@ -382,7 +382,10 @@ fn values_no_reader_can_represent_or_no_unit_can_have_are_refused_and_the_rest_g
             pos(&format!(r#","transport_type":"{}""#, "x".repeat(MAX_TEXT_BYTES + 1))),
             "transport_type: must be at most 4096 bytes".to_owned(),
         ),
-        (pos(&many), format!("has {} fields, more than {MAX_FIELDS}", MAX_FIELDS + 4)),
+        (
+            pos(&many),
+            format!("has {} fields, more than {MAX_LINE_MEMBERS} with lineage and weather", MAX_LINE_MEMBERS + 4),
+        ),
         (
             r#"{"transport_unit_id":"T","ts":"0000-06-01T00:00:00Z","lat":1,"lon":2}"#.to_owned(),
             "ts: must be a time in the years 1 to 9999".to_owned(),

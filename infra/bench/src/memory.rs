@@ -138,6 +138,7 @@ async fn main() {
     let bucket = moto.bucket("bench-memory").await;
     let s3 = moto.s3();
     let (_stub, weather_url) = weather_stub::spawn(Options::default()).await.expect("weather stub");
+    let stack: Value = serde_json::from_str(include_str!("../../local/stack.json")).unwrap();
     let mut summary = Vec::new();
     for (function, binary, zone) in
         [("weather-enricher", &a.enricher, "landing"), ("delta-writer", &a.writer, "enriched")]
@@ -160,7 +161,6 @@ async fn main() {
                     env.push((k.to_owned(), v.to_owned()));
                 }
                 // The function's own variables of the local stack (the template's, e.g. delta-writer's upload budget).
-                let stack: Value = serde_json::from_str(include_str!("../../local/stack.json")).unwrap();
                 let own = stack["functions"].as_array().unwrap().iter().find(|f| f["binary"] == function).unwrap();
                 for (k, v) in own["environment"].as_object().unwrap() {
                     env.push((k.clone(), v.as_str().unwrap_or_default().to_owned()));

@@ -457,6 +457,9 @@ async fn run() -> Fallible<Value> {
     let defs = stack["functions"].as_array().unwrap_or(&empty);
     for def in defs {
         let binary = def["binary"].as_str().unwrap_or_default().to_owned();
+        if a.invoke.as_ref().is_some_and(|name| *name != binary) {
+            continue; // one event to one function: the others need not start
+        }
         let invoker = match (&a.invoke_url, &a.binaries) {
             (Some(url), _) => Invoker::Http { client: reqwest::Client::new(), url: url.clone() },
             (None, Some(dir)) => {

@@ -21,7 +21,7 @@ FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory build sam-build test-sam sam-local package clean-local
+.PHONY: help toolchain venv schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory bench-api build sam-build test-sam sam-local package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
@@ -125,7 +125,7 @@ demo: toolchain venv
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 
-bench: bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory
+bench: bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory bench-api
 
 bench-enricher: toolchain venv
 	cargo build --release -p weather-enricher
@@ -152,6 +152,12 @@ bench-memory: toolchain venv
 	cargo build --release -p weather-enricher -p delta-writer
 	cargo build --profile tools -p fleetlake-bench
 	$(TARGET_DIR)/tools/bench-memory --enricher $(TARGET_DIR)/release/weather-enricher --writer $(TARGET_DIR)/release/delta-writer $(BENCH_MEMORY_ARGS)
+
+# predictions-api's warm latency beside a direct DynamoDB Query in the same run, requests/s, init, peak RSS.
+bench-api: toolchain venv
+	cargo build --release -p predictions-api
+	cargo build --profile tools -p fleetlake-bench
+	$(TARGET_DIR)/tools/bench-api --api $(TARGET_DIR)/release/predictions-api $(BENCH_API_ARGS)
 
 # Cold start of every function (process start to its first poll of the runtime API), release binaries.
 bench-init: toolchain venv

@@ -155,8 +155,95 @@ class Pipeline(unittest.TestCase):
         want = {}
         for unit, ts in self.expected["positions"]:
             want[unit] = max(want.get(unit, ""), ts)
-        self.assertEqual(latest, want)
+        # The sort key is RFC 3339 in UTC with six fractional digits (time order is byte order).
+        utc = lambda ts: dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))  # noqa: E731
+        self.assertTrue(all(len(at) == len("2026-01-01T00:00:00.000000Z") for at in latest.values()), latest)
+        self.assertEqual({u: utc(at) for u, at in latest.items()}, {u: utc(ts) for u, ts in want.items()})
         self.assertTrue(all(float(i["value"]["N"]) > 0 for i in items))
+
+    def test_predictions_api_over_http_follows_its_contract(self):
+        """predictions-api behind the router's Function URL emulation, over real HTTP, on the predictions the
+        pipeline made: every answer matches openapi.yaml, and each unit's latest is DynamoDB's newest item."""
+        import gzip
+        import time
+        import urllib.error
+        import urllib.request
+        import yaml
+        from openapi_schema_validator import OAS31Validator
+        from openapi_spec_validator import validate as validate_spec
+
+        spec = yaml.safe_load((ROOT / "functions/predictions-api/openapi.yaml").read_text())
+        validate_spec(spec)
+        port = free_port()
+        server = subprocess.Popen([BIN / "fleetlake-router", "--stack-env", self.stack_env, "--binaries", BIN,
+                                   "--serve-http", str(port)], cwd=ROOT, env=self.env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        def stop():
+            server.kill()
+            server.wait()
+            server.stderr.close()
+        self.addCleanup(stop)
+        base = f"http://127.0.0.1:{port}/lambda-url/predictions-api"
+
+        def get(path, headers=None):
+            req = urllib.request.Request(base + path, headers=headers or {})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+        for _ in range(100):
+            try:
+                if get("/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            self.fail(f"the router did not serve: {server.stderr.read().decode()[-2000:] if server.poll() is not None else ''}")
+
+        def check(template, path, status, headers=None):
+            code, hdrs, body = get(path, headers)
+            self.assertEqual(code, status, (path, body[:500]))
+            if code == 304:
+                return hdrs, None
+            if hdrs.get("content-encoding") == "gzip":
+                body = gzip.decompress(body)
+            doc = json.loads(body)
+            responses = spec["paths"][template]["get"]["responses"]
+            response = responses.get(str(code)) or responses[f"{str(code)[0]}XX"]
+            if "$ref" in response:
+                response = spec["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+            media = hdrs["content-type"]
+            schema = dict(response["content"][media]["schema"], components=spec["components"])
+            OAS31Validator(schema).validate(doc)
+            return hdrs, doc
+
+        check("/health", "/health", 200)
+        ddb = self.client("dynamodb")
+        items = ddb.scan(TableName=self.names["PREDICTIONS_TABLE"])["Items"]
+        units = sorted({i["transport_unit_id"]["S"] for i in items})
+        self.assertTrue(units)
+        for unit in units:
+            newest = max(i["predicted_at"]["S"] for i in items if i["transport_unit_id"]["S"] == unit)
+            hdrs, doc = check("/units/{id}/prediction", f"/units/{unit}/prediction", 200)
+            self.assertEqual((doc["transport_unit_id"], doc["predicted_at"]), (unit, newest))
+            etag = hdrs["etag"]
+            check("/units/{id}/prediction", f"/units/{unit}/prediction", 304, {"If-None-Match": etag})
+            # Every prediction of the unit, one page of 2 at a time, newest first.
+            seen, path = [], f"/units/{unit}/predictions?limit=2"
+            while path:
+                _, page = check("/units/{id}/predictions", path, 200, {"Accept-Encoding": "gzip"})
+                seen += [p["predicted_at"] for p in page["predictions"]]
+                path = page["next"] and f"/units/{unit}/predictions?limit=2&next={page['next']}"
+            want = sorted((i["predicted_at"]["S"] for i in items if i["transport_unit_id"]["S"] == unit), reverse=True)
+            self.assertEqual(seen, want)
+            _, at = check("/units/{id}/predictions", f"/units/{unit}/predictions?at={want[-1]}", 200)
+            self.assertEqual(at["predicted_at"], want[-1])
+        check("/units/{id}/prediction", "/units/no-such-unit/prediction", 404)
+        check("/units/{id}/predictions", f"/units/{units[0]}/predictions?limit=0", 400)
+        check("/units/{id}/predictions", f"/units/{units[0]}/predictions?next=forged", 400)
+        check("/units/{id}/predictions", f"/units/{units[0]}/predictions?at=tomorrow", 400)
 
     def test_the_routing_lost_nothing_and_a_second_delivery_changes_nothing(self):
         for report in (self.first, self.second):

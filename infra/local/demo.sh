@@ -54,6 +54,23 @@ rm -f .local/events.jsonl
 
 .venv/bin/python infra/local/stack.py report --router .local/router.json
 echo
+echo "==> predictions-api: its Function URL on this machine (the router on the debug binaries; stopped by make down)"
+api=$(.venv/bin/python infra/local/stack.py serve-api --bin-dir "$bin" --port "${API_PORT:-9100}")
+unit=$(.venv/bin/python - <<'PY'
+import boto3, os
+env = dict(line.split("=", 1) for line in open(".local/stack.env").read().split())
+ddb = boto3.client("dynamodb", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                   aws_access_key_id="testing", aws_secret_access_key="testing")
+items = ddb.scan(TableName=env["PREDICTIONS_TABLE"], ProjectionExpression="transport_unit_id")["Items"]
+print(min(i["transport_unit_id"]["S"] for i in items))
+PY
+)
+echo "try: curl -s $api/units/$unit/prediction"
+curl -s "$api/units/$unit/prediction"
+echo
+echo "     curl -s '$api/units/$unit/predictions?limit=2'   (then &next=<the answer's next>)"
+
+echo
 echo "done in $(( $(date +%s) - started )) s. The local stack is still up (settings in .local/stack.env); stop it with: make down"
 cat <<'TXT'
 Query the tables (docs/local-stack.md, "Reading the lake locally"):

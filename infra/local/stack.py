@@ -5,6 +5,7 @@ the one definition in infra/local/stack.json.
     stack.py up [--moto-port 5000] [--weather-port 8089] [--weather-stub BIN]   start, bootstrap, write .local/stack.env
     stack.py bootstrap --endpoint URL                                           create the resources on a running moto
     stack.py down                                                               stop what `up` started
+    stack.py serve-api --bin-dir DIR [--port 9100]                              predictions-api's Function URL, until down
     stack.py check-template [--template template.yaml]                          stack.json and template.yaml agree
     stack.py summary                                                            what is in the lake right now
     stack.py s3-events --prefix P --out DIR                                     S3 notification events for the objects under P
@@ -14,6 +15,7 @@ import gzip
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -221,6 +223,8 @@ def up(args):
     names = bootstrap(endpoint)
     # What every function gets (template.yaml Globals): cargo lambda watch reads this file for the demo.
     env = {"AWS_ENDPOINT_URL": endpoint, **CREDENTIALS, **names, **definition().get("function_environment", {})}
+    # predictions-api signs its pagination tokens with this (in AWS: a generated Secrets Manager secret).
+    env["PAGINATION_KEY"] = secrets.token_urlsafe(32)
     if weather_url:
         env["WEATHER_API_URL"] = weather_url
     (STATE / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
@@ -368,7 +372,11 @@ def check_template(args):
         env = p.get("Environment", {}).get("Variables", {})
         for k, v in f["environment"].items():
             expect(f"{f['logical_id']} {k}", env.get(k), v)
-        if sub_text(env.get("LAKE_BUCKET")) != d["bucket"]["name"]:
+        if f.get("function_url"):
+            url = resource(f"{f['logical_id']}Url", "AWS::Lambda::Url")
+            expect(f"{f['logical_id']} URL target", url.get("TargetFunctionArn"), {"Fn::GetAtt": [f["logical_id"], "Arn"]})
+            expect(f"{f['logical_id']} URL auth type", url.get("AuthType"), {"Ref": f["function_url"]["auth_type_parameter"]})
+        if f.get("reads_lake", True) and sub_text(env.get("LAKE_BUCKET")) != d["bucket"]["name"]:
             problems.append(f"{f['logical_id']} LAKE_BUCKET is {env.get('LAKE_BUCKET')!r}, not the bucket name {d['bucket']['name']!r}")
         if "s3_trigger" in f:
             s3_events = [e["Properties"] for e in p.get("Events", {}).values() if e.get("Type") == "S3"]
@@ -508,6 +516,17 @@ def report(args):
                       f"{f['item_failures']} batch item failures), {f['total_ms'] / max(1, f['invocations']):.0f} ms mean")
 
 
+def serve_api(args):
+    """predictions-api's Function URL on this machine (the router's --serve-http on the debug binaries), until
+    `down`: prints its base URL."""
+    port = args.port
+    start([str(Path(args.bin_dir) / "fleetlake-router"), "--stack-env", str(STATE / "stack.env"), "--binaries",
+           args.bin_dir, "--serve-http", str(port)], "predictions-api.log", port)
+    base = f"http://127.0.0.1:{port}/lambda-url/predictions-api"
+    wait_http(base + "/health", "predictions-api", log="predictions-api.log")
+    print(base)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -525,6 +544,9 @@ def main():
     sub.add_parser("summary")
     p = sub.add_parser("report")
     p.add_argument("--router", help="the router's JSON report")
+    p = sub.add_parser("serve-api")
+    p.add_argument("--bin-dir", required=True, help="the debug binaries (fleetlake-router, predictions-api)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", 9100)))
     p = sub.add_parser("s3-events")
     p.add_argument("--prefix", required=True)
     p.add_argument("--out", required=True)
@@ -535,6 +557,8 @@ def main():
         print(json.dumps(bootstrap(a.endpoint), indent=2))
     elif a.cmd == "down":
         down()
+    elif a.cmd == "serve-api":
+        serve_api(a)
     elif a.cmd == "check-template":
         check_template(a)
     elif a.cmd == "s3-events":

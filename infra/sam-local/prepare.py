@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT / "infra" / "local"))
 import stack  # noqa: E402  (the template loader and stack.json)
 
 # Variables of the stack every function may read; the rest of stack.env (queue and topic names) is the router's.
-SHARED = ("AWS_ENDPOINT_URL", "AWS_REGION", "LAKE_BUCKET", "GLUE_DATABASE", "PREDICTIONS_TABLE", "WEATHER_API_URL")
+SHARED = ("AWS_ENDPOINT_URL", "AWS_REGION", "LAKE_BUCKET", "GLUE_DATABASE", "PREDICTIONS_TABLE", "WEATHER_API_URL",
+          "PAGINATION_KEY")
 CONTAINER_HOST = "host.docker.internal"
 
 

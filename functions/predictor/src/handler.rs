@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use fleetlake_aws::predictions::{Prediction, PredictionStore, PredictionsError, WriteStats};
 use fleetlake_aws::s3::S3Store;
 use fleetlake_aws::s3event::ObjectRef;
@@ -390,11 +390,15 @@ async fn predict(
         .zip(rows.iter().zip(values))
         .zip(kept)
         .filter_map(|(pair, keep)| keep.then_some(pair))
-        .map(|((unit, _, latest), (row, value))| {
-            let at = DateTime::from_timestamp_micros(*latest).unwrap_or_default();
-            Prediction {
+        .filter_map(|((unit, _, latest), (row, value))| {
+            // Bronze times lie within years 1-9999 (MICROS_RANGE); a key outside could not sort with the others.
+            let Some(predicted_at) = fleetlake_aws::predictions::predicted_at_key(*latest) else {
+                warn!(unit = %unit, micros = latest, "latest position outside years 1-9999: no prediction for this unit");
+                return None;
+            };
+            Some(Prediction {
                 transport_unit_id: unit.clone(),
-                predicted_at: at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                predicted_at,
                 target: deps.contract.target.clone(),
                 value: f64::from(value),
                 unit: deps.contract.target_unit.clone(),
@@ -407,8 +411,8 @@ async fn predict(
                     .map(|(f, v)| (f.name.clone(), f64::from(*v)))
                     .collect(),
                 source_version,
-                expires_at: at.timestamp() + ttl,
-            }
+                expires_at: latest.div_euclid(1_000_000) + ttl,
+            })
         })
         .collect();
     let stats = deps.predictions.write(&predictions, deadline).await?;

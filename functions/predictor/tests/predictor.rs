@@ -197,9 +197,13 @@ async fn a_commit_predicts_its_units_from_their_window_and_daily_figures_and_a_r
     assert_eq!(metric(&inv, "predictions_written"), 2);
     let items = env.items().await;
     let keys: Vec<(&str, &str)> = items.keys().map(|(u, t)| (u.as_str(), t.as_str())).collect();
-    assert_eq!(keys, [("TU-A", "2026-11-24T10:00:00Z"), ("TU-B", "2026-11-24T10:00:00Z")], "TU-C is not in the commit");
+    assert_eq!(
+        keys,
+        [("TU-A", "2026-11-24T10:00:00.000000Z"), ("TU-B", "2026-11-24T10:00:00.000000Z")],
+        "TU-C is not in the commit"
+    );
 
-    let a = &items[&("TU-A".to_owned(), "2026-11-24T10:00:00Z".to_owned())];
+    let a = &items[&("TU-A".to_owned(), "2026-11-24T10:00:00.000000Z".to_owned())];
     let f = a["features"].as_m().unwrap();
     // 08:00 → 09:00 → 10:00 along the equator: one degree of longitude; the 23rd's position is outside the window.
     assert!((num(&f["distance_km"]) - 111.195_08).abs() < 1e-3, "{f:?}");
@@ -220,7 +224,7 @@ async fn a_commit_predicts_its_units_from_their_window_and_daily_figures_and_a_r
     let at = chrono::DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().timestamp();
     assert_eq!(num(&a["expires_at"]) as i64, at + 7 * 86_400);
 
-    let b = &items[&("TU-B".to_owned(), "2026-11-24T10:00:00Z".to_owned())];
+    let b = &items[&("TU-B".to_owned(), "2026-11-24T10:00:00.000000Z".to_owned())];
     let f = b["features"].as_m().unwrap();
     assert!((num(&f["distance_km"]) - haversine_km(50.0, 8.0, 50.0, 9.0)).abs() < 1e-3);
     assert_eq!(num(&f["is_aerial"]), 1.0);
@@ -260,10 +264,14 @@ async fn a_scheduled_refresh_covers_every_active_unit_and_an_older_commit_never_
     let keys: Vec<(&str, &str)> = items.keys().map(|(u, t)| (u.as_str(), t.as_str())).collect();
     assert_eq!(
         keys,
-        [("TU-A", "2026-11-24T10:00:00Z"), ("TU-B", "2026-11-24T10:00:00Z"), ("TU-C", "2026-11-24T08:00:00Z")]
+        [
+            ("TU-A", "2026-11-24T10:00:00.000000Z"),
+            ("TU-B", "2026-11-24T10:00:00.000000Z"),
+            ("TU-C", "2026-11-24T08:00:00.000000Z")
+        ]
     );
     assert!(items.values().all(|i| i["source_version"].as_n().unwrap() == &latest.to_string()));
-    let a = &items[&("TU-A".to_owned(), "2026-11-24T10:00:00Z".to_owned())];
+    let a = &items[&("TU-A".to_owned(), "2026-11-24T10:00:00.000000Z".to_owned())];
     assert!((num(&a["features"].as_m().unwrap()["distance_km"]) - 111.195_08).abs() < 1e-3);
 
     // The earlier commit processed late: TU-A gets an item at its 09:00 position; TU-C's 08:00 item stays the
@@ -274,10 +282,10 @@ async fn a_scheduled_refresh_covers_every_active_unit_and_an_older_commit_never_
     assert_eq!(metric(&late, "objects_ignored"), 1, "performance_stats commits are not predicted from");
     let after = env.items().await;
     assert_eq!(
-        after[&("TU-C".to_owned(), "2026-11-24T08:00:00Z".to_owned())],
-        items[&("TU-C".to_owned(), "2026-11-24T08:00:00Z".to_owned())]
+        after[&("TU-C".to_owned(), "2026-11-24T08:00:00.000000Z".to_owned())],
+        items[&("TU-C".to_owned(), "2026-11-24T08:00:00.000000Z".to_owned())]
     );
-    let a9 = &after[&("TU-A".to_owned(), "2026-11-24T09:00:00Z".to_owned())];
+    let a9 = &after[&("TU-A".to_owned(), "2026-11-24T09:00:00.000000Z".to_owned())];
     assert_eq!(a9["source_version"].as_n().unwrap(), &earlier.to_string());
 
     // The latest prediction of a unit, as applications read it.
@@ -292,7 +300,7 @@ async fn a_scheduled_refresh_covers_every_active_unit_and_an_older_commit_never_
         .send()
         .await
         .unwrap();
-    assert_eq!(latest.items()[0]["predicted_at"].as_s().unwrap(), "2026-11-24T10:00:00Z");
+    assert_eq!(latest.items()[0]["predicted_at"].as_s().unwrap(), "2026-11-24T10:00:00.000000Z");
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ async fn main() {
         }
     }
     if names.is_empty() {
-        names = ["msk-lander", "weather-enricher", "delta-writer", "partition-sync", "predictor"]
+        names = ["msk-lander", "weather-enricher", "delta-writer", "partition-sync", "predictor", "predictions-api"]
             .map(String::from)
             .to_vec();
     }
@@ -36,6 +36,7 @@ async fn main() {
     {
         env.push((k.into(), v.into()));
     }
+    env.push(("PAGINATION_KEY".into(), "bench-pagination-key-of-at-least-32-bytes".into()));
     env.push(("RUST_LOG".into(), "warn".into()));
     for name in names {
         let binary = dir.join(&name);

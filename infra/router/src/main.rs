@@ -23,6 +23,11 @@
 //!
 //! `--invoke FUNCTION --event FILE` routes nothing: it hands the event once to that function (its binary name) and
 //! prints `{"function", "answer"}` or `{"function", "error"}`: `cargo lambda invoke` for the test harness.
+//!
+//! `--serve-http PORT` routes nothing either: it serves the Lambda Function URLs of the functions that have one
+//! (`function_url` in stack.json) at `http://127.0.0.1:PORT/lambda-url/<function>/<path>` — the address
+//! `cargo lambda watch` uses — turning each request into the Function URL event (payload 2.0) and the function's
+//! answer back into the response, until it is stopped. `--serve-address` changes the address (default 127.0.0.1).
 
 // A test and benchmark tool, not Lambda code: a failed setup stops it with its reason.
 #![allow(clippy::expect_used, clippy::panic, clippy::string_slice)]
@@ -36,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use fleetlake_testkit::LambdaHarness;
+use fleetlake_testkit::{http, LambdaHarness};
 use serde_json::{json, Value};
 
 type Fallible<T> = Result<T, String>;
@@ -56,6 +61,8 @@ struct Args {
     replay: Option<PathBuf>,
     invoke: Option<String>,
     event: Option<PathBuf>,
+    serve_http: Option<u16>,
+    serve_address: String,
 }
 
 fn args() -> Fallible<Args> {
@@ -73,6 +80,8 @@ fn args() -> Fallible<Args> {
         replay: None,
         invoke: None,
         event: None,
+        serve_http: None,
+        serve_address: "127.0.0.1".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -92,6 +101,8 @@ fn args() -> Fallible<Args> {
             "--replay" => a.replay = Some(v.into()),
             "--invoke" => a.invoke = Some(v),
             "--event" => a.event = Some(v.into()),
+            "--serve-http" => a.serve_http = Some(u16::try_from(n()?).map_err(|_| format!("{flag} {v}: not a port"))?),
+            "--serve-address" => a.serve_address = v,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -460,6 +471,9 @@ async fn run() -> Fallible<Value> {
         if a.invoke.as_ref().is_some_and(|name| *name != binary) {
             continue; // one event to one function: the others need not start
         }
+        if a.serve_http.is_some() && def.get("function_url").is_none() {
+            continue; // only the functions with a URL are served
+        }
         let invoker = match (&a.invoke_url, &a.binaries) {
             (Some(url), _) => Invoker::Http { client: reqwest::Client::new(), url: url.clone() },
             (None, Some(dir)) => {
@@ -491,6 +505,10 @@ async fn run() -> Fallible<Value> {
             Ok(answer) => json!({"idle": true, "function": name, "answer": answer}),
             Err(error) => json!({"idle": true, "function": name, "error": error}),
         });
+    }
+
+    if let Some(port) = a.serve_http {
+        return serve_http(&a.serve_address, port, functions).await;
     }
 
     // Replayed events first, each once, in their recorded order.
@@ -595,6 +613,61 @@ async fn run() -> Fallible<Value> {
     }
     Ok(json!({"idle": !timed_out, "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
               "replayed": replayed, "functions": per_function, "dead_letter_queues": dead_letters}))
+}
+
+/// Serves `/lambda-url/<function>/<path>` as that function's Function URL until the process is stopped.
+async fn serve_http(address: &str, port: u16, functions: HashMap<String, Arc<Function>>) -> Fallible<Value> {
+    use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+    let functions = Arc::new(functions);
+    let app = axum::Router::new().fallback(move |request: Request<axum::body::Body>| {
+        let functions = functions.clone();
+        async move {
+            let reply = |status: StatusCode, text: String| {
+                let mut r = Response::new(axum::body::Body::from(text));
+                *r.status_mut() = status;
+                r
+            };
+            let target = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            let Some(rest) = target.strip_prefix("/lambda-url/") else {
+                return reply(StatusCode::NOT_FOUND, "use /lambda-url/<function>/<path>\n".into());
+            };
+            let (name, path) = rest.find(['/', '?']).map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+            let path = if path.starts_with('?') { format!("/{path}") } else { path.to_owned() };
+            let Some(f) = functions.get(name) else {
+                return reply(StatusCode::NOT_FOUND, format!("no function {name} with a URL\n"));
+            };
+            let headers: Vec<(String, String)> = request
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let event = http::http_event(http::Front::FunctionUrl, request.method().as_str(), &path, &pairs);
+            match f.invoke(&event).await {
+                Err(error) => reply(StatusCode::BAD_GATEWAY, format!("{error}\n")),
+                Ok(answer) => match http::HttpAnswer::from_response(&answer) {
+                    // A function URL answers a bare JSON value with 200 and that value.
+                    None => reply(StatusCode::OK, answer.to_string()),
+                    Some(h) => {
+                        let mut r =
+                            reply(StatusCode::from_u16(h.status).unwrap_or(StatusCode::BAD_GATEWAY), String::new());
+                        *r.body_mut() = axum::body::Body::from(h.body);
+                        for (k, v) in h.headers {
+                            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+                                r.headers_mut().append(k, v);
+                            }
+                        }
+                        r
+                    }
+                },
+            }
+        }
+    });
+    let listener =
+        tokio::net::TcpListener::bind((address, port)).await.map_err(|e| format!("{address}:{port}: {e}"))?;
+    eprintln!("router: serving Function URLs at http://{address}:{port}/lambda-url/<function>/");
+    axum::serve(listener, app).await.map_err(|e| e.to_string())?;
+    Ok(json!({"idle": true}))
 }
 
 #[tokio::main]

@@ -1,9 +1,11 @@
-//! Test support for fleetlake's integration tests: moto server on a free port, unique resource names, and a
-//! Lambda runtime API harness that runs a function binary exactly as the Lambda service does.
+//! Test support for fleetlake's integration tests: moto server on a free port, unique resource names, a
+//! Lambda runtime API harness that runs a function binary exactly as the Lambda service does, and HTTP requests
+//! as Function URLs and HTTP APIs hand them to a function.
 
 // A test and benchmark tool, not Lambda code: a failed setup stops it with its reason.
 #![allow(clippy::expect_used, clippy::panic, clippy::string_slice)]
 
+pub mod http;
 mod moto;
 mod runtime;
 

@@ -1,9 +1,11 @@
 //! The predictions table adapter (DynamoDB): one item per unit and data timestamp, written in batches, retried
 //! until every item is in or the deadline passes, and never replacing a prediction made from a newer table version.
 //!
-//! Key: `transport_unit_id` (S) + `predicted_at` (S, RFC 3339, the timestamp of the unit's latest position the
-//! prediction was made from). A replayed commit therefore addresses the same items. The latest prediction of a
-//! unit is `Query(transport_unit_id = :id, ScanIndexForward = false, Limit = 1)`.
+//! Key: `transport_unit_id` (S) + `predicted_at` (S, the timestamp of the unit's latest position the prediction
+//! was made from, written by [`predicted_at_key`]: RFC 3339 in UTC with exactly six fractional digits, so that the
+//! byte order DynamoDB sorts keys by is time order). A replayed commit therefore addresses the same items. The latest
+//! prediction of a unit is `Query(transport_unit_id = :id, ScanIndexForward = false, Limit = 1)`; [`PredictionReader`]
+//! runs that and the range reads predictions-api serves.
 //!
 //! BatchWriteItem takes no conditions, so each write is preceded by a BatchGetItem of the keys: an item that
 //! already holds this `source_version` (a replay) or a newer one is left alone. A writer racing between the read
@@ -12,14 +14,36 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use chrono::{DateTime, Datelike, SecondsFormat};
 use tracing::{info, instrument, warn};
 
 /// Most items per BatchWriteItem.
 const WRITE_CHUNK: usize = 25;
 /// Most keys per BatchGetItem.
 const READ_CHUNK: usize = 100;
+
+/// The `predicted_at` key of a prediction made at `micros` (µs since the epoch): `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+/// Every key has the same length and layout, so DynamoDB's byte order of keys is time order. `None` outside
+/// years 1–9999 (the layout would change).
+pub fn predicted_at_key(micros: i64) -> Option<String> {
+    let at = DateTime::from_timestamp_micros(micros)?;
+    (1..=9999).contains(&at.year()).then(|| at.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+/// The attributes of an item, in the order of [`Prediction`]'s fields.
+pub const ATTRIBUTES: [&str; 9] = [
+    "transport_unit_id",
+    "predicted_at",
+    "target",
+    "value",
+    "unit",
+    "model_version",
+    "features",
+    "source_version",
+    "expires_at",
+];
 
 /// One prediction for one unit.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +91,40 @@ impl Prediction {
         item.insert("expires_at".into(), AttributeValue::N(self.expires_at.to_string()));
         item
     }
+
+    /// A stored item, read back; the attribute that is missing or of the wrong type when it is not one.
+    pub fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Self, String> {
+        let get = |k: &str| item.get(k).ok_or_else(|| format!("attribute {k} is missing"));
+        let s = |k: &str| get(k)?.as_s().cloned().map_err(|_| format!("attribute {k} is not a string"));
+        let n = |v: &AttributeValue, k: &str| {
+            v.as_n().ok().and_then(|n| n.parse::<f64>().ok()).ok_or_else(|| format!("attribute {k} is not a number"))
+        };
+        let int = |k: &str| {
+            get(k)?
+                .as_n()
+                .ok()
+                .and_then(|n| n.parse::<i64>().ok())
+                .ok_or_else(|| format!("attribute {k} is not an integer"))
+        };
+        let mut features: Vec<(String, f64)> = get("features")?
+            .as_m()
+            .map_err(|_| "attribute features is not a map".to_owned())?
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), n(v, "features")?)))
+            .collect::<Result<_, String>>()?;
+        features.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            transport_unit_id: s("transport_unit_id")?,
+            predicted_at: s("predicted_at")?,
+            target: s("target")?,
+            value: n(get("value")?, "value")?,
+            unit: s("unit")?,
+            model_version: s("model_version")?,
+            features,
+            source_version: u64::try_from(int("source_version")?).map_err(|_| "source_version is negative")?,
+            expires_at: int("expires_at")?,
+        })
+    }
 }
 
 /// The table could not take every item before the deadline, or a call failed: Lambda should retry.
@@ -82,6 +140,15 @@ pub struct PredictionsError {
     /// The SDK error, when a call failed.
     #[source]
     pub source: Option<Box<aws_sdk_dynamodb::Error>>,
+}
+
+impl PredictionsError {
+    /// DynamoDB refused the call for throughput (the caller should answer "retry later", not "failed").
+    pub fn is_throttling(&self) -> bool {
+        self.source.as_deref().and_then(ProvideErrorMetadata::code).is_some_and(|code| {
+            matches!(code, "ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded")
+        })
+    }
 }
 
 /// What a write did.
@@ -234,5 +301,139 @@ impl PredictionStore {
             }
         }
         Ok(found)
+    }
+}
+
+/// How a read sees the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Eventually consistent: half the read units; may miss a write of the last second.
+    #[default]
+    Eventual,
+    /// Strongly consistent.
+    Strong,
+}
+
+/// One page of a range read, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The predictions, newest first.
+    pub items: Vec<Prediction>,
+    /// Where the next page starts (exclusive): the `predicted_at` of the last item, when more may follow.
+    pub next_after: Option<String>,
+}
+
+/// The reads of the predictions table that predictions-api serves: one unit's newest prediction, the one in force
+/// at a time, and a range newest first. Only the attributes of [`Prediction`] are fetched (`expires_at` among
+/// them), and items past their `expires_at` that DynamoDB's TTL has not deleted yet are not returned.
+#[derive(Debug, Clone)]
+pub struct PredictionReader {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl PredictionReader {
+    /// A reader of `table`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    fn store_error(&self, op: &'static str, message: String) -> PredictionsError {
+        PredictionsError { op, table: self.table.clone(), message, source: None }
+    }
+
+    /// A Query of one unit, newest first, with the projection of [`ATTRIBUTES`] (`#a0`…).
+    fn query(
+        &self,
+        unit: &str,
+        consistency: Consistency,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        let mut q = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .scan_index_forward(false)
+            .consistent_read(consistency == Consistency::Strong)
+            .projection_expression((0..ATTRIBUTES.len()).map(|i| format!("#a{i}")).collect::<Vec<_>>().join(", "))
+            .expression_attribute_values(":u", AttributeValue::S(unit.to_owned()));
+        for (i, a) in ATTRIBUTES.iter().enumerate() {
+            q = q.expression_attribute_names(format!("#a{i}"), *a);
+        }
+        q
+    }
+
+    async fn run(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        now_s: i64,
+    ) -> Result<(Vec<Prediction>, bool, bool), PredictionsError> {
+        let out = query.send().await.map_err(|e| {
+            let message = DisplayErrorContext(&e).to_string();
+            PredictionsError { source: Some(Box::new(e.into())), ..self.store_error("Query", message) }
+        })?;
+        let mut items = Vec::with_capacity(out.items().len());
+        let mut expired = false;
+        for item in out.items() {
+            let p =
+                Prediction::from_item(item).map_err(|e| self.store_error("Query", format!("a stored item: {e}")))?;
+            if p.expires_at <= now_s {
+                // Older items expire no later than this one: the history ends here.
+                expired = true;
+                break;
+            }
+            items.push(p);
+        }
+        Ok((items, out.last_evaluated_key().is_some(), expired))
+    }
+
+    /// The newest prediction of `unit` whose `predicted_at` is at most `at` (a [`predicted_at_key`]), or the
+    /// newest of all without `at`; `None` when there is none that has not expired at `now_s`.
+    pub async fn latest(
+        &self,
+        unit: &str,
+        at: Option<&str>,
+        consistency: Consistency,
+        now_s: i64,
+    ) -> Result<Option<Prediction>, PredictionsError> {
+        let q = self.query(unit, consistency).limit(1);
+        let q = match at {
+            Some(at) => q
+                .key_condition_expression("#a0 = :u AND #a1 <= :at")
+                .expression_attribute_values(":at", AttributeValue::S(at.to_owned())),
+            None => q.key_condition_expression("#a0 = :u"),
+        };
+        Ok(self.run(q, now_s).await?.0.into_iter().next())
+    }
+
+    /// Up to `limit` predictions of `unit` with `from <= predicted_at <= to`, newest first, starting after
+    /// `after` (exclusive) when given. Asks for one item more than `limit` to know whether more follow, so the
+    /// last page never ends in an empty one.
+    pub async fn range(
+        &self,
+        unit: &str,
+        (from, to): (&str, &str),
+        limit: u16,
+        after: Option<&str>,
+        consistency: Consistency,
+        now_s: i64,
+    ) -> Result<Page, PredictionsError> {
+        let limit = usize::from(limit.max(1));
+        let mut q = self
+            .query(unit, consistency)
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .key_condition_expression("#a0 = :u AND #a1 BETWEEN :from AND :to")
+            .expression_attribute_values(":from", AttributeValue::S(from.to_owned()))
+            .expression_attribute_values(":to", AttributeValue::S(to.to_owned()));
+        if let Some(after) = after {
+            q = q
+                .exclusive_start_key("transport_unit_id", AttributeValue::S(unit.to_owned()))
+                .exclusive_start_key("predicted_at", AttributeValue::S(after.to_owned()));
+        }
+        let (mut items, truncated, expired) = self.run(q, now_s).await?;
+        // More follow when DynamoDB held back the extra item, or stopped at its 1 MB page size.
+        let more = !expired && (items.len() > limit || truncated);
+        items.truncate(limit);
+        let next_after = more.then(|| items.last().map(|p| p.predicted_at.clone())).flatten();
+        Ok(Page { items, next_after })
     }
 }

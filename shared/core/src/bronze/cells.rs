@@ -179,7 +179,7 @@ pub(crate) fn check(c: &Column, cell: &Cell<'_>) -> Result<(), RowError> {
         (Check::Len(lo, hi), Cell::Str(s)) if !(lo..=hi).contains(&s.chars().count()) => {
             Err(invalid(c.name, format!("must be {lo}-{hi} characters, got {}", s.chars().count())))
         }
-        (Check::Id(lo, hi), Cell::Str(s)) if !(lo..=hi).contains(&s.chars().count()) || s.trim().is_empty() => {
+        (Check::Id(lo, hi), Cell::Str(s)) if !Check::id_ok(lo, hi, s) => {
             Err(invalid(c.name, format!("must be {lo}-{hi} characters, not all whitespace, got {}", s.chars().count())))
         }
         (Check::OneOf(allowed), Cell::Str(s)) if !allowed.contains(&s.as_ref()) => {

@@ -97,6 +97,13 @@ pub enum Check {
     OneOf(&'static [&'static str]),
 }
 
+impl Check {
+    /// Whether `s` is an identifier of `lo..=hi` characters, not all whitespace ([`Check::Id`]).
+    pub fn id_ok(lo: usize, hi: usize, s: &str) -> bool {
+        (lo..=hi).contains(&s.chars().count()) && !s.trim().is_empty()
+    }
+}
+
 /// How far an event time may lie from the time its record entered the lake, in seconds. A clock a year behind or
 /// a day ahead is a broken clock: its record would become a table's newest position or drag every reader back
 /// through years of history. Backfills and snapshots of older events raise `max_age_s` explicitly.
@@ -287,6 +294,11 @@ pub fn glue_schema() -> serde_json::Value {
 
 /// A transport unit's identifier, in every table and at every stage: 1–64 characters, not all whitespace.
 pub const UNIT_ID: Check = Check::Id(1, 64);
+
+/// Whether `s` passes [`UNIT_ID`] (the rule an identifier from outside, such as a path of predictions-api, is held to).
+pub fn is_unit_id(s: &str) -> bool {
+    matches!(UNIT_ID, Check::Id(lo, hi) if Check::id_ok(lo, hi, s))
+}
 
 /// The weather columns of `locations`, in the order weather-enricher writes them (it reads this list).
 pub const WEATHER_COLUMNS: [&str; 5] =

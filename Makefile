@@ -21,13 +21,13 @@ FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory bench-api build sam-build test-sam sam-local package clean-local
+.PHONY: help toolchain venv schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory bench-api redrive build sam-build test-sam sam-local package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
 	@echo "make model  - train the fuel-24h model on a synthetic fleet and export it to models/fuel-24h/ (ONNX + test fixture)"
-	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions; peak RSS for 50 MB vs 500 MB objects (release builds)"
+	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions; peak RSS for 50 MB vs 500 MB objects; predictions-api latency beside DynamoDB (release builds)"
 	@echo "make schema - regenerate the Glue columns (stack.json, template.yaml, Athena DDL) from the bronze table specs"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
@@ -110,7 +110,7 @@ schema: toolchain venv
 
 template-check: venv
 	$(PY) infra/schema/generate.py --check
-	sam validate --region us-east-1 --template template.yaml
+	sam validate --lint --region us-east-1 --template template.yaml
 	cfn-lint template.yaml
 	$(PY) infra/policy/check_template.py
 	$(PY) infra/local/stack.py check-template
@@ -154,10 +154,10 @@ bench-memory: toolchain venv
 	$(TARGET_DIR)/tools/bench-memory --enricher $(TARGET_DIR)/release/weather-enricher --writer $(TARGET_DIR)/release/delta-writer $(BENCH_MEMORY_ARGS)
 
 # predictions-api's warm latency beside a direct DynamoDB Query in the same run, requests/s, init, peak RSS.
+# Both in the release profile, in one build: the direct Query is timed with the same optimised SDK the function uses.
 bench-api: toolchain venv
-	cargo build --release -p predictions-api
-	cargo build --profile tools -p fleetlake-bench
-	$(TARGET_DIR)/tools/bench-api --api $(TARGET_DIR)/release/predictions-api $(BENCH_API_ARGS)
+	cargo build --release -p predictions-api -p fleetlake-bench-api
+	$(TARGET_DIR)/release/bench-api --api $(TARGET_DIR)/release/predictions-api $(BENCH_API_ARGS)
 
 # Cold start of every function (process start to its first poll of the runtime API), release binaries.
 bench-init: toolchain venv
@@ -171,6 +171,11 @@ bench-latency: toolchain venv
 	cargo build -p fleetlake-router -p weather-stub
 	$(PY) infra/bench/latency.py --bin-dir $(TARGET_DIR)/release --tools-dir $(TARGET_DIR)/debug
 
+# An operator's redrive (infra/ops/redrive.py; docs/deploy.md, "Operations: redrive"), e.g.
+#   make redrive ARGS="queue --queue fleetlake-delta-writer --dry-run"
+redrive: venv
+	$(PY) infra/ops/redrive.py $(ARGS)
+
 down: venv
 	$(PY) infra/local/stack.py down
 
@@ -182,11 +187,12 @@ sam-build: toolchain venv
 	sam build --template template.yaml
 
 # What CI checks of the deployment: `sam build` drives cargo lambda for every function of the template. Built
-# without LTO (CARGO_PROFILE_RELEASE_*) to keep CI short; `make sam-build` builds what you deploy.
+# without LTO and at opt-level 1 (CARGO_PROFILE_RELEASE_*) to keep CI short: it proves that every function builds
+# and packages for arm64, not how fast the result runs; `make sam-build` builds what you deploy.
 # The functions are first built together in one cargo run, exactly as sam build's per-function runs build them
 # (from the workspace root, the same flags): both cores stay busy across the whole dependency graph, and sam build
 # then finds every binary up to date and packages it.
-PACKAGE_ENV := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+PACKAGE_ENV := CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1
 package: toolchain venv
 	@start=$$(date +%s); $(PACKAGE_ENV) cargo lambda build --release --arm64 $(addprefix --bin ,$(FUNCTIONS)); \
 	echo "==> cargo lambda build: $$(( $$(date +%s) - start )) s"

@@ -34,7 +34,7 @@ def record(topic, partition, offset, ts_ms, value):
 class HostileCorpus(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp, cls.env, _, cls.names = stack_up("fleetlake-e2e-hostile-")
+        cls.tmp, cls.env, _, cls.names = stack_up("fleetlake-e2e-hostile-", enforce_iam=True)
         cls.day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
         subprocess.run([PY, ROOT / "infra/local/fleet.py", "--out", cls.tmp / "fleet", "--units", "6", "--hours", "6",
                         "--day", cls.day, "--malformed-rate", "0"], check=True, stdout=subprocess.DEVNULL)
@@ -59,12 +59,12 @@ class HostileCorpus(unittest.TestCase):
     @classmethod
     def client(cls, name):
         return boto3.client(name, endpoint_url=cls.names["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+                            aws_access_key_id=cls.names["AWS_ACCESS_KEY_ID"], aws_secret_access_key=cls.names["AWS_SECRET_ACCESS_KEY"])
 
     @classmethod
     def table(cls, name, columns):
         options = {"AWS_ENDPOINT_URL": cls.names["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-                   "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+                   "AWS_ACCESS_KEY_ID": cls.names["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": cls.names["AWS_SECRET_ACCESS_KEY"]}
         return DeltaTable(f"s3://{cls.names['LAKE_BUCKET']}/bronze/{name}",
                           storage_options=options).to_pyarrow_table(columns=columns).to_pylist()
 

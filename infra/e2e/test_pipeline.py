@@ -31,12 +31,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def stack_up(prefix, weather=True, host="127.0.0.1"):
+def stack_up(prefix, weather=True, host="127.0.0.1", enforce_iam=False):
     """A local stack on free ports with its own state folder: (folder, environment for stack.py, stack.env path,
-    the settings in it)."""
+    the settings in it). With `enforce_iam`, moto enforces IAM and each function runs under an identity holding
+    exactly its template policy (infra/policy/identities.py); the settings' credentials are an administrator's."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     env = dict(os.environ, FLEETLAKE_STATE=str(tmp / "state"))
     cmd = [PY, ROOT / "infra/local/stack.py", "up", "--host", host, "--moto-port", str(free_port())]
+    if enforce_iam:
+        cmd.append("--enforce-iam")
     if weather:
         cmd += ["--weather-port", str(free_port()), "--weather-stub", str(BIN / "weather-stub")]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -47,7 +50,7 @@ def stack_up(prefix, weather=True, host="127.0.0.1"):
 class Pipeline(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp, cls.env, cls.stack_env, cls.names = stack_up("fleetlake-e2e-")
+        cls.tmp, cls.env, cls.stack_env, cls.names = stack_up("fleetlake-e2e-", enforce_iam=True)
         day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
         subprocess.run([PY, ROOT / "infra/local/fleet.py", "--out", cls.tmp / "fleet", "--units", "24", "--day", day],
                        check=True, stdout=subprocess.DEVNULL)
@@ -73,12 +76,12 @@ class Pipeline(unittest.TestCase):
     @classmethod
     def client(cls, name):
         return boto3.client(name, endpoint_url=cls.names["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+                            aws_access_key_id=cls.names["AWS_ACCESS_KEY_ID"], aws_secret_access_key=cls.names["AWS_SECRET_ACCESS_KEY"])
 
     @classmethod
     def table(cls, name):
         options = {"AWS_ENDPOINT_URL": cls.names["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-                   "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+                   "AWS_ACCESS_KEY_ID": cls.names["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": cls.names["AWS_SECRET_ACCESS_KEY"]}
         return DeltaTable(f"s3://{cls.names['LAKE_BUCKET']}/bronze/{name}", storage_options=options)
 
     @classmethod
@@ -264,10 +267,10 @@ class FailedMessages(unittest.TestCase):
     then moved to the dead-letter queue; the rest of the batch is committed."""
 
     def test_a_bad_object_is_quarantined_a_bad_message_dead_lettered_and_the_batch_goes_on(self):
-        tmp, env, _, names = stack_up("fleetlake-e2e-dlq-", weather=False)
+        tmp, env, _, names = stack_up("fleetlake-e2e-dlq-", weather=False, enforce_iam=True)
         try:
             creds = dict(endpoint_url=names["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                         aws_access_key_id="testing", aws_secret_access_key="testing")
+                         aws_access_key_id=names["AWS_ACCESS_KEY_ID"], aws_secret_access_key=names["AWS_SECRET_ACCESS_KEY"])
             s3 = boto3.client("s3", **creds)
             sqs = boto3.client("sqs", **creds)
             bucket = names["LAKE_BUCKET"]
@@ -297,7 +300,7 @@ class FailedMessages(unittest.TestCase):
             self.assertEqual(line["source"]["key"], "landing/transport_units/dt=2026-11-24/broken.ndjson.gz")
             self.assertIsNone(line["raw"])
             options = {"AWS_ENDPOINT_URL": names["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
-                       "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+                       "AWS_ACCESS_KEY_ID": names["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": names["AWS_SECRET_ACCESS_KEY"]}
             rows = DeltaTable(f"s3://{bucket}/bronze/transport_units", storage_options=options).to_pyarrow_table().num_rows
             self.assertEqual(rows, 1, "the readable object was committed")
         finally:

@@ -2,7 +2,8 @@
 """fleetlake's local stack: moto server + the weather stub on loopback, and the lake's resources created from
 the one definition in infra/local/stack.json.
 
-    stack.py up [--moto-port 5000] [--weather-port 8089] [--weather-stub BIN]   start, bootstrap, write .local/stack.env
+    stack.py up [--moto-port 5000] [--weather-port 8089] [--weather-stub BIN] [--enforce-iam]
+                                                                                start, bootstrap, write .local/stack.env
     stack.py bootstrap --endpoint URL                                           create the resources on a running moto
     stack.py down                                                               stop what `up` started
     stack.py serve-api --bin-dir DIR [--port 9100]                              predictions-api's Function URL, until down
@@ -194,16 +195,45 @@ def port_free(port):
             return False
 
 
-def start(cmd, log, port):
+def start(cmd, log, port, env=None):
     """Starts a server in its own session and records its pid at once, so `down` finds it whatever happens next."""
     if not port_free(port):
         raise SystemExit(f"port {port} is already taken (a local stack still up? `make down`, or choose another port)")
     STATE.mkdir(exist_ok=True)
     out = open(STATE / log, "ab")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     with open(STATE / "pids", "a") as pids:
         pids.write(f"{proc.pid}\n")
     return proc
+
+
+def enforce_iam(endpoint):
+    """With moto's IAM enforcement on (it allows the first 3 requests unsigned): an administrator whose keys the
+    stack, the router and the tests use from then on."""
+    import boto3
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                       aws_secret_access_key="testing")
+    iam.create_user(UserName="stack-admin")
+    iam.put_user_policy(UserName="stack-admin", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="stack-admin")["AccessKey"]
+    CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"] = key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def function_identities(endpoint, names):
+    """An IAM user per function holding exactly its statements of the template (infra/policy/identities.py):
+    {FUNCTION_CREDENTIALS_<logical id>: "<key id>:<secret>"} for stack.env, which the router hands to each function."""
+    import boto3
+    sys.path.insert(0, str(ROOT / "infra" / "policy"))
+    import check_template
+    import identities
+    cfn = check_template.translate(ROOT / "template.yaml")
+    statements = identities.function_statements(cfn, definition(), names)
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    keys = identities.create_users(iam, statements)
+    return {f"FUNCTION_CREDENTIALS_{lid}": f"{k}:{secret}" for lid, (k, secret) in keys.items()}
 
 
 def up(args):
@@ -211,9 +241,12 @@ def up(args):
     moto_bin = ROOT / ".venv" / "bin" / "moto_server"
     if not moto_bin.exists():
         raise SystemExit(f"{moto_bin} is missing: run `make venv`")
-    moto = start([str(moto_bin), "-H", args.host, "-p", str(args.moto_port)], "moto.log", args.moto_port)
+    moto_env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3") if args.enforce_iam else None
+    moto = start([str(moto_bin), "-H", args.host, "-p", str(args.moto_port)], "moto.log", args.moto_port, env=moto_env)
     endpoint = f"http://127.0.0.1:{args.moto_port}"
     wait_http(endpoint + "/moto-api/", "moto server", proc=moto, log="moto.log")
+    if args.enforce_iam:
+        enforce_iam(endpoint)
     weather_url = ""
     if args.weather_stub:
         stub = start([args.weather_stub, "--host", args.host, "--port", str(args.weather_port)], "weather-stub.log",
@@ -221,6 +254,8 @@ def up(args):
         weather_url = f"http://127.0.0.1:{args.weather_port}"
         wait_http(weather_url + "/health", "weather stub", proc=stub, log="weather-stub.log")
     names = bootstrap(endpoint)
+    if args.enforce_iam:
+        names.update(function_identities(endpoint, names))
     # What every function gets (template.yaml Globals): cargo lambda watch reads this file for the demo.
     env = {"AWS_ENDPOINT_URL": endpoint, **CREDENTIALS, **names, **definition().get("function_environment", {})}
     # predictions-api signs its pagination tokens with this (in AWS: a generated Secrets Manager secret).
@@ -410,7 +445,11 @@ def check_template(args):
 
 # ------------------------------------------------------------------------------------------ summary
 def stack_env():
-    return dict(line.split("=", 1) for line in (STATE / "stack.env").read_text().split())
+    env = dict(line.split("=", 1) for line in (STATE / "stack.env").read_text().split())
+    # The stack's own credentials (an administrator's when IAM is enforced).
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        CREDENTIALS[k] = env.get(k, CREDENTIALS[k])
+    return env
 
 
 def list_keys(c, bucket, prefix=""):
@@ -536,6 +575,9 @@ def main():
     p.add_argument("--weather-stub", help="path of the weather-stub binary (omit to run moto only)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address moto and the stub listen on (0.0.0.0 lets containers reach them: sam local invoke)")
+    p.add_argument("--enforce-iam", action="store_true",
+                   help="moto's IAM enforcement on: each function gets an IAM user holding exactly its template "
+                        "policy (FUNCTION_CREDENTIALS_<logical id> in stack.env), everything else an administrator")
     p = sub.add_parser("bootstrap")
     p.add_argument("--endpoint", required=True)
     sub.add_parser("down")

@@ -10,7 +10,12 @@ AWS::IAM::ManagedPolicy):
   - no Allow of `*` or `service:*` actions;
   - no Allow of a data action (reading or writing objects, items, messages, partitions, secrets …) on
     `Resource: "*"`; control-plane actions that AWS cannot scope (ec2:DescribeNetworkInterfaces …) may use `*`;
-  - managed policies attached to roles must be on the allow-list below.
+  - managed policies attached to roles must be on the allow-list below;
+  - missing means 404: a role that may read objects (s3:GetObject, which HEAD needs too) of a bucket must also hold
+    an unconditioned s3:ListBucket on that bucket. Without it S3 answers a GET/HEAD of a missing key with 403, and
+    an s3:prefix condition never matches a GET/HEAD, so a probe of an optional object (deltalake's
+    _last_checkpoint, a manifest not written yet) would fail as forbidden. Grants of objects that must exist
+    are exempt by Sid (MUST_EXIST below).
 Exit status 1 with one line per finding.
 """
 import argparse
@@ -41,6 +46,12 @@ ALLOWED_MANAGED_POLICIES = {
     "AWSXrayWriteOnlyAccess",  # Tracing: Active
     "service-role/AWSLambdaMSKExecutionRole",  # what the MSK event source mapping itself needs (ENIs, cluster describe)
     "service-role/AWSLambdaSQSQueueExecutionRole",  # the SQS event source mapping
+}
+
+
+# Object grants whose objects must exist (a missing one is a configuration error whether S3 says 403 or 404).
+MUST_EXIST = {
+    "ReadModel": "the predictor's model and contract: init stops if either cannot be read",
 }
 
 
@@ -111,8 +122,48 @@ def is_data_action(action):
     return bool(pattern and (name == "*" or re.fullmatch(pattern, name) or "*" in name))
 
 
-def iam_findings(cfn):
+def resource_text(r):
+    """An ARN as written: a string, or the text of a Fn::Sub (either form)."""
+    if isinstance(r, dict) and "Fn::Sub" in r:
+        sub = r["Fn::Sub"]
+        return sub if isinstance(sub, str) else sub[0]
+    return r if isinstance(r, str) else json.dumps(r, sort_keys=True)
+
+
+def bucket_of(arn_text):
+    """The bucket part of an S3 bucket or object ARN, or None."""
+    if ":s3:::" not in arn_text:
+        return None
+    return arn_text.split(":s3:::", 1)[1].split("/", 1)[0]
+
+
+def reads_objects(action):
+    return action in ("s3:GetObject", "s3:GetObject*", "s3:Get*", "s3:*", "*")
+
+
+def missing_means_404_findings(cfn):
+    by_role = {}
+    for where, st in statements_of(cfn):
+        if st.get("Effect") == "Allow":
+            by_role.setdefault(where.split("/")[0], []).append(st)
     findings = []
+    for role, sts in by_role.items():
+        listable = {bucket_of(resource_text(r)) for st in sts if "s3:ListBucket" in as_list(st.get("Action", []))
+                    and "Condition" not in st for r in as_list(st.get("Resource", []))}
+        for st in sts:
+            if st.get("Sid") in MUST_EXIST or not any(reads_objects(a) for a in as_list(st.get("Action", []))):
+                continue
+            for r in as_list(st.get("Resource", [])):
+                bucket = bucket_of(resource_text(r))
+                message = (f"{role}: {st.get('Sid') or 'a statement'} reads objects of {bucket} without an "
+                           f"unconditioned s3:ListBucket on it: a missing key would answer 403, not 404")
+                if bucket and bucket not in listable and message not in findings:
+                    findings.append(message)
+    return findings
+
+
+def iam_findings(cfn):
+    findings = missing_means_404_findings(cfn)
     for where, st in statements_of(cfn):
         if st.get("Effect") != "Allow":
             continue

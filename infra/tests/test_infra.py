@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "infra" / "local"), str(ROOT / "infra" / "policy")]
 
 import check_template  # noqa: E402
+import identities  # noqa: E402
 import stack  # noqa: E402
 
 
@@ -84,8 +85,198 @@ class IamRules(unittest.TestCase):
         self.assertEqual(check_template.iam_findings(ok), [])
         self.assertTrue(check_template.iam_findings(self.role(managed=["arn:aws:iam::aws:policy/AdministratorAccess"])))
 
+    def test_a_role_that_reads_objects_must_tell_missing_from_forbidden(self):
+        get = {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": {"Fn::Sub": "arn:${AWS::Partition}:s3:::lake/bronze/*"}}
+        listed = {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": {"Fn::Sub": "arn:${AWS::Partition}:s3:::lake"}}
+        conditioned = dict(listed, Condition={"StringLike": {"s3:prefix": ["bronze/*"]}})
+        other_bucket = {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::elsewhere"}
+        for statements in ([get], [get, conditioned], [get, other_bucket]):
+            findings = check_template.missing_means_404_findings(self.role(*statements))
+            self.assertEqual(len(findings), 1, statements)
+            self.assertIn("403, not 404", findings[0])
+        self.assertEqual(check_template.missing_means_404_findings(self.role(get, listed)), [])
+        model = dict(get, Sid="ReadModel")
+        self.assertEqual(check_template.missing_means_404_findings(self.role(model)), [], "objects that must exist")
+        put_only = {"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::lake/landing/*"}
+        self.assertEqual(check_template.missing_means_404_findings(self.role(put_only)), [], "create-only writers")
+
     def test_the_translated_template_is_least_privilege(self):
         self.assertEqual(check_template.iam_findings(check_template.translate(ROOT / "template.yaml")), [])
+
+
+class EventShapes(unittest.TestCase):
+    """Every sample in events/ has the shape AWS documents for its kind (infra/events/shapes.json), down to the
+    notifications inside SQS bodies and SNS envelopes."""
+
+    shapes = json.loads((ROOT / "infra/events/shapes.json").read_text())
+
+    def schema(self, kind):
+        from jsonschema import Draft202012Validator
+        return Draft202012Validator({"$ref": f"#/$defs/{kind}", "$defs": self.shapes["$defs"]})
+
+    def kind(self, doc):
+        if "Records" in doc:
+            first = doc["Records"][0]
+            return "sqs_event" if first.get("eventSource") == "aws:sqs" else "s3_notification"
+        if doc.get("eventSource") == "aws:kafka":
+            return "msk_event"
+        if doc.get("Type") == "Notification":
+            return "sns_envelope"
+        if doc.get("Event") == "s3:TestEvent":
+            return "s3_test_event"
+        if doc.get("version") == "2.0" and "rawPath" in doc:
+            return "http_v2"
+        return {"Object Created": "eventbridge_s3", "Scheduled Event": "eventbridge_schedule"}.get(doc.get("detail-type"))
+
+    def check(self, where, doc, seen):
+        kind = self.kind(doc)
+        self.assertIsNotNone(kind, f"{where}: not an event kind AWS sends")
+        seen.add(kind)
+        errors = sorted(self.schema(kind).iter_errors(doc), key=str)
+        self.assertEqual([f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors], [], f"{where} ({kind})")
+        inner = []
+        if kind == "sqs_event":
+            inner = [(f"{where} record {i} body", r["body"]) for i, r in enumerate(doc["Records"])]
+        elif kind == "sns_envelope":
+            inner = [(f"{where} Message", doc["Message"])]
+        for w, text in inner:
+            self.check(w, json.loads(text), seen)
+
+    def test_every_sample_has_the_shape_aws_documents(self):
+        seen = set()
+        samples = sorted((ROOT / "events").glob("*/*.json"))
+        self.assertGreaterEqual(len(samples), 11)
+        for path in samples:
+            self.check(str(path.relative_to(ROOT)), json.loads(path.read_text()), seen)
+        self.assertEqual(seen, set(self.shapes["$defs"]) - {"s3_record", "sqs_record"}, "every kind has a sample")
+
+    def test_a_sample_missing_a_documented_field_is_refused(self):
+        doc = json.loads((ROOT / "events/weather-enricher/s3-direct.json").read_text())
+        del doc["Records"][0]["s3"]["object"]["sequencer"]
+        with self.assertRaises(AssertionError):
+            self.check("edited", doc, set())
+
+
+class DeployDocs(unittest.TestCase):
+    def test_the_memory_sizes_in_the_docs_are_the_templates(self):
+        template = stack.load_template(ROOT / "template.yaml")
+        default = template["Globals"]["Function"].get("MemorySize")
+        want = {}
+        for res in template["Resources"].values():
+            if res.get("Type") == "AWS::Serverless::Function":
+                want[res["Metadata"]["BuildProperties"]["Binary"]] = res["Properties"].get("MemorySize", default)
+        text = (ROOT / "docs/deploy.md").read_text()
+        got = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| ([a-z-]+) \| (\d+) MB \|", text, re.M)}
+        self.assertEqual(got, want)
+
+
+class EnforcedIdentities(unittest.TestCase):
+    """The policies the end-to-end tests enforce through moto, and what moto cannot check of them."""
+
+    NAMES = {"LAKE_BUCKET": "fleetlake-lake-123456789012-us-east-1", "GLUE_DATABASE": "fleetlake",
+             "TABLE_PredictionsTable": "fleetlake-predictions", "TOPIC_BronzeCommitsTopic": "fleetlake-bronze-commits",
+             **{f"QUEUE_{q['logical_id']}": stack.resolve(q["name"], stack.definition()["locals"])
+                for q in stack.definition()["queues"]},
+             **{f"QUEUE_{q['dead_letter']['logical_id']}": stack.resolve(q["dead_letter"]["name"], stack.definition()["locals"])
+                for q in stack.definition()["queues"] if "dead_letter" in q}}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cfn = check_template.translate(ROOT / "template.yaml")
+        cls.statements = identities.function_statements(cls.cfn, stack.definition(), cls.NAMES)
+
+    def test_every_function_gets_its_own_resolved_statements(self):
+        self.assertEqual(set(self.statements), {f["logical_id"] for f in stack.definition()["functions"]})
+        for lid, sts in self.statements.items():
+            self.assertTrue(sts, lid)
+            self.assertNotIn("${", json.dumps(sts), f"{lid}: an unresolved substitution")
+            self.assertNotIn("Fn::", json.dumps(sts), f"{lid}: an unresolved intrinsic function")
+
+    def test_what_moto_cannot_scope_is_scoped_to_the_stacks_own_resources(self):
+        """moto evaluates non-S3, non-SQS requests against Resource "*": their grants are widened for moto, so
+        their resources are checked here, in the policy text."""
+        region_account = "us-east-1:123456789012"
+        own = {
+            "dynamodb": {f"arn:aws:dynamodb:{region_account}:table/fleetlake-predictions"},
+            "glue": {f"arn:aws:glue:{region_account}:catalog", f"arn:aws:glue:{region_account}:database/fleetlake",
+                     f"arn:aws:glue:{region_account}:table/fleetlake/*"},
+            "kafka-cluster": None,  # MSK is not part of the local stack: checked by the least-privilege rules only
+            "ssm": None,  # only with WeatherApiKeyParameter set (a parameter ARN)
+        }
+        seen = set()
+        for lid, sts in self.statements.items():
+            for st in sts:
+                for action in check_template.as_list(st["Action"]):
+                    service = action.split(":", 1)[0]
+                    if service in identities.MOTO_RESOURCE_AWARE:
+                        continue
+                    self.assertIn(service, own, f"{lid}: {action} is of a service this test does not know")
+                    if own[service] is not None:
+                        seen.add(service)
+                        self.assertTrue(set(check_template.as_list(st["Resource"])) <= own[service], (lid, st))
+        self.assertEqual(seen, {"dynamodb", "glue"})
+
+    def test_the_moto_copy_widens_only_what_moto_cannot_scope(self):
+        policy = identities.for_moto([
+            {"Effect": "Allow", "Action": ["s3:GetObject", "glue:GetTable"], "Resource": ["arn:aws:s3:::b/x/*", "arn:aws:glue:r:a:catalog"]},
+            {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "arn:aws:sqs:r:a:q"},
+        ])["Statement"]
+        self.assertEqual(policy[0]["Action"], ["s3:GetObject"])
+        self.assertEqual(policy[0]["Resource"], ["arn:aws:s3:::b/x/*", "arn:aws:glue:r:a:catalog"])
+        self.assertEqual((policy[1]["Action"], policy[1]["Resource"]), (["glue:GetTable"], "*"))
+        self.assertEqual(policy[2]["Resource"], "arn:aws:sqs:r:a:q")
+
+
+class EnforcedStack(unittest.TestCase):
+    """`stack.py up --enforce-iam` really enforces: each function identity may do what its policy grants, and
+    nothing else."""
+
+    def test_each_function_identity_holds_exactly_its_grants(self):
+        import boto3
+        import os
+        state = Path(tempfile.mkdtemp(prefix="fleetlake-iam-")) / "state"
+        env = dict(os.environ, FLEETLAKE_STATE=str(state))
+        subprocess.run([sys.executable, ROOT / "infra/local/stack.py", "up", "--enforce-iam", "--moto-port", str(free_port())],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+        try:
+            names = dict(line.split("=", 1) for line in (state / "stack.env").read_text().split())
+            endpoint, bucket = names["AWS_ENDPOINT_URL"], names["LAKE_BUCKET"]
+
+            def client(service, lid=None):
+                key, secret = (names[f"FUNCTION_CREDENTIALS_{lid}"].split(":", 1) if lid else
+                               (names["AWS_ACCESS_KEY_ID"], names["AWS_SECRET_ACCESS_KEY"]))
+                return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                                    aws_access_key_id=key, aws_secret_access_key=secret)
+
+            def denied(call):
+                try:
+                    call()
+                except client("s3").exceptions.ClientError as e:
+                    return e.response["Error"]["Code"] in ("AccessDenied", "AccessDeniedException", "403")
+                return False
+
+            lander = client("s3", "MskLanderFunction")
+            lander.put_object(Bucket=bucket, Key="landing/locations/dt=2026-11-30/x.ndjson.gz", Body=b"x")
+            self.assertTrue(denied(lambda: lander.get_object(Bucket=bucket, Key="landing/locations/dt=2026-11-30/x.ndjson.gz")))
+            self.assertTrue(denied(lambda: lander.put_object(Bucket=bucket, Key="bronze/locations/x", Body=b"x")))
+            sync = client("s3", "PartitionSyncFunction")
+            # moto answers 404 for a missing key whatever the grant (AWS answers 403 without s3:ListBucket):
+            # IamRules.test_a_role_that_reads_objects_must_tell_missing_from_forbidden holds the AWS rule.
+            with self.assertRaises(sync.exceptions.NoSuchKey, msg="a missing manifest is 404 for partition-sync"):
+                sync.get_object(Bucket=bucket, Key="bronze/locations/_symlink_format_manifest/event_date=2026-11-30/manifest")
+            api = client("dynamodb", "PredictionsApiFunction")
+            table = names["PREDICTIONS_TABLE"]
+            api.query(TableName=table, KeyConditionExpression="transport_unit_id = :u",
+                      ExpressionAttributeValues={":u": {"S": "TU-1"}})
+            self.assertTrue(denied(lambda: api.put_item(TableName=table, Item={"transport_unit_id": {"S": "TU-1"},
+                                                                                 "predicted_at": {"S": "x"}})))
+            stranger = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                    aws_access_key_id="testing", aws_secret_access_key="testing")
+            with self.assertRaises(stranger.exceptions.ClientError):
+                stranger.list_objects_v2(Bucket=bucket)
+        finally:
+            subprocess.run([sys.executable, ROOT / "infra/local/stack.py", "down"], env=env, check=False,
+                           stdout=subprocess.DEVNULL)
 
 
 class Ports(unittest.TestCase):

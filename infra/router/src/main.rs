@@ -12,6 +12,9 @@
 //!   (`LOCAL_QUEUE_<function>`); each notification is one asynchronous invocation, retried twice with backoff and
 //!   then sent to the function's failure queue (`async_failure_queue`), as Lambda does for S3.
 //!
+//! With `--binaries`, a function whose `FUNCTION_CREDENTIALS_<logical id>` is in the stack's settings (`stack.py up
+//! --enforce-iam`) runs with those credentials: an IAM identity holding exactly its template policy.
+//!
 //! Invocations go through the Lambda runtime protocol: either the Invoke API of a runtime emulator
 //! (`--invoke-url`, e.g. `cargo lambda watch`), or a runtime API this tool serves to each function binary of
 //! `--binaries DIR` (the test harness). Nothing calls a handler directly.
@@ -477,7 +480,12 @@ async fn run() -> Fallible<Value> {
         let invoker = match (&a.invoke_url, &a.binaries) {
             (Some(url), _) => Invoker::Http { client: reqwest::Client::new(), url: url.clone() },
             (None, Some(dir)) => {
-                let mut vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                // The stack's settings, without the other functions' identities.
+                let mut vars: Vec<(String, String)> = env
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("FUNCTION_CREDENTIALS_"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 for (k, v) in def["environment"].as_object().into_iter().flatten() {
                     vars.push((k.clone(), v.as_str().unwrap_or_default().to_owned()));
                 }
@@ -485,6 +493,14 @@ async fn run() -> Fallible<Value> {
                     "AWS_LAMBDA_LOG_LEVEL".into(),
                     std::env::var("FUNCTION_LOG_LEVEL").unwrap_or("warn".into()),
                 ));
+                // `stack.py up --enforce-iam`: the function's own IAM identity (exactly its template policy).
+                let logical = def["logical_id"].as_str().unwrap_or_default();
+                if let Some((key, secret)) =
+                    env.get(&format!("FUNCTION_CREDENTIALS_{logical}")).and_then(|c| c.split_once(':'))
+                {
+                    vars.push(("AWS_ACCESS_KEY_ID".into(), key.to_owned()));
+                    vars.push(("AWS_SECRET_ACCESS_KEY".into(), secret.to_owned()));
+                }
                 let path = dir.join(&binary);
                 if !path.exists() {
                     return Err(format!("{} does not exist (build the functions first)", path.display()));

@@ -88,7 +88,7 @@ async fn main() {
     for u in 0..50 {
         let unit = format!("TU-{:06}", u % units);
         direct(unit.clone()).send().await.unwrap();
-        f.invoke(&event(&unit)).await;
+        f.answer(&event(&unit)).await.unwrap();
     }
     let (mut d, mut a) = (Vec::with_capacity(requests), Vec::with_capacity(requests));
     let mut api_total = Duration::ZERO;
@@ -99,7 +99,7 @@ async fn main() {
         d.push(t.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(out.items().len(), 1);
         let t = Instant::now();
-        let answer = f.invoke(&event(&unit)).await.outcome.unwrap();
+        let answer = f.answer(&event(&unit)).await.unwrap();
         let took = t.elapsed();
         api_total += took;
         a.push(took.as_secs_f64() * 1000.0);

@@ -167,7 +167,7 @@ def for_moto(statements):
             blind = [a for a in check_template.as_list(st["Action"]) if a.split(":", 1)[0] not in MOTO_RESOURCE_AWARE]
             if aware:
                 out.append(dict(st, Action=aware))
-            out.append({k: v for k, v in dict(st, Action=blind, Resource="*").items()})
+            out.append(dict(st, Action=blind, Resource="*"))
         else:
             out.append(st)
     return {"Version": "2012-10-17", "Statement": out}

@@ -64,15 +64,10 @@ impl Cors {
     }
 }
 
-fn table_name_ok(name: &str) -> bool {
-    (3..=255).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
 impl Config {
     pub(crate) fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let table = env.required("PREDICTIONS_TABLE")?.to_owned();
-        if !table_name_ok(&table) {
+        if !fleetlake_core::config::dynamodb_table_name_ok(&table) {
             return Err(ConfigError::new("PREDICTIONS_TABLE", format!("{table:?} is not a DynamoDB table name")));
         }
         let key = env.required("PAGINATION_KEY")?.as_bytes().to_vec();

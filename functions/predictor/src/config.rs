@@ -34,11 +34,6 @@ pub(crate) struct Config {
     pub(crate) storage_options: HashMap<String, String>,
 }
 
-fn table_name_ok(name: &str) -> bool {
-    (3..=255).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
 impl ModelSource {
     fn parse(raw: Option<&str>) -> Result<Self, ConfigError> {
         let err = |reason: String| ConfigError::new("MODEL_URI", reason);
@@ -61,7 +56,7 @@ impl ModelSource {
 impl Config {
     pub(crate) fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let predictions_table = env.required("PREDICTIONS_TABLE")?.to_owned();
-        if !table_name_ok(&predictions_table) {
+        if !fleetlake_core::config::dynamodb_table_name_ok(&predictions_table) {
             return Err(ConfigError::new(
                 "PREDICTIONS_TABLE",
                 format!("{predictions_table:?} is not a DynamoDB table name"),

@@ -143,6 +143,19 @@ pub struct PredictionsError {
 }
 
 impl PredictionsError {
+    fn new(table: &str, op: &'static str, message: impl Into<String>) -> Self {
+        Self { op, table: table.to_owned(), message: message.into(), source: None }
+    }
+
+    /// A failed call, keeping the SDK error as the cause.
+    fn failed<E>(table: &str, op: &'static str, e: E) -> Self
+    where
+        E: Into<aws_sdk_dynamodb::Error> + std::error::Error + Send + Sync + 'static,
+    {
+        let message = DisplayErrorContext(&e).to_string();
+        Self { source: Some(Box::new(e.into())), ..Self::new(table, op, message) }
+    }
+
     /// DynamoDB refused the call for throughput (the caller should answer "retry later", not "failed").
     pub fn is_throttling(&self) -> bool {
         self.source.as_deref().and_then(ProvideErrorMetadata::code).is_some_and(|code| {
@@ -180,16 +193,14 @@ impl PredictionStore {
     }
 
     fn error(&self, op: &'static str, message: impl Into<String>) -> PredictionsError {
-        PredictionsError { op, table: self.table.clone(), message: message.into(), source: None }
+        PredictionsError::new(&self.table, op, message)
     }
 
-    /// A failed call, keeping the SDK error as the cause.
     fn failed<E>(&self, op: &'static str, e: E) -> PredictionsError
     where
         E: Into<aws_sdk_dynamodb::Error> + std::error::Error + Send + Sync + 'static,
     {
-        let message = DisplayErrorContext(&e).to_string();
-        PredictionsError { source: Some(Box::new(e.into())), ..self.error(op, message) }
+        PredictionsError::failed(&self.table, op, e)
     }
 
     /// Writes the predictions that are not already in from this or a newer `source_version`; retries
@@ -338,10 +349,6 @@ impl PredictionReader {
         Self { client, table: table.into() }
     }
 
-    fn store_error(&self, op: &'static str, message: String) -> PredictionsError {
-        PredictionsError { op, table: self.table.clone(), message, source: None }
-    }
-
     /// A Query of one unit, newest first, with the projection of [`ATTRIBUTES`] (`#a0`…).
     fn query(
         &self,
@@ -367,15 +374,12 @@ impl PredictionReader {
         query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
         now_s: i64,
     ) -> Result<(Vec<Prediction>, bool, bool), PredictionsError> {
-        let out = query.send().await.map_err(|e| {
-            let message = DisplayErrorContext(&e).to_string();
-            PredictionsError { source: Some(Box::new(e.into())), ..self.store_error("Query", message) }
-        })?;
+        let out = query.send().await.map_err(|e| PredictionsError::failed(&self.table, "Query", e))?;
         let mut items = Vec::with_capacity(out.items().len());
         let mut expired = false;
         for item in out.items() {
-            let p =
-                Prediction::from_item(item).map_err(|e| self.store_error("Query", format!("a stored item: {e}")))?;
+            let p = Prediction::from_item(item)
+                .map_err(|e| PredictionsError::new(&self.table, "Query", format!("a stored item: {e}")))?;
             if p.expires_at <= now_s {
                 // Older items expire no later than this one: the history ends here.
                 expired = true;

@@ -69,6 +69,12 @@ impl Env {
     }
 }
 
+/// Whether `name` is a DynamoDB table name: 3-255 characters of `a-z A-Z 0-9 _ - .`.
+pub fn dynamodb_table_name_ok(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// An S3 bucket name, checked against S3's naming rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketName(String);

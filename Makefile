@@ -21,11 +21,11 @@ FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory bench-api redrive build sam-build test-sam sam-local package clean-local
+.PHONY: help toolchain venv audit-tools schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory bench-api redrive build sam-build test-sam sam-local package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
-	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template and IAM checks"
+	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template, IAM, checkov and cfn-guard checks"
 	@echo "make model  - train the fuel-24h model on a synthetic fleet and export it to models/fuel-24h/ (ONNX + test fixture)"
 	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions; peak RSS for 50 MB vs 500 MB objects; predictions-api latency beside DynamoDB (release builds)"
 	@echo "make schema - regenerate the Glue columns (stack.json, template.yaml, Athena DDL) from the bronze table specs"
@@ -51,6 +51,23 @@ $(VENV_STAMP): $(REQUIREMENTS)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r $(REQUIREMENTS)
 	@rm -f $(VENV)/.installed-* && touch $@
+
+# The auditors' tools (infra/policy/audit.py): checkov from PyPI in its own venv (its pins clash with moto's), the
+# Control Tower guard rules from PyPI, cfn-guard built from crates.io once per version into the build cache.
+AUDIT_VENV := .venv-audit
+AUDIT_REQUIREMENTS := infra/policy/audit-requirements.txt infra/policy/guard-rules-requirements.txt
+AUDIT_STAMP := $(AUDIT_VENV)/.installed-$(shell cat $(AUDIT_REQUIREMENTS) | sha1sum | cut -c1-12)
+CFN_GUARD_VERSION := 3.2.1
+CFN_GUARD := $(TARGET_DIR)/audit-tools/cfn-guard-$(CFN_GUARD_VERSION)/bin/cfn-guard
+
+audit-tools: $(AUDIT_STAMP) $(CFN_GUARD)
+$(AUDIT_STAMP): $(AUDIT_REQUIREMENTS)
+	@test -x $(AUDIT_VENV)/bin/python || python3 -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/policy/audit-requirements.txt
+	$(AUDIT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r infra/policy/guard-rules-requirements.txt
+	@rm -f $(AUDIT_VENV)/.installed-* && touch $@
+$(CFN_GUARD): | toolchain
+	cargo install cfn-guard --version $(CFN_GUARD_VERSION) --locked --root $(TARGET_DIR)/audit-tools/cfn-guard-$(CFN_GUARD_VERSION)
 
 lint: fmt-check clippy
 
@@ -100,19 +117,20 @@ sam-local: toolchain venv
 model: venv
 	$(PY) infra/model/train.py
 
-test-infra: venv
-	$(PY) -m unittest discover -s infra/tests -v
+test-infra: venv audit-tools
+	CFN_GUARD=$(CFN_GUARD) $(PY) -m unittest discover -s infra/tests -v
 
 # The Glue columns everywhere they are declared, from the bronze table specs (shared/core/src/bronze.rs).
 schema: toolchain venv
 	cargo run --quiet -p fleetlake-core --example glue_schema > infra/schema/bronze.json
 	$(PY) infra/schema/generate.py
 
-template-check: venv
+template-check: venv audit-tools
 	$(PY) infra/schema/generate.py --check
 	sam validate --lint --region us-east-1 --template template.yaml
 	cfn-lint template.yaml
 	$(PY) infra/policy/check_template.py
+	$(PY) infra/policy/audit.py --checkov $(AUDIT_VENV)/bin/checkov --cfn-guard $(CFN_GUARD) --rules $(AUDIT_VENV)
 	$(PY) infra/local/stack.py check-template
 
 # DEMO_RUNTIME=watch (default): functions run under `cargo lambda watch`; DEMO_RUNTIME=binaries: the router serves

@@ -10,12 +10,18 @@ AWS::IAM::ManagedPolicy):
   - no Allow of `*` or `service:*` actions;
   - no Allow of a data action (reading or writing objects, items, messages, partitions, secrets …) on
     `Resource: "*"`; control-plane actions that AWS cannot scope (ec2:DescribeNetworkInterfaces …) may use `*`;
-  - managed policies attached to roles must be on the allow-list below;
+  - no AWS-managed policy on a role (the allow-list below is empty); the template's own managed policies are
+    checked statement by statement;
+  - an event source mapping's role holds what the mapping does on that source and no more: receive, delete and
+    read the attributes of its own queue; alter and describe its own named consumer group, no wildcard of groups;
   - missing means 404: a role that may read objects (s3:GetObject, which HEAD needs too) of a bucket must also hold
     an unconditioned s3:ListBucket on that bucket. Without it S3 answers a GET/HEAD of a missing key with 403, and
     an s3:prefix condition never matches a GET/HEAD, so a probe of an optional object (deltalake's
     _last_checkpoint, a manifest not written yet) would fail as forbidden. Grants of objects that must exist
     are exempt by Sid (MUST_EXIST below).
+Topics: an SNS topic that AWS services publish to (S3 notifications, CloudWatch alarm actions, Service principals
+of its policy) is encrypted with a customer-managed key of the template that lets exactly those services generate
+data keys and decrypt, each under an aws:SourceArn condition; `aws/sns` cannot be opened to them.
 Exit status 1 with one line per finding.
 """
 import argparse
@@ -41,12 +47,11 @@ DATA_ACTIONS = {
     "lambda": r"InvokeFunction",
 }
 
-ALLOWED_MANAGED_POLICIES = {
-    "service-role/AWSLambdaBasicExecutionRole",  # CloudWatch Logs for the function's own log group
-    "AWSXrayWriteOnlyAccess",  # Tracing: Active
-    "service-role/AWSLambdaMSKExecutionRole",  # what the MSK event source mapping itself needs (ENIs, cluster describe)
-    "service-role/AWSLambdaSQSQueueExecutionRole",  # the SQS event source mapping
-}
+# AWS-managed policies a role may carry: none. SAM's generated roles would bring AWSLambdaBasicExecutionRole,
+# AWSLambdaSQSQueueExecutionRole and AWSLambdaMSKExecutionRole, whose Logs, SQS and Kafka grants are on Resource "*";
+# the template gives every function its own role instead. Policies defined in the template itself (a Ref) are
+# checked statement by statement like inline ones.
+ALLOWED_MANAGED_POLICIES = set()
 
 
 # Object grants whose objects must exist (a missing one is a configuration error whether S3 says 403 or 404).
@@ -162,8 +167,110 @@ def missing_means_404_findings(cfn):
     return findings
 
 
+def _ref_id(value):
+    """The logical id of a Ref or Fn::GetAtt, or None."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return value["Ref"]
+        if "Fn::GetAtt" in value:
+            att = value["Fn::GetAtt"]
+            return att[0] if isinstance(att, list) else att.split(".", 1)[0]
+    return None
+
+
+def service_publishers(cfn):
+    """{topic logical id: {service principal, ...}}: the AWS services that publish to each topic of the template
+    (S3 notifications, CloudWatch alarm actions, Service principals of topic policies)."""
+    out = {}
+    resources = cfn.get("Resources", {})
+    for lid, res in resources.items():
+        props = res.get("Properties", {})
+        kind = res.get("Type")
+        if kind == "AWS::S3::Bucket":
+            for c in props.get("NotificationConfiguration", {}).get("TopicConfigurations", []):
+                out.setdefault(_ref_id(c.get("Topic")), set()).add("s3.amazonaws.com")
+        elif kind == "AWS::CloudWatch::Alarm":
+            for key in ("AlarmActions", "OKActions", "InsufficientDataActions"):
+                for action in as_list(props.get(key, [])):
+                    out.setdefault(_ref_id(action), set()).add("cloudwatch.amazonaws.com")
+        elif kind == "AWS::SNS::TopicPolicy":
+            for st in as_list(props.get("PolicyDocument", {}).get("Statement", [])):
+                services = as_list(st.get("Principal", {}).get("Service", [])) if isinstance(st.get("Principal"), dict) else []
+                for topic in as_list(props.get("Topics", [])):
+                    out.setdefault(_ref_id(topic), set()).update(services)
+    return {k: v for k, v in out.items() if k in resources and resources[k].get("Type") == "AWS::SNS::Topic" and v}
+
+
+def topic_key_findings(cfn):
+    """A topic that AWS services publish to is encrypted with a customer-managed key of this template whose policy
+    lets exactly those services generate data keys and decrypt, each scoped by aws:SourceArn. The AWS-managed
+    aws/sns key cannot be opened to another service (its policy is AWS's): a service's publish would fail."""
+    findings = []
+    resources = cfn.get("Resources", {})
+    for topic, services in sorted(service_publishers(cfn).items()):
+        key = resources[topic].get("Properties", {}).get("KmsMasterKeyId")
+        who = ", ".join(sorted(services))
+        if key is None:
+            findings.append(f"{topic}: not encrypted (SSE); {who} publish to it")
+            continue
+        if isinstance(key, str):
+            why = "the AWS-managed aws/sns key cannot be opened to" if "aws/sns" in key else "a key outside this template, not provably open to"
+            findings.append(f"{topic}: encrypted with {key!r}: {why} {who}")
+            continue
+        kid = _ref_id(key)
+        if kid not in resources or resources[kid].get("Type") != "AWS::KMS::Key":
+            findings.append(f"{topic}: KmsMasterKeyId is not a customer-managed key of this template")
+            continue
+        statements = as_list(resources[kid].get("Properties", {}).get("KeyPolicy", {}).get("Statement", []))
+        for service in sorted(services):
+            grants = [st for st in statements if st.get("Effect") == "Allow" and isinstance(st.get("Principal"), dict)
+                      and service in as_list(st["Principal"].get("Service", []))]
+            actions = {a for st in grants for a in as_list(st.get("Action", []))}
+            scoped = all(any("aws:SourceArn" in cond for cond in st.get("Condition", {}).values()) for st in grants)
+            if not grants or not ({"kms:GenerateDataKey", "kms:GenerateDataKey*"} & actions) or "kms:Decrypt" not in actions:
+                findings.append(f"{topic}: key {kid} does not let {service} generate data keys and decrypt: its publishes would fail")
+            elif not scoped:
+                findings.append(f"{topic}: key {kid} lets {service} use it without an aws:SourceArn condition (any bucket or alarm of any account)")
+    return findings
+
+
+def event_source_findings(cfn):
+    """What an event source mapping does with the function's role, granted on that source only: an SQS mapping
+    receives, deletes and reads attributes of its own queue; an MSK mapping has a named consumer group, and the
+    role may alter and describe that group, not every group of the cluster."""
+    findings = []
+    resources = cfn.get("Resources", {})
+    for lid, res in resources.items():
+        if res.get("Type") != "AWS::Lambda::EventSourceMapping":
+            continue
+        props = res.get("Properties", {})
+        fn = resources.get(_ref_id(props.get("FunctionName")), {})
+        role = _ref_id(fn.get("Properties", {}).get("Role"))
+        allowed = [st for where, st in statements_of(cfn) if where.split("/")[0] == role and st.get("Effect") == "Allow"]
+        source = props.get("EventSourceArn")
+        if resources.get(_ref_id(source), {}).get("Type") == "AWS::SQS::Queue":
+            for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
+                if not any(action in as_list(st.get("Action", [])) and source in as_list(st.get("Resource", [])) for st in allowed):
+                    findings.append(f"{lid}: {role} lacks {action} on its queue {_ref_id(source)}")
+        group = props.get("AmazonManagedKafkaEventSourceConfig", {}).get("ConsumerGroupId")
+        if "Topics" in props:
+            if group is None:
+                findings.append(f"{lid}: MSK mapping without a ConsumerGroupId: its group cannot be named in the grant")
+                continue
+            wanted = "/" + resource_text(group)
+            for action in ("kafka-cluster:AlterGroup", "kafka-cluster:DescribeGroup"):
+                resources_of = [resource_text(r) for st in allowed if action in as_list(st.get("Action", []))
+                                for r in as_list(st.get("Resource", []))]
+                if not any(r.endswith(wanted) for r in resources_of):
+                    findings.append(f"{lid}: {role} lacks {action} on its consumer group {resource_text(group)}")
+                wide = [r for r in resources_of if ":group/" in r and r.endswith("*")]
+                if wide:
+                    findings.append(f"{lid}: {role} may {action} every group matching {wide[0]}")
+    return sorted(set(findings))
+
+
 def iam_findings(cfn):
-    findings = missing_means_404_findings(cfn)
+    findings = missing_means_404_findings(cfn) + topic_key_findings(cfn) + event_source_findings(cfn)
     for where, st in statements_of(cfn):
         if st.get("Effect") != "Allow":
             continue
@@ -179,6 +286,8 @@ def iam_findings(cfn):
             if data:
                 findings.append(f"{where}: data actions {data} on Resource '*'")
     for lid, arn in managed_policies_of(cfn):
+        if isinstance(arn, dict) and arn.get("Ref") in cfn.get("Resources", {}):
+            continue
         text = json.dumps(arn)
         if not any(text.endswith(f':policy/{name}"') or f"policy/{name}" in text for name in ALLOWED_MANAGED_POLICIES):
             findings.append(f"{lid}: managed policy {text} is not on the allow-list")

@@ -59,6 +59,11 @@ class Resolver:
                         self.arns[lid] = f"arn:aws:dynamodb:{region}:{account}:table/{value}"
         self.refs["GlueDatabase"] = names.get("GLUE_DATABASE")
         self.conditions = cfn.get("Conditions", {})
+        for lid, res in cfn.get("Resources", {}).items():
+            if res.get("Type") == "AWS::Logs::LogGroup" and "Condition" not in res:
+                name = self.value(res["Properties"]["LogGroupName"])
+                self.refs[lid] = name
+                self.arns[lid] = f"arn:aws:logs:{region}:{account}:log-group:{name}:*"
 
     def condition(self, name):
         return bool(self.value(self.conditions[name]))
@@ -147,9 +152,15 @@ def function_statements(cfn, definition, names):
     for f in definition["functions"]:
         fn = cfn["Resources"][f["logical_id"]]
         role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+        role = cfn["Resources"][role_id]["Properties"]
+        # Its inline policies, then the template's own managed policies it carries (AWS-managed ones are refused
+        # by check_template.py, so there are none to expand).
+        documents = [pol["PolicyDocument"] for pol in role.get("Policies", [])]
+        documents += [cfn["Resources"][arn["Ref"]]["Properties"]["PolicyDocument"] for arn in role.get("ManagedPolicyArns", [])
+                      if isinstance(arn, dict) and arn.get("Ref") in cfn["Resources"]]
         statements = []
-        for pol in cfn["Resources"][role_id]["Properties"].get("Policies", []):
-            for st in check_template.as_list(pol["PolicyDocument"].get("Statement", [])):
+        for document in documents:
+            for st in check_template.as_list(document.get("Statement", [])):
                 resolved = r.value(st)
                 if resolved is not NO_VALUE:
                     statements.append(resolved)

@@ -150,20 +150,26 @@ bench-enricher: toolchain venv
 	cargo build --profile tools -p fleetlake-bench
 	$(TARGET_DIR)/tools/bench-enricher --enricher $(TARGET_DIR)/release/weather-enricher $(BENCH_ARGS)
 
+# partition-sync with 20 ms added to every S3 and Glue request; with BASELINE=<rev>, that commit's build syncs every
+# other commit in the same run (infra/bench/baseline.sh builds it in a worktree under the build cache).
+BENCH_SYNC_ARGS ?= --latency-ms 20
 bench-sync: toolchain venv
-	cargo build --release -p partition-sync
-	cargo build --profile tools -p fleetlake-bench
-	$(TARGET_DIR)/tools/bench-sync --sync $(TARGET_DIR)/release/partition-sync $(BENCH_SYNC_ARGS)
+	$(if $(BASELINE),baseline=$$(infra/bench/baseline.sh $(BASELINE) partition-sync) &&) \
+	cargo build --release -p partition-sync && \
+	cargo build --profile tools -p fleetlake-bench && \
+	$(TARGET_DIR)/tools/bench-sync --sync $(TARGET_DIR)/release/partition-sync $(if $(BASELINE),--baseline $$baseline) $(BENCH_SYNC_ARGS)
 
 bench-delta: toolchain venv
 	# The in-memory ceiling runs inside bench-delta: it gets the functions' release profile (fat LTO), not `tools`.
 	cargo build --release -p delta-writer -p fleetlake-bench
 	$(TARGET_DIR)/release/bench-delta --writer $(TARGET_DIR)/release/delta-writer $(BENCH_DELTA_ARGS)
 
+# With BASELINE=<rev>, that commit's predictor runs beside this one in the same run (infra/bench/baseline.sh).
 bench-predict: toolchain venv
-	cargo build --release -p predictor
-	cargo build --profile tools -p fleetlake-bench
-	$(TARGET_DIR)/tools/bench-predict --predictor $(TARGET_DIR)/release/predictor $(BENCH_PREDICT_ARGS)
+	$(if $(BASELINE),baseline=$$(infra/bench/baseline.sh $(BASELINE) predictor) &&) \
+	cargo build --release -p predictor && \
+	cargo build --profile tools -p fleetlake-bench && \
+	$(TARGET_DIR)/tools/bench-predict --predictor $(TARGET_DIR)/release/predictor $(if $(BASELINE),--baseline $$baseline) $(BENCH_PREDICT_ARGS)
 
 # Peak RSS of weather-enricher and delta-writer for a 50 MB and a 500 MB object of long lines, and of bad lines only.
 bench-memory: toolchain venv

@@ -19,7 +19,14 @@ pub(crate) struct Config {
     pub(crate) glue_tables: HashMap<&'static str, String>,
     /// deltalake storage options from `AWS_ENDPOINT_URL` and `AWS_REGION`.
     pub(crate) storage_options: HashMap<String, String>,
+    /// `S3_CONCURRENCY` (default 16, at most 64): manifests of one commit written at once. Each is a HEAD and a
+    /// conditional PUT; a commit touching 30 partitions waited for 60 round trips one after another.
+    pub(crate) s3_concurrency: usize,
 }
+
+/// Most manifests written at once: S3 takes thousands of requests per second per prefix; this bounds the
+/// connections and memory of one invocation.
+const MAX_S3_CONCURRENCY: usize = 64;
 
 /// The default Glue table names: `bronze_<table>`.
 pub(crate) const DEFAULT_GLUE_TABLES: &str =
@@ -56,6 +63,12 @@ impl Config {
             glue_database,
             glue_tables,
             storage_options: fleetlake_delta::storage_options(env),
+            s3_concurrency: match env.count_or("S3_CONCURRENCY", 16)? {
+                n if n > MAX_S3_CONCURRENCY => {
+                    return Err(ConfigError::new("S3_CONCURRENCY", format!("{n} is more than {MAX_S3_CONCURRENCY}")))
+                }
+                n => n,
+            },
         })
     }
 }
@@ -70,7 +83,11 @@ mod tests {
             Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("GLUE_DATABASE", "fleetlake")])).unwrap();
         assert_eq!(cfg.glue_tables["locations"], "bronze_locations");
         assert_eq!(cfg.glue_tables.len(), 3);
+        assert_eq!(cfg.s3_concurrency, 16);
         for (var, value) in [
+            ("S3_CONCURRENCY", "0"),
+            ("S3_CONCURRENCY", "65"),
+            ("S3_CONCURRENCY", "many"),
             ("GLUE_TABLES", "locations"),
             ("GLUE_TABLES", "nope=x"),
             ("GLUE_TABLES", "locations=Bad-Name"),

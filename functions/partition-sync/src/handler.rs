@@ -28,6 +28,7 @@ use fleetlake_core::lake::{manifest_key, manifest_location, table_root};
 use fleetlake_core::partitions::{manifest_text, touched_partitions, CommitKey, Partition};
 use fleetlake_delta::{active_files, DeltaError, DeltaSettings, TableCache};
 use fleetlake_runner::{Invocation, ObjectHandler};
+use futures::stream::{self, StreamExt};
 use tokio::sync::Mutex;
 use tracing::{error, info, instrument, warn};
 
@@ -187,13 +188,24 @@ async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey) -> Result<Synce
     let files = touched_files(deps, spec, &table, &touched)?;
 
     let root = deps.table_root(spec);
-    let mut to_create = Vec::new();
-    let mut to_delete = Vec::new();
+    // The manifests are independent objects: written concurrently (S3_CONCURRENCY at a time), their outcomes
+    // taken in the partitions' order.
+    let mut writes = Vec::with_capacity(touched.len());
     for partition in &touched {
         let paths = files.get(partition).cloned().unwrap_or_default();
-        let has_files = !paths.is_empty();
         let manifest_key = manifest_key(&deps.config.bronze_prefix, spec.name, &partition.folder());
-        let newest = match write_manifest(deps, &manifest_key, version, manifest_text(paths)).await? {
+        writes.push(async move {
+            let has_files = !paths.is_empty();
+            write_manifest(deps, &manifest_key, version, manifest_text(paths)).await.map(|m| (has_files, m))
+        });
+    }
+    let written: Vec<Result<(bool, Manifest), SyncError>> =
+        stream::iter(writes).buffered(deps.config.s3_concurrency).collect().await;
+    let mut to_create = Vec::new();
+    let mut to_delete = Vec::new();
+    for (partition, result) in touched.iter().zip(written) {
+        let (has_files, manifest) = result?;
+        let newest = match manifest {
             Manifest::Written => {
                 out.manifests_written += 1;
                 true

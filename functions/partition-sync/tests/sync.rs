@@ -131,22 +131,15 @@ impl Env {
 /// reaches moto, another sync's write of the same manifest, stamped with a newer version (999), lands first: the
 /// race of two syncs between one's HEAD and its PUT. Returns its endpoint.
 async fn racing_proxy(moto: String, s3: aws_sdk_s3::Client, bucket: String) -> String {
-    use axum::body::Bytes;
-    use axum::http::{HeaderMap, Method, StatusCode, Uri};
-    use axum::response::IntoResponse;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
     let raced = Arc::new(AtomicBool::new(false));
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-        let (raced, http, moto, s3, bucket) = (raced.clone(), http.clone(), moto.clone(), s3.clone(), bucket.clone());
-        async move {
+    let race: fleetlake_testkit::BeforeForward = Arc::new(move |method, uri| {
+        let (raced, s3, bucket) = (raced.clone(), s3.clone(), bucket.clone());
+        Box::pin(async move {
             let path = uri.path().replace("%3D", "=");
-            if method == Method::PUT
-                && path.contains("/_symlink_format_manifest/")
-                && !raced.swap(true, Ordering::SeqCst)
-            {
+            if method == "PUT" && path.contains("/_symlink_format_manifest/") && !raced.swap(true, Ordering::SeqCst) {
                 let key = path.trim_start_matches('/').strip_prefix(&format!("{bucket}/")).unwrap().to_owned();
                 s3.put_object()
                     .bucket(&bucket)
@@ -157,32 +150,9 @@ async fn racing_proxy(moto: String, s3: aws_sdk_s3::Client, bucket: String) -> S
                     .await
                     .unwrap();
             }
-            let url = format!("{moto}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-            let mut forward =
-                http.request(reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap(), &url).body(body);
-            for (k, v) in &headers {
-                if k != "host" && k != "content-length" {
-                    forward = forward.header(k.as_str(), v.as_bytes());
-                }
-            }
-            let response = forward.send().await.unwrap();
-            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
-            let mut out = HeaderMap::new();
-            for (k, v) in response.headers() {
-                if k != "transfer-encoding" && k != "connection" {
-                    out.insert(
-                        axum::http::HeaderName::from_bytes(k.as_str().as_bytes()).unwrap(),
-                        axum::http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
-                    );
-                }
-            }
-            (status, out, response.bytes().await.unwrap().to_vec()).into_response()
-        }
+        })
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    endpoint
+    fleetlake_testkit::forwarding_proxy(moto, std::time::Duration::ZERO, Some(race)).await
 }
 
 fn metric(inv: &Invocation, name: &str) -> u64 {

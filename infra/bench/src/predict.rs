@@ -2,10 +2,12 @@
 //! DynamoDB writes — with the release binary behind a Lambda runtime API, on moto's S3 and DynamoDB. Not a test:
 //! it measures.
 //!
-//! usage: bench-predict --predictor PATH [--units 2000] [--positions 100000] [--runs 3]
+//! usage: bench-predict --predictor PATH [--baseline PATH] [--units 2000] [--positions 100000] [--runs 3]
 //! Each run starts the function afresh against an empty predictions table: init time (process start to its first
 //! request for an invocation, the model loaded), then the commit's invocation, then the same commit again (a
-//! replay: every item is kept). Prints one JSON line per run and the medians.
+//! replay: every item is kept). With `--baseline`, each run does the same with a second build (an earlier
+//! commit's), in alternating order, and the ratios of the medians are printed. Prints one JSON line per run and
+//! binary, and the medians.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice)] // a command-line tool that reports on stdout
 
 use std::path::PathBuf;
@@ -16,14 +18,15 @@ use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{LambdaHarness, Moto};
 use serde_json::{json, Value};
 
-fn main_args() -> (PathBuf, usize, usize, usize) {
-    let (mut predictor, mut units, mut positions, mut runs) = (PathBuf::new(), 2000, 100_000, 3);
+fn main_args() -> (PathBuf, Option<PathBuf>, usize, usize, usize) {
+    let (mut predictor, mut baseline, mut units, mut positions, mut runs) = (PathBuf::new(), None, 2000, 100_000, 3);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         let n = || v.parse::<usize>().unwrap_or_else(|_| panic!("{flag} {v}: not a number"));
         match flag.as_str() {
             "--predictor" => predictor = PathBuf::from(&v),
+            "--baseline" => baseline = Some(PathBuf::from(&v)),
             "--units" => units = n(),
             "--positions" => positions = n(),
             "--runs" => runs = n(),
@@ -31,7 +34,16 @@ fn main_args() -> (PathBuf, usize, usize, usize) {
         }
     }
     assert!(predictor.exists(), "--predictor {} does not exist (make bench builds it)", predictor.display());
-    (predictor, units, positions, runs)
+    (predictor, baseline, units, positions, runs)
+}
+
+/// One build's figures over the runs.
+#[derive(Default)]
+struct Figures {
+    inits: Vec<f64>,
+    commits: Vec<f64>,
+    replays: Vec<f64>,
+    rss: u64,
 }
 
 async fn append(settings: &DeltaSettings, spec: &'static TableSpec, lines: impl Iterator<Item = Value>) -> u64 {
@@ -59,7 +71,7 @@ fn median(xs: &mut [f64]) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let (binary, units, positions, runs) = main_args();
+    let (binary, baseline, units, positions, runs) = main_args();
     let moto = Moto::start().await;
     let bucket = moto.bucket("lake").await;
     let settings = DeltaSettings {
@@ -95,49 +107,65 @@ async fn main() {
     let event = json!({"Records": [{"messageId": "m", "eventSource": "aws:sqs", "body": body.to_string()}]});
     eprintln!("{positions} positions of {units} units ({per_unit} each) committed as version {version}");
 
-    let (mut inits, mut runs_ms, mut replays_ms, mut rss) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
-    for run in 0..runs {
-        let table = format!("predictions-{run}");
-        moto.predictions_table(&table).await;
-        let mut env = moto.env();
-        env.push(("LAKE_BUCKET".into(), bucket.clone()));
-        env.push(("PREDICTIONS_TABLE".into(), table));
-        env.push(("RUST_LOG".into(), "warn".into()));
-        let mut f = LambdaHarness::start(&binary, "predictor", &env).await;
-        let init_ms = f.ready_after().await.expect("the function never got ready").as_secs_f64() * 1000.0;
-        let mut timed = async |want_written: u64| {
-            let started = Instant::now();
-            let out = f.invoke(&event).await;
-            let ms = started.elapsed().as_secs_f64() * 1000.0;
-            assert_eq!(out.outcome.as_ref().ok(), Some(&json!({"batchItemFailures": []})), "{}", f.stderr());
-            let metrics = out
-                .stdout
-                .iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|v| v.get("_aws").is_some())
-                .unwrap();
-            assert_eq!(metrics["predictions_written"].as_u64(), Some(want_written), "{metrics}");
-            assert_eq!(metrics["positions_read"].as_u64(), Some(positions as u64));
-            ms
-        };
-        let ms = timed(units as u64).await;
-        let replay_ms = timed(0).await;
-        let peak = f.peak_rss_bytes().unwrap_or(0);
-        rss = rss.max(peak);
-        println!(
-            "{}",
-            json!({"run": run, "init_ms": (init_ms * 10.0).round() / 10.0, "commit_ms": ms.round(), "replay_ms": replay_ms.round(),
-                   "predictions_per_s": (units as f64 / (ms / 1000.0)).round(), "peak_rss_mib": (peak as f64 / 1048576.0 * 10.0).round() / 10.0})
-        );
-        inits.push(init_ms);
-        runs_ms.push(ms);
-        replays_ms.push(replay_ms);
+    let mut builds = vec![("predictor", binary, Figures::default())];
+    if let Some(b) = baseline {
+        builds.push(("baseline", b, Figures::default()));
     }
-    let (init, ms, replay) = (median(&mut inits), median(&mut runs_ms), median(&mut replays_ms));
-    println!(
-        "predictor, one commit of {positions} positions over {units} units: median {ms:.0} ms → {:.0} predictions/s ({:.0} positions/s) written to DynamoDB; replay (all kept) {replay:.0} ms; init with the model loaded {init:.1} ms; peak RSS {:.1} MiB; {runs} runs",
-        units as f64 / (ms / 1000.0),
-        positions as f64 / (ms / 1000.0),
-        rss as f64 / 1048576.0
-    );
+    let n = builds.len();
+    for run in 0..runs {
+        for i in 0..n {
+            // Alternating which build goes first: neither always meets a warmer moto.
+            let (name, binary, figures) = &mut builds[(run + i) % n];
+            let table = format!("predictions-{run}-{name}");
+            moto.predictions_table(&table).await;
+            let mut env = moto.env();
+            env.push(("LAKE_BUCKET".into(), bucket.clone()));
+            env.push(("PREDICTIONS_TABLE".into(), table));
+            env.push(("RUST_LOG".into(), "warn".into()));
+            let mut f = LambdaHarness::start(binary, "predictor", &env).await;
+            let init_ms = f.ready_after().await.expect("the function never got ready").as_secs_f64() * 1000.0;
+            let mut timed = async |want_written: u64| {
+                let started = Instant::now();
+                let out = f.invoke(&event).await;
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                assert_eq!(out.outcome.as_ref().ok(), Some(&json!({"batchItemFailures": []})), "{}", f.stderr());
+                let metrics = out
+                    .stdout
+                    .iter()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find(|v| v.get("_aws").is_some())
+                    .unwrap();
+                assert_eq!(metrics["predictions_written"].as_u64(), Some(want_written), "{metrics}");
+                assert_eq!(metrics["positions_read"].as_u64(), Some(positions as u64));
+                ms
+            };
+            let ms = timed(units as u64).await;
+            let replay_ms = timed(0).await;
+            let peak = f.peak_rss_bytes().unwrap_or(0);
+            figures.rss = figures.rss.max(peak);
+            println!(
+                "{}",
+                json!({"binary": name, "run": run, "init_ms": (init_ms * 10.0).round() / 10.0, "commit_ms": ms.round(), "replay_ms": replay_ms.round(),
+                       "predictions_per_s": (units as f64 / (ms / 1000.0)).round(), "peak_rss_mib": (peak as f64 / 1048576.0 * 10.0).round() / 10.0})
+            );
+            figures.inits.push(init_ms);
+            figures.commits.push(ms);
+            figures.replays.push(replay_ms);
+        }
+    }
+    let mut medians = Vec::new();
+    for (name, _, f) in &mut builds {
+        let (init, ms, replay) = (median(&mut f.inits), median(&mut f.commits), median(&mut f.replays));
+        println!(
+            "{name}, one commit of {positions} positions over {units} units: median {ms:.0} ms → {:.0} predictions/s ({:.0} positions/s) written to DynamoDB; replay (all kept) {replay:.0} ms ({:.2} of the first write); init with the model loaded {init:.1} ms; peak RSS {:.1} MiB; {runs} runs",
+            units as f64 / (ms / 1000.0),
+            positions as f64 / (ms / 1000.0),
+            replay / ms,
+            f.rss as f64 / 1048576.0
+        );
+        medians.push((ms, replay));
+    }
+    if let [(new, new_replay), (old, old_replay)] = medians[..] {
+        println!("baseline / predictor, medians: commit {:.2}x, replay {:.2}x", old / new, old_replay / new_replay);
+    }
 }

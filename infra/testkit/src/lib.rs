@@ -7,9 +7,11 @@
 
 pub mod http;
 mod moto;
+mod proxy;
 mod runtime;
 
 pub use moto::Moto;
+pub use proxy::{forwarding_proxy, BeforeForward};
 pub use runtime::{Invocation, LambdaHarness};
 
 use std::path::PathBuf;

@@ -1,0 +1,73 @@
+//! A forwarding HTTP proxy in front of an emulator, for what the emulator does not do by itself: a fixed latency
+//! on every request (S3's and Glue's round trips, which moto on loopback answers in well under a millisecond), or
+//! an action taken just before a request is forwarded (another writer winning a race).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+/// Runs before a request is forwarded: its method and URI (path and query as sent).
+pub type BeforeForward = Arc<dyn Fn(Method, Uri) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Starts a proxy on a free loopback port that forwards every request to `target` (scheme and authority) as it
+/// is, after `delay` and after `before` (if any) has run; answers with the target's status, headers and body.
+/// Returns its endpoint (`http://127.0.0.1:<port>`).
+pub async fn forwarding_proxy(target: String, delay: Duration, before: Option<BeforeForward>) -> String {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("HTTP client");
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (http, target, before) = (http.clone(), target.clone(), before.clone());
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(before) = before {
+                before(method.clone(), uri.clone()).await;
+            }
+            forward(&http, &target, method, &uri, &headers, body).await
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let endpoint = format!("http://{}", listener.local_addr().expect("the proxy's address"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("the proxy stopped") });
+    endpoint
+}
+
+async fn forward(
+    http: &reqwest::Client,
+    target: &str,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let url = format!("{target}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).expect("an HTTP method");
+    let mut request = http.request(method, &url).body(body);
+    for (k, v) in headers {
+        if k != "host" && k != "content-length" {
+            request = request.header(k.as_str(), v.as_bytes());
+        }
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = HeaderMap::new();
+    for (k, v) in response.headers() {
+        if k != "transfer-encoding" && k != "connection" {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(k.as_str().as_bytes()), HeaderValue::from_bytes(v.as_bytes()))
+            {
+                out.append(name, value);
+            }
+        }
+    }
+    let bytes = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    (status, out, bytes).into_response()
+}

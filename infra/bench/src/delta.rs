@@ -145,12 +145,7 @@ async fn writer_run(a: &Args, moto: &Moto, bucket: &str, objects: &[(String, Vec
     let out = f.invoke(&json!({"Records": messages})).await;
     let wall = started.elapsed().as_secs_f64();
     assert_eq!(out.outcome.as_ref().ok(), Some(&json!({"batchItemFailures": []})), "{:?}\n{}", out.outcome, f.stderr());
-    let metrics = out
-        .stdout
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v.get("_aws").is_some())
-        .unwrap();
+    let metrics = out.metrics().expect("the invocation printed its metrics");
     let written = metrics["records_written"].as_u64().unwrap();
     assert_eq!(written, records as u64, "every record written");
     let files = moto.keys(bucket, &format!("{prefix}locations/event_date=")).await;

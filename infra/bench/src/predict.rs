@@ -129,12 +129,7 @@ async fn main() {
                 let out = f.invoke(&event).await;
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 assert_eq!(out.outcome.as_ref().ok(), Some(&json!({"batchItemFailures": []})), "{}", f.stderr());
-                let metrics = out
-                    .stdout
-                    .iter()
-                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .find(|v| v.get("_aws").is_some())
-                    .unwrap();
+                let metrics = out.metrics().expect("the invocation printed its metrics");
                 assert_eq!(metrics["predictions_written"].as_u64(), Some(want_written), "{metrics}");
                 assert_eq!(metrics["positions_read"].as_u64(), Some(positions as u64));
                 ms

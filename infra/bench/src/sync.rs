@@ -17,7 +17,7 @@ use chrono::{Duration, NaiveDate};
 use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, LOCATIONS};
 use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use fleetlake_testkit::{forwarding_proxy, LambdaHarness, Moto};
-use serde_json::{json, Value};
+use serde_json::json;
 
 struct Args {
     sync: PathBuf,
@@ -115,12 +115,7 @@ async fn main() {
             .await;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         assert_eq!(out.outcome.as_ref().ok(), Some(&json!({"batchItemFailures": []})), "{}", f.stderr());
-        let metrics = out
-            .stdout
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v.get("_aws").is_some())
-            .unwrap();
+        let metrics = out.metrics().expect("the invocation printed its metrics");
         assert_eq!(metrics["partitions_created"].as_u64(), Some(partitions as u64));
         assert_eq!(metrics["manifests_written"].as_u64(), Some(partitions as u64));
         println!(

@@ -45,6 +45,13 @@ pub struct Invocation {
     pub stdout: Vec<String>,
 }
 
+impl Invocation {
+    /// The invocation's EMF metrics (the JSON line with `_aws`), if it printed them.
+    pub fn metrics(&self) -> Option<Value> {
+        self.stdout.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v.get("_aws").is_some())
+    }
+}
+
 /// A function binary running against a local runtime API.
 #[derive(Debug)]
 pub struct LambdaHarness {

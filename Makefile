@@ -57,7 +57,7 @@ $(VENV_STAMP): $(REQUIREMENTS)
 AUDIT_VENV := .venv-audit
 AUDIT_REQUIREMENTS := infra/policy/audit-requirements.txt infra/policy/guard-rules-requirements.txt
 AUDIT_STAMP := $(AUDIT_VENV)/.installed-$(shell cat $(AUDIT_REQUIREMENTS) | sha1sum | cut -c1-12)
-CFN_GUARD_VERSION := 3.2.1
+CFN_GUARD_VERSION := 3.1.1
 CFN_GUARD := $(TARGET_DIR)/audit-tools/cfn-guard-$(CFN_GUARD_VERSION)/bin/cfn-guard
 
 audit-tools: $(AUDIT_STAMP) $(CFN_GUARD)

@@ -36,6 +36,8 @@ import check_template  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 OWN_RULES = ROOT / "infra/policy/fleetlake.guard"
 CONTROL_TOWER = "rules/control-tower/cfn-guard/"
+# Where a finding that names no resource is filed (and suppressed: `resources: [Template]`).
+TEMPLATE = "Template"
 
 
 def control_tower_rules(audit_venv, into):
@@ -51,6 +53,8 @@ def control_tower_rules(audit_venv, into):
             target = into / m.name[len("package/" + CONTROL_TOWER):]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(tgz.extractfile(m).read())
+    if not members:
+        sys.exit(f"no Control Tower rules in {tarballs[-1]}")
     return into, len(members)
 
 
@@ -63,6 +67,9 @@ def checkov_findings(checkov, template):
     except json.JSONDecodeError:
         sys.exit(f"checkov gave no report (exit {run.returncode}):\n{run.stderr[-2000:]}")
     results = report.get("results", {})
+    summary = report.get("summary", {})
+    if not summary.get("passed", 0) + summary.get("failed", 0) + summary.get("skipped", 0):
+        sys.exit(f"checkov checked nothing in {template} (exit {run.returncode}):\n{run.stderr[-2000:]}")
     logical = lambda r: r["resource"].split(".", 1)[1]  # "AWS::S3::Bucket.LakeBucket"
     failed = [(r["check_id"], logical(r), r["check_name"]) for r in results.get("failed_checks", [])]
     skipped = [(r["check_id"], logical(r)) for r in results.get("skipped_checks", [])]
@@ -81,9 +88,11 @@ def guard_findings(cfn_guard, rules, template):
         for failure in report.get("not_compliant", []):
             rule = failure["Rule"]["name"]
             text = json.dumps(failure)
-            message = re.search(r"\[((?:CT|FLEETLAKE)\.[A-Z0-9.]+)\]: ([^\\\[]*)", text)
+            message = re.search(r"\[((?:CT|FLEETLAKE)\.[A-Z0-9.]+)\]: ([^\\\[\"]*)", text)
             title = f"{message.group(1)}: {message.group(2).strip()}" if message else rule
-            for lid in sorted(set(re.findall(r'"/Resources/([A-Za-z0-9]+)', text))):
+            resources = sorted(set(re.findall(r'"/Resources/([A-Za-z0-9]+)', text)))
+            # A failure that names no resource is the template's: it needs a suppression of its own.
+            for lid in resources or [TEMPLATE]:
                 out.append((rule, lid, title))
     return out
 

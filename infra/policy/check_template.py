@@ -114,6 +114,20 @@ def statements_of(cfn):
                     yield lid, b
 
 
+def role_statements(cfn, role):
+    """Every statement a role holds from the template: its inline policies, the template's managed policies it
+    lists, and AWS::IAM::Policy resources attached to it."""
+    resources = cfn.get("Resources", {})
+    props = resources.get(role, {}).get("Properties", {})
+    documents = [pol["PolicyDocument"] for pol in props.get("Policies", [])]
+    documents += [resources[_ref_id(arn)]["Properties"]["PolicyDocument"] for arn in props.get("ManagedPolicyArns", [])
+                  if _ref_id(arn) in resources]
+    documents += [res["Properties"]["PolicyDocument"] for res in resources.values()
+                  if res.get("Type") == "AWS::IAM::Policy"
+                  and role in (_ref_id(r) for r in res.get("Properties", {}).get("Roles", []))]
+    return [b for doc in documents for st in as_list(doc.get("Statement", [])) for b in branches(st)]
+
+
 def managed_policies_of(cfn):
     for lid, res in cfn.get("Resources", {}).items():
         if res.get("Type") == "AWS::IAM::Role":
@@ -201,6 +215,21 @@ def service_publishers(cfn):
     return {k: v for k, v in out.items() if k in resources and resources[k].get("Type") == "AWS::SNS::Topic" and v}
 
 
+def source_matches(service, arn_text, cfn):
+    """Whether an aws:SourceArn value names this template's own publisher of that service: the ARN of one of its
+    buckets (by name), or its alarms (`alarm:<prefix>`)."""
+    resources = cfn.get("Resources", {}).values()
+    if service == "s3.amazonaws.com":
+        names = [resource_text(r.get("Properties", {}).get("BucketName")) for r in resources
+                 if r.get("Type") == "AWS::S3::Bucket" and r.get("Properties", {}).get("BucketName")]
+        return any(arn_text.endswith(":s3:::" + name) for name in names)
+    if service == "cloudwatch.amazonaws.com":
+        prefixes = {resource_text(r.get("Properties", {}).get("AlarmName", "")).split("}", 1)[0] for r in resources
+                    if r.get("Type") == "AWS::CloudWatch::Alarm"}
+        return ":alarm:" in arn_text and any(arn_text.split(":alarm:", 1)[1].startswith(p) for p in prefixes if p)
+    return False
+
+
 def topic_key_findings(cfn):
     """A topic that AWS services publish to is encrypted with a customer-managed key of this template whose policy
     lets exactly those services generate data keys and decrypt, each scoped by aws:SourceArn. The AWS-managed
@@ -222,15 +251,22 @@ def topic_key_findings(cfn):
             findings.append(f"{topic}: KmsMasterKeyId is not a customer-managed key of this template")
             continue
         statements = as_list(resources[kid].get("Properties", {}).get("KeyPolicy", {}).get("Statement", []))
+        for st in statements:
+            principal = st.get("Principal")
+            if st.get("Effect") == "Allow" and (principal == "*" or (isinstance(principal, dict) and "*" in as_list(principal.get("AWS", [])))):
+                findings.append(f"{topic}: key {kid} allows any principal ({st.get('Sid') or 'a statement'})")
         for service in sorted(services):
             grants = [st for st in statements if st.get("Effect") == "Allow" and isinstance(st.get("Principal"), dict)
                       and service in as_list(st["Principal"].get("Service", []))]
             actions = {a for st in grants for a in as_list(st.get("Action", []))}
-            scoped = all(any("aws:SourceArn" in cond for cond in st.get("Condition", {}).values()) for st in grants)
+            sources = [resource_text(cond["aws:SourceArn"]) for st in grants for cond in st.get("Condition", {}).values()
+                       if isinstance(cond, dict) and "aws:SourceArn" in cond]
+            scoped = len(sources) == len(grants) and all(source_matches(service, s, cfn) for s in sources)
             if not grants or not ({"kms:GenerateDataKey", "kms:GenerateDataKey*"} & actions) or "kms:Decrypt" not in actions:
                 findings.append(f"{topic}: key {kid} does not let {service} generate data keys and decrypt: its publishes would fail")
             elif not scoped:
-                findings.append(f"{topic}: key {kid} lets {service} use it without an aws:SourceArn condition (any bucket or alarm of any account)")
+                findings.append(f"{topic}: key {kid} lets {service} use it without an aws:SourceArn condition naming "
+                                f"this template's publishers (its bucket, its alarms)")
     return findings
 
 
@@ -246,7 +282,7 @@ def event_source_findings(cfn):
         props = res.get("Properties", {})
         fn = resources.get(_ref_id(props.get("FunctionName")), {})
         role = _ref_id(fn.get("Properties", {}).get("Role"))
-        allowed = [st for where, st in statements_of(cfn) if where.split("/")[0] == role and st.get("Effect") == "Allow"]
+        allowed = [st for st in role_statements(cfn, role) if st.get("Effect") == "Allow"]
         source = props.get("EventSourceArn")
         if resources.get(_ref_id(source), {}).get("Type") == "AWS::SQS::Queue":
             for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):

@@ -11,9 +11,10 @@ unit test of the policy text instead (infra/tests/test_infra.py, `EnforcedIdenti
   evaluates each statement against the resource `*`, which no resource-scoped grant matches: it would deny every
   call AWS allows. The moto copy of such a statement has `Resource: "*"` (its actions are still enforced); the unit
   test checks that the template scopes it to the stack's own table, database and parameter ARNs.
-- Managed policies (CloudWatch Logs, X-Ray, and the rights of the SQS and MSK event source mappings) are not given:
-  the functions make none of those calls themselves, and the router that plays the mappings runs with the stack's
-  own credentials, as Lambda's pollers do.
+- The role's statements from the template's own managed policies (X-Ray) are given too; AWS-managed policies are
+  refused by check_template.py, so there are none. The functions make no Logs, X-Ray, Kafka or EC2 calls locally,
+  and the router that plays the event source mappings runs with the stack's own credentials: the mappings' rights
+  are checked statically (check_template.event_source_findings).
 """
 import json
 import sys

@@ -214,7 +214,7 @@ class Auditors(unittest.TestCase):
         self.assertTrue(entries)
         for e in entries:
             self.assertIn(e["tool"], ("checkov", "guard"))
-            self.assertTrue(set(e["resources"]) <= set(cfn["Resources"]), e["id"])
+            self.assertTrue(set(e["resources"]) <= set(cfn["Resources"]) | {audit.TEMPLATE}, e["id"])
             self.assertGreater(len(e["comment"]), 40, e["id"])
 
     def guard(self, cfn):
@@ -225,6 +225,15 @@ class Auditors(unittest.TestCase):
         path = Path(tempfile.mkdtemp(prefix="fleetlake-guard-")) / "t.json"
         path.write_text(json.dumps(cfn))
         return {rule for rule, _, _ in audit.guard_findings(tool, [audit.OWN_RULES], path)}
+
+    def test_a_guard_failure_that_names_no_resource_is_the_templates(self):
+        rules = Path(tempfile.mkdtemp(prefix="fleetlake-guard-")) / "nameless.guard"
+        rules.write_text("rule nameless_check { Parameters.NoSuchParameter exists }\n")
+        path = rules.parent / "t.json"
+        path.write_text(json.dumps({"Resources": {"Q": {"Type": "AWS::SQS::Queue", "Properties": {}}}}))
+        import os
+        found = audit.guard_findings(os.environ["CFN_GUARD"], [rules], path)
+        self.assertEqual([(rule, lid) for rule, lid, _ in found], [("nameless_check", audit.TEMPLATE)])
 
     def test_the_projects_guard_rules_refuse_what_they_promise_against(self):
         cfn = check_template.translate(ROOT / "template.yaml")

@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """What an auditor runs on the template: checkov and cfn-guard (the AWS Control Tower proactive controls plus this
 project's own rules, infra/policy/fleetlake.guard) on the translated template (SAM's resources expanded into the
-ones CloudFormation creates). Zero unexplained findings: every finding is fixed in the template or suppressed there,
-in the resource's Metadata, with a reason:
+ones CloudFormation creates). Zero unexplained findings: every finding is fixed in the template or suppressed there
+with a reason, in the template's Metadata, naming its resources one by one (a failure that names no resource is
+filed under `Template`):
 
     Metadata:
-      checkov:
-        skip:
-          - id: CKV_AWS_117
-            comment: why this check does not apply, or what stands in for it
-      guard:
-        skip:
-          - rule: lambda_inside_vpc_check
-            comment: …
+      Audit:
+        Suppressions:
+          - tool: guard            # or checkov
+            id: lambda_inside_vpc_check
+            resources: [DeltaWriterFunction, ...]
+            comment: why the rule does not apply, or what stands in for it
+
+checkov's own `checkov.skip` in a resource's Metadata counts too.
 
 A suppression on a SAM resource also covers what SAM generates from it (WeatherEnricherFunction covers
 WeatherEnricherFunctionLandedPositionsPermission). A suppression without a comment, or one that no longer matches
@@ -99,7 +100,7 @@ def guard_findings(cfn_guard, rules, template):
 
 def suppressions(cfn):
     """{(tool, id, logical id): comment} from the template's Metadata (Audit.Suppressions, each naming its
-    resources) and the resources' own Metadata (checkov's `checkov.skip`, and `guard.skip` alike)."""
+    resources) and from checkov's own `checkov.skip` in a resource's Metadata, which checkov applies itself."""
     out = {}
     for entry in cfn.get("Metadata", {}).get("Audit", {}).get("Suppressions", []):
         for lid in entry.get("resources", []):
@@ -108,8 +109,6 @@ def suppressions(cfn):
         meta = res.get("Metadata", {})
         for entry in meta.get("checkov", {}).get("skip", []):
             out[("checkov", entry.get("id"), lid)] = entry.get("comment", "")
-        for entry in meta.get("guard", {}).get("skip", []):
-            out[("guard", entry.get("rule"), lid)] = entry.get("comment", "")
     return out
 
 

@@ -114,9 +114,9 @@ def statements_of(cfn):
                     yield lid, b
 
 
-def role_statements(cfn, role):
-    """Every statement a role holds from the template: its inline policies, the template's managed policies it
-    lists, and AWS::IAM::Policy resources attached to it."""
+def role_policy_documents(cfn, role):
+    """Every policy document a role holds from the template: its inline policies, the template's managed policies
+    it lists, and AWS::IAM::Policy resources attached to it."""
     resources = cfn.get("Resources", {})
     props = resources.get(role, {}).get("Properties", {})
     documents = [pol["PolicyDocument"] for pol in props.get("Policies", [])]
@@ -125,7 +125,12 @@ def role_statements(cfn, role):
     documents += [res["Properties"]["PolicyDocument"] for res in resources.values()
                   if res.get("Type") == "AWS::IAM::Policy"
                   and role in (_ref_id(r) for r in res.get("Properties", {}).get("Roles", []))]
-    return [b for doc in documents for st in as_list(doc.get("Statement", [])) for b in branches(st)]
+    return documents
+
+
+def role_statements(cfn, role):
+    """Every statement of [`role_policy_documents`], both branches of a conditional one."""
+    return [b for doc in role_policy_documents(cfn, role) for st in as_list(doc.get("Statement", [])) for b in branches(st)]
 
 
 def managed_policies_of(cfn):

@@ -153,14 +153,9 @@ def function_statements(cfn, definition, names):
     for f in definition["functions"]:
         fn = cfn["Resources"][f["logical_id"]]
         role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
-        role = cfn["Resources"][role_id]["Properties"]
-        # Its inline policies, then the template's own managed policies it carries (AWS-managed ones are refused
-        # by check_template.py, so there are none to expand).
-        documents = [pol["PolicyDocument"] for pol in role.get("Policies", [])]
-        documents += [cfn["Resources"][arn["Ref"]]["Properties"]["PolicyDocument"] for arn in role.get("ManagedPolicyArns", [])
-                      if isinstance(arn, dict) and arn.get("Ref") in cfn["Resources"]]
+        # AWS-managed policies are refused by check_template.py: the template's documents are all there is.
         statements = []
-        for document in documents:
+        for document in check_template.role_policy_documents(cfn, role_id):
             for st in check_template.as_list(document.get("Statement", [])):
                 resolved = r.value(st)
                 if resolved is not NO_VALUE:

@@ -21,7 +21,7 @@ FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv audit-tools schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory bench-api redrive build sam-build test-sam sam-local package clean-local
+.PHONY: help toolchain venv browser audit-tools schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-init bench-latency bench-memory bench-api redrive build sam-build test-sam sam-local package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
@@ -94,8 +94,15 @@ CLIPPY_BUILD = RUSTC_WORKSPACE_WRAPPER="$$(rustup which clippy-driver)" CLIPPY_A
 test-rust: toolchain venv
 	$(CLIPPY_BUILD) cargo test --workspace
 
-# The whole pipeline at smoke size (infra/e2e): the synthetic fleet through every function, chained by the router.
-test-e2e: toolchain venv
+# Headless Chromium for the dashboard test (infra/e2e): Debian's package, installed once when missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@command -v chromium >/dev/null || { echo "installing chromium (Debian's package)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+# The whole pipeline at smoke size (infra/e2e): the synthetic fleet through every function, chained by the router;
+# the analysts' SQL (infra/athena) on DuckDB over the lake it builds, and the dashboard in Chromium.
+test-e2e: toolchain venv browser
 	$(CLIPPY_BUILD) cargo build --workspace --bins
 	FLEETLAKE_BIN_DIR=$(TARGET_DIR)/debug $(PY) -m unittest discover -s infra/e2e -v
 

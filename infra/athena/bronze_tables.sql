@@ -43,6 +43,19 @@ STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'
 OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
 LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/transport_units/_symlink_format_manifest/';
 
+CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_predictions (
+  transport_unit_id string, predicted_at timestamp, target string, value double, unit string, model_version string,
+  features string, source_version bigint,
+  `_extra` string, `_source_topic` string, `_source_partition` int, `_source_offset` bigint,
+  `_source_timestamp` timestamp, `_source_key` string, `_source_etag` string, `_ingested_at` timestamp,
+  `_file` string, `_line` bigint
+)
+PARTITIONED BY (predicted_date date)
+ROW FORMAT SERDE 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'
+STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'
+OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
+LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/predictions/_symlink_format_manifest/';
+
 -- The alternative, Athena engine v3 only: a native Delta Lake table reads the Delta log itself (no manifests, no
 -- partitions to register; Athena takes the schema from the log). Redshift Spectrum and older engines need the
 -- symlink tables above.

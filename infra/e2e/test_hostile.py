@@ -17,11 +17,10 @@ import unittest
 from collections import Counter
 from pathlib import Path
 
-import boto3
 from deltalake import DeltaTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pipeline import BIN, PY, ROOT, stack_up  # noqa: E402
+from test_pipeline import BIN, PY, ROOT, stack_client, stack_up  # noqa: E402
 
 FIRST = 1_000_000  # offsets of the hostile batch: after the fleet's (Kafka offsets need not be contiguous)
 
@@ -58,8 +57,7 @@ class HostileCorpus(unittest.TestCase):
 
     @classmethod
     def client(cls, name):
-        return boto3.client(name, endpoint_url=cls.names["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                            aws_access_key_id=cls.names["AWS_ACCESS_KEY_ID"], aws_secret_access_key=cls.names["AWS_SECRET_ACCESS_KEY"])
+        return stack_client(cls.names, name)
 
     @classmethod
     def table(cls, name, columns):

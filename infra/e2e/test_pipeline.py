@@ -20,6 +20,8 @@ from pathlib import Path
 import boto3
 from deltalake import DeltaTable
 
+from analysts import AnalystQueries, DashboardChecks
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("FLEETLAKE_BIN_DIR") or ROOT / "target" / "debug")
 PY = sys.executable
@@ -47,7 +49,13 @@ def stack_up(prefix, weather=True, host="127.0.0.1", enforce_iam=False):
     return tmp, env, stack_env, dict(line.split("=", 1) for line in stack_env.read_text().split())
 
 
-class Pipeline(unittest.TestCase):
+def stack_client(names, service):
+    """A boto3 client of the local stack, with the administrator's credentials of its settings."""
+    return boto3.client(service, endpoint_url=names["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                        aws_access_key_id=names["AWS_ACCESS_KEY_ID"], aws_secret_access_key=names["AWS_SECRET_ACCESS_KEY"])
+
+
+class Pipeline(AnalystQueries, DashboardChecks, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp, cls.env, cls.stack_env, cls.names = stack_up("fleetlake-e2e-", enforce_iam=True)
@@ -75,8 +83,7 @@ class Pipeline(unittest.TestCase):
 
     @classmethod
     def client(cls, name):
-        return boto3.client(name, endpoint_url=cls.names["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                            aws_access_key_id=cls.names["AWS_ACCESS_KEY_ID"], aws_secret_access_key=cls.names["AWS_SECRET_ACCESS_KEY"])
+        return stack_client(cls.names, name)
 
     @classmethod
     def table(cls, name):
@@ -92,7 +99,7 @@ class Pipeline(unittest.TestCase):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=cls.names["LAKE_BUCKET"]):
             objects.update({o["Key"]: o["ETag"] for o in page.get("Contents", [])})
         items = cls.client("dynamodb").scan(TableName=cls.names["PREDICTIONS_TABLE"])["Items"]
-        versions = {t: cls.table(t).version() for t in ("locations", "performance_stats", "transport_units")}
+        versions = {t: cls.table(t).version() for t in ("locations", "performance_stats", "transport_units", "predictions")}
         return {"objects": objects, "items": sorted(json.dumps(i, sort_keys=True) for i in items), "versions": versions}
 
     def test_every_valid_position_is_in_bronze_exactly_once(self):

@@ -71,8 +71,13 @@ echo
 echo "     curl -s '$api/units/$unit/predictions?limit=2'   (then &next=<the answer's next>)"
 
 echo
+echo "==> the dashboard: the shipped Athena queries on DuckDB over the manifests' files, and the latest predictions"
+.venv/bin/python infra/local/dashboard.py --stack-env .local/stack.env --out .local/dashboard.html
+
+echo
 echo "done in $(( $(date +%s) - started )) s. The local stack is still up (settings in .local/stack.env); stop it with: make down"
 cat <<'TXT'
-Query the tables (docs/local-stack.md, "Reading the lake locally"):
+Query the tables (docs/local-stack.md, "Reading the lake locally"; docs/analysts.md):
   set -a; . .local/stack.env; set +a; .venv/bin/python infra/local/query.py
+  .venv/bin/python infra/local/lake_sql.py --list      (the shipped Athena queries, run on DuckDB)
 TXT

@@ -15,7 +15,7 @@ pub(crate) struct Config {
     /// `GLUE_DATABASE` (required): the Glue database of the bronze tables.
     pub(crate) glue_database: String,
     /// `GLUE_TABLES` (default `locations=bronze_locations,performance_stats=bronze_performance_stats,
-    /// transport_units=bronze_transport_units`): the Glue table of each bronze table.
+    /// transport_units=bronze_transport_units,predictions=bronze_predictions`): the Glue table of each bronze table.
     pub(crate) glue_tables: HashMap<&'static str, String>,
     /// deltalake storage options from `AWS_ENDPOINT_URL` and `AWS_REGION`.
     pub(crate) storage_options: HashMap<String, String>,
@@ -30,7 +30,8 @@ const MAX_S3_CONCURRENCY: usize = 64;
 
 /// The default Glue table names: `bronze_<table>`.
 pub(crate) const DEFAULT_GLUE_TABLES: &str =
-    "locations=bronze_locations,performance_stats=bronze_performance_stats,transport_units=bronze_transport_units";
+    "locations=bronze_locations,performance_stats=bronze_performance_stats,transport_units=bronze_transport_units,\
+     predictions=bronze_predictions";
 
 fn glue_name_ok(name: &str) -> bool {
     (1..=255).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -82,7 +83,7 @@ mod tests {
         let cfg =
             Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("GLUE_DATABASE", "fleetlake")])).unwrap();
         assert_eq!(cfg.glue_tables["locations"], "bronze_locations");
-        assert_eq!(cfg.glue_tables.len(), 3);
+        assert_eq!(cfg.glue_tables.len(), 4);
         assert_eq!(cfg.s3_concurrency, 16);
         for (var, value) in [
             ("S3_CONCURRENCY", "0"),

@@ -22,6 +22,9 @@ pub(crate) struct Config {
     pub(crate) bucket: BucketName,
     /// `BRONZE_PREFIX` (default `bronze/`): where the Delta tables live.
     pub(crate) bronze_prefix: Prefix,
+    /// `LANDING_PREFIX` (default `landing/`): where the record of served predictions is landed
+    /// (`<landing>predictions/`, appended to `bronze/predictions` by delta-writer).
+    pub(crate) landing_prefix: Prefix,
     /// `PREDICTIONS_TABLE` (required): the DynamoDB table.
     pub(crate) predictions_table: String,
     /// `MODEL_URI` (default: the shipped model).
@@ -76,6 +79,7 @@ impl Config {
         Ok(Self {
             bucket: BucketName::parse("LAKE_BUCKET", env.required("LAKE_BUCKET")?)?,
             bronze_prefix: Prefix::parse("BRONZE_PREFIX", env.get("BRONZE_PREFIX").unwrap_or("bronze/"))?,
+            landing_prefix: Prefix::parse("LANDING_PREFIX", env.get("LANDING_PREFIX").unwrap_or("landing/"))?,
             predictions_table,
             model: ModelSource::parse(env.get("MODEL_URI"))?,
             ttl_days,
@@ -99,7 +103,7 @@ mod tests {
     fn defaults_model_sources_and_errors_name_the_variable() {
         let cfg = Config::from_env(&env(&[])).unwrap();
         assert_eq!((cfg.model.clone(), cfg.ttl_days, cfg.stats_lookback_days), (ModelSource::Shipped, 7, 7));
-        assert_eq!(cfg.bronze_prefix.as_str(), "bronze/");
+        assert_eq!((cfg.bronze_prefix.as_str(), cfg.landing_prefix.as_str()), ("bronze/", "landing/"));
         let cfg = Config::from_env(&env(&[("MODEL_URI", "s3://models/fuel-24h/v3/model.onnx")])).unwrap();
         assert_eq!(cfg.model, ModelSource::S3 { bucket: "models".into(), key: "fuel-24h/v3/model.onnx".into() });
         let cfg = Config::from_env(&env(&[("MODEL_URI", "/opt/models/fuel-24h/model.onnx")])).unwrap();

@@ -1,5 +1,5 @@
 //! The predictor's handler: a `bronze/locations` commit (or a scheduled full refresh) → per-unit features →
-//! the ONNX model → one prediction per unit in DynamoDB.
+//! the ONNX model → one prediction per unit in DynamoDB, and the record of what was served (`record`).
 //!
 //! **Commit trigger** (S3 notification of `bronze/locations/_delta_log/<version>.json`, through SNS and SQS): the
 //! commit's `add` actions name the new data files. Every unit with a position in them gets a prediction, made at
@@ -35,6 +35,7 @@ use tokio::sync::Mutex;
 use tracing::{error, info, instrument, warn};
 
 use crate::config::Config;
+use crate::record::{self, Scope};
 use crate::source::{commit_adds, read_figures, read_tracks, DataFile, Figures, ReadError, Track};
 
 /// The stage name in logs and metrics.
@@ -290,7 +291,7 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
             }
         }
     }
-    let (units, skipped, written) = predict(deps, tracks, version, deadline).await?;
+    let (units, skipped, written) = predict(deps, tracks, Scope::Commit, version, deadline).await?;
     done.units = units;
     done.skipped = skipped;
     done.written = written;
@@ -326,7 +327,7 @@ async fn refresh(deps: &Deps, deadline: Instant) -> Result<(u64, Done), PredictE
     done.positions = tracks.values().map(|t| t.positions.len() as u64).sum();
     done.context_files = files.len() as u64;
     tracks.retain(|_, t| t.latest().is_some_and(|l| l >= active_from));
-    let (units, skipped, written) = predict(deps, tracks, version, deadline).await?;
+    let (units, skipped, written) = predict(deps, tracks, Scope::Refresh, version, deadline).await?;
     done.units = units;
     done.skipped = skipped;
     done.written = written;
@@ -344,12 +345,14 @@ fn date_of(ts_us: i64) -> NaiveDate {
     DateTime::from_timestamp_micros(ts_us).unwrap_or_default().date_naive()
 }
 
-/// Features → model → items, written to the predictions table. A unit whose features or value are not finite
+/// Features → model → items, written to the predictions table and landed as the record of what was served
+/// ([`record`]). A unit whose features or value are not finite
 /// numbers gets no item (DynamoDB refuses the whole batch of an item holding one): it is counted and logged.
 /// Returns the units predicted, the units skipped and what the write did.
 async fn predict(
     deps: &Deps,
     tracks: HashMap<String, Track>,
+    scope: Scope,
     source_version: u64,
     deadline: Instant,
 ) -> Result<(u64, u64, WriteStats), PredictError> {
@@ -415,7 +418,12 @@ async fn predict(
             })
         })
         .collect();
-    let stats = deps.predictions.write(&predictions, deadline).await?;
+    let unstored = deps.predictions.unstored(&predictions, deadline).await?;
+    let stats = deps.predictions.write_unstored(&unstored, deadline).await?;
+    // The record of what this table version put in DynamoDB: now, or in an earlier attempt that failed before
+    // landing it (its object is then missing; when it is there, the create-only PUT leaves it).
+    let served: Vec<&Prediction> = unstored.fresh.iter().chain(&unstored.same_version).copied().collect();
+    record::land(&deps.store, &deps.config.landing_prefix, scope, source_version, &predictions, &served).await?;
     Ok((predictions.len() as u64, skipped, stats))
 }
 

@@ -3,6 +3,7 @@
 
 mod config;
 mod handler;
+mod record;
 mod source;
 
 use fleetlake_core::config::Env;

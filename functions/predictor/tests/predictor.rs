@@ -108,6 +108,38 @@ impl Env {
         json!({"Records": records})
     }
 
+    /// The record of what was served: every object under `landing/predictions/`, with its ETag and its lines as
+    /// (unit, predicted_at, value, source_version).
+    async fn records(&self) -> BTreeMap<String, (String, Vec<(String, String, f64, u64)>)> {
+        use std::io::Read as _;
+        let s3 = self.moto.s3();
+        let listed = s3.list_objects_v2().bucket(&self.bucket).prefix("landing/predictions/").send().await.unwrap();
+        let mut out = BTreeMap::new();
+        for o in listed.contents() {
+            let key = o.key().unwrap().to_owned();
+            let got = s3.get_object().bucket(&self.bucket).key(&key).send().await.unwrap();
+            let etag = got.e_tag().unwrap().to_owned();
+            let gz = got.body.collect().await.unwrap().into_bytes();
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut text).unwrap();
+            let lines = text
+                .lines()
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    let s = |k: &str| v[k].as_str().unwrap().to_owned();
+                    (
+                        s("transport_unit_id"),
+                        s("predicted_at"),
+                        v["value"].as_f64().unwrap(),
+                        v["source_version"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            out.insert(key, (etag, lines));
+        }
+        out
+    }
+
     /// Every item: (unit, predicted_at) → item.
     async fn items(&self) -> BTreeMap<(String, String), BTreeMap<String, AttributeValue>> {
         let out = self.dynamodb.scan().table_name(&self.table).send().await.unwrap();
@@ -301,6 +333,48 @@ async fn a_scheduled_refresh_covers_every_active_unit_and_an_older_commit_never_
         .await
         .unwrap();
     assert_eq!(latest.items()[0]["predicted_at"].as_s().unwrap(), "2026-11-24T10:00:00.000000Z");
+}
+
+/// The record of what was served (`landing/predictions/`, appended to `bronze/predictions` by delta-writer): landed
+/// after DynamoDB took the items, never for predictions DynamoDB did not take, once per commit however often it
+/// is delivered.
+#[tokio::test]
+async fn the_record_of_what_was_served_is_landed_once_after_dynamodb_took_the_items() {
+    let mut env = Env::new().await;
+    env.stats(&STATS).await;
+    env.positions(&EARLIER).await;
+    let latest = env.positions(&LATEST).await;
+    let commit = env.commits_event(&[("locations", latest)]);
+
+    // DynamoDB unreachable (a closed port), S3 as usual: the message fails, and nothing is recorded.
+    let closed = format!("http://127.0.0.1:{}", fleetlake_testkit::free_port());
+    let mut broken = env.start(&[("AWS_ENDPOINT_URL_DYNAMODB", closed.as_str())]).await;
+    let inv = broken.invoke(&commit).await;
+    assert_eq!(inv.outcome, Ok(json!({"batchItemFailures": [{"itemIdentifier": "m0"}]})), "{}", broken.stderr());
+    assert!(env.items().await.is_empty());
+    assert!(env.records().await.is_empty(), "predictions DynamoDB never took are not in the record");
+    drop(broken);
+
+    // Lambda's retry, with DynamoDB back: the items, and their record.
+    let mut predictor = env.start(&[]).await;
+    let inv = predictor.invoke(&commit).await;
+    assert_eq!(inv.outcome, Ok(json!({"batchItemFailures": []})), "{}", predictor.stderr());
+    let items = env.items().await;
+    let records = env.records().await;
+    let key = format!("landing/predictions/dt=2026-11-24/predictor-commit-{latest:020}.ndjson.gz");
+    assert_eq!(records.keys().collect::<Vec<_>>(), [&key]);
+    let recorded: BTreeMap<(String, String), (f64, u64)> =
+        records[&key].1.iter().map(|(u, t, v, s)| ((u.clone(), t.clone()), (*v, *s))).collect();
+    let stored: BTreeMap<(String, String), (f64, u64)> = items
+        .iter()
+        .map(|(k, i)| (k.clone(), (num(&i["value"]), i["source_version"].as_n().unwrap().parse().unwrap())))
+        .collect();
+    assert_eq!(recorded, stored);
+
+    // Delivered again: the object is left as it was, and no other is written.
+    let replay = predictor.invoke(&commit).await;
+    assert_eq!(replay.outcome, Ok(json!({"batchItemFailures": []})));
+    assert_eq!(env.records().await, records);
 }
 
 #[tokio::test]

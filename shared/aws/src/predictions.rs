@@ -92,6 +92,25 @@ impl Prediction {
         item
     }
 
+    /// The prediction as a line of `landing/predictions/` (the record of what was served, which delta-writer
+    /// appends to `bronze/predictions`): the item's attributes but the TTL, with the features as a JSON object in
+    /// a string.
+    pub fn record_line(&self) -> Vec<u8> {
+        let features: serde_json::Map<String, serde_json::Value> =
+            self.features.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+        let line = serde_json::json!({
+            "transport_unit_id": self.transport_unit_id,
+            "predicted_at": self.predicted_at,
+            "target": self.target,
+            "value": self.value,
+            "unit": self.unit,
+            "model_version": self.model_version,
+            "features": serde_json::Value::Object(features).to_string(),
+            "source_version": self.source_version,
+        });
+        serde_json::to_vec(&line).unwrap_or_else(|_| unreachable!("a JSON value serialises"))
+    }
+
     /// A stored item, read back; the attribute that is missing or of the wrong type when it is not one.
     pub fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Self, String> {
         let get = |k: &str| item.get(k).ok_or_else(|| format!("attribute {k} is missing"));
@@ -177,6 +196,18 @@ pub struct WriteStats {
     pub retried_items: u64,
 }
 
+/// The predictions of a set that the table does not hold yet, and how many it holds already.
+#[derive(Debug, Default)]
+pub struct Unstored<'a> {
+    /// Not in the table from this or a newer `source_version`: to be written.
+    pub fresh: Vec<&'a Prediction>,
+    /// In the table from this very `source_version` already (a replay, or an earlier attempt that failed after
+    /// writing them): left alone.
+    pub same_version: Vec<&'a Prediction>,
+    /// Already in from this or a newer `source_version`: left alone.
+    pub kept: u64,
+}
+
 /// The predictions table.
 #[derive(Debug, Clone)]
 pub struct PredictionStore {
@@ -205,23 +236,42 @@ impl PredictionStore {
 
     /// Writes the predictions that are not already in from this or a newer `source_version`; retries
     /// unprocessed items with backoff until `deadline`, then fails.
-    #[instrument(skip(self, predictions), fields(table = %self.table, predictions = predictions.len()))]
     pub async fn write(&self, predictions: &[Prediction], deadline: Instant) -> Result<WriteStats, PredictionsError> {
-        let mut stats = WriteStats::default();
+        let fresh = self.unstored(predictions, deadline).await?;
+        self.write_unstored(&fresh, deadline).await
+    }
+
+    /// The predictions that are not already in from this or a newer `source_version` (one BatchGetItem per 100
+    /// keys): what [`PredictionStore::write_unstored`] writes.
+    pub async fn unstored<'a>(
+        &self,
+        predictions: &'a [Prediction],
+        deadline: Instant,
+    ) -> Result<Unstored<'a>, PredictionsError> {
         let stored = self.stored_versions(predictions, deadline).await?;
-        let fresh: Vec<&Prediction> = predictions
-            .iter()
-            .filter(|p| {
-                let keep = stored
-                    .get(&(p.transport_unit_id.clone(), p.predicted_at.clone()))
-                    .is_some_and(|v| *v >= p.source_version);
-                if keep {
-                    stats.kept += 1;
+        let mut out = Unstored::default();
+        for p in predictions {
+            match stored.get(&(p.transport_unit_id.clone(), p.predicted_at.clone())) {
+                Some(v) if *v > p.source_version => out.kept += 1,
+                Some(v) if *v == p.source_version => {
+                    out.kept += 1;
+                    out.same_version.push(p);
                 }
-                !keep
-            })
-            .collect();
-        for chunk in fresh.chunks(WRITE_CHUNK) {
+                _ => out.fresh.push(p),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes what [`PredictionStore::unstored`] found missing.
+    #[instrument(skip_all, fields(table = %self.table, predictions = unstored.fresh.len()))]
+    pub async fn write_unstored(
+        &self,
+        unstored: &Unstored<'_>,
+        deadline: Instant,
+    ) -> Result<WriteStats, PredictionsError> {
+        let mut stats = WriteStats { kept: unstored.kept, ..WriteStats::default() };
+        for chunk in unstored.fresh.chunks(WRITE_CHUNK) {
             let mut pending: Vec<WriteRequest> = chunk
                 .iter()
                 .filter_map(|p| PutRequest::builder().set_item(Some(p.item())).build().ok())

@@ -58,7 +58,7 @@ pub use self::spec::{
     column, glue_schema, identity_columns, is_unit_id, Check, Column, EventWindow, Kind, Layout, Partitioning,
     TableSpec, Zone, ADDED_FIELDS, CHANGE_COLUMNS, DAYS_RANGE, EVENT_TIME_MAX_AGE_DAYS, EVENT_TIME_MAX_AHEAD_HOURS,
     EXTRA, LINEAGE_COLUMNS, LOCATIONS, MAX_FIELDS, MAX_LINE_MEMBERS, MAX_TEXT_BYTES, MICROS_RANGE, PERFORMANCE_STATS,
-    TABLES, TRANSPORT_TYPES, TRANSPORT_UNITS, UNIT_ID, WEATHER_COLUMNS, WEATHER_STATUSES,
+    PREDICTIONS, TABLES, TRANSPORT_TYPES, TRANSPORT_UNITS, UNIT_ID, WEATHER_COLUMNS, WEATHER_STATUSES,
 };
 // The other stages' validators read values through the same cell reader.
 pub(crate) use self::cells::{read_cell, rfc3339_micros_fast, Cell};

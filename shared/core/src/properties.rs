@@ -11,7 +11,8 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 use crate::bronze::{
-    kafka_group, Converter, EventWindow, IdKind, LineOrigin, Lineage, LOCATIONS, PERFORMANCE_STATS, TRANSPORT_UNITS,
+    kafka_group, Converter, EventWindow, IdKind, LineOrigin, Lineage, LOCATIONS, PERFORMANCE_STATS, TABLES,
+    TRANSPORT_UNITS,
 };
 use crate::cdc::parse_change;
 use crate::enrich::{prepare, LineSource};
@@ -164,7 +165,7 @@ proptest! {
     fn the_converter_accepts_or_refuses_every_line_with_a_reason(lines in proptest::collection::vec(line(), 1..8)) {
         let named = BatchName::from_key(origin().key).ok_or_else(|| TestCaseError::fail("not a batch name"))?;
         for lineage in [Lineage::Vouched, Lineage::Batch(&named), Lineage::File] {
-            for spec in [&LOCATIONS, &PERFORMANCE_STATS, &TRANSPORT_UNITS] {
+            for spec in TABLES {
                 let mut c = Converter::new(spec).with_window(EventWindow::default(), 1_795_478_400_000_000);
                 let mut accepted = 0;
                 for l in &lines {
@@ -280,7 +281,7 @@ proptest! {
         text.extend(serde_json::to_vec(&json!({"add": {"path": "event_date=2026-11-24/x.parquet", "partitionValues": values, "dataChange": true}})).unwrap_or_default());
         text.extend(b"\n{\"remove\":{\"path\":\"event_date=2026-11-2");
         let shorter = &text[..cut.index(text.len().max(1)).min(text.len())];
-        for spec in [&LOCATIONS, &PERFORMANCE_STATS, &TRANSPORT_UNITS] {
+        for spec in TABLES {
             for t in [&text[..], shorter] {
                 if let Err(reason) = touched_partitions(spec, t) {
                     prop_assert!(!reason.is_empty());

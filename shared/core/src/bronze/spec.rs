@@ -368,8 +368,31 @@ pub const TRANSPORT_UNITS: TableSpec = TableSpec {
     partitioning: None,
 };
 
+/// `bronze/predictions`: every prediction the predictor served, with its features and model version, partitioned
+/// by the UTC date of `predicted_at`. The predictor lands each set of new predictions under
+/// `landing/predictions/`, and delta-writer appends them like any landed file (identity: object, ETag, line).
+pub const PREDICTIONS: TableSpec = TableSpec {
+    name: "predictions",
+    input: (Zone::Landing, "predictions"),
+    layout: Layout::Record,
+    data: &[
+        req("transport_unit_id", Kind::Utf8, UNIT_ID),
+        // The time of the position the prediction was made from: an accepted position's, so no window.
+        req("predicted_at", Kind::Timestamp, Check::None),
+        req("target", Kind::Utf8, Check::Id(1, 64)),
+        req("value", Kind::Float64, Check::None),
+        req("unit", Kind::Utf8, Check::Id(1, 16)),
+        req("model_version", Kind::Utf8, Check::Id(1, 128)),
+        // The features by name, as a JSON object.
+        req("features", Kind::Utf8, Check::Len(2, MAX_TEXT_BYTES)),
+        // The `bronze/locations` version the prediction was made from.
+        req("source_version", Kind::Int64, Check::Range(0.0, 9.0e15)),
+    ],
+    partitioning: Some(Partitioning { column: "predicted_date", from: "predicted_at" }),
+};
+
 /// Every bronze table.
-pub const TABLES: [&TableSpec; 3] = [&LOCATIONS, &PERFORMANCE_STATS, &TRANSPORT_UNITS];
+pub const TABLES: [&TableSpec; 4] = [&LOCATIONS, &PERFORMANCE_STATS, &TRANSPORT_UNITS, &PREDICTIONS];
 
 impl TableSpec {
     /// Every column in table order, `_extra` included, as (name, kind, nullable).

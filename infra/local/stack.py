@@ -128,8 +128,8 @@ def bootstrap(endpoint):
         c["glue"].create_database(DatabaseInput={"Name": db, "Description": "fleetlake bronze tables (Delta Lake on S3)"})
     except c["glue"].exceptions.AlreadyExistsException:
         pass
-    for t in d.get("glue_tables", []):
-        table_input = glue_table_input(t, bucket, d["bucket"]["prefixes"]["bronze"])
+    tables = [glue_table_input(t, bucket, d["bucket"]["prefixes"]["bronze"]) for t in d.get("glue_tables", [])]
+    for table_input in tables + template_views(db):
         try:
             c["glue"].create_table(DatabaseName=db, TableInput=table_input)
         except c["glue"].exceptions.AlreadyExistsException:
@@ -166,6 +166,22 @@ def glue_table_input(t, bucket, bronze_prefix):
             "Columns": [{"Name": n, "Type": ty} for n, ty in t["columns"]],
         },
     }
+
+
+def template_views(database):
+    """The analysts' views as template.yaml defines them (Glue tables of type VIRTUAL_VIEW, generated from
+    infra/athena/views), with the template's intrinsics resolved for `database`."""
+    import base64
+
+    views = []
+    for r in load_template(ROOT / "template.yaml")["Resources"].values():
+        table = r.get("Properties", {}).get("TableInput", {})
+        if r["Type"] != "AWS::Glue::Table" or table.get("TableType") != "VIRTUAL_VIEW":
+            continue
+        head, encoded, tail = table["ViewOriginalText"]["Fn::Join"][1]
+        text = encoded["Fn::Base64"]["Fn::Sub"].replace("${GlueDatabase}", database)
+        views.append(dict(table, ViewOriginalText=head + base64.b64encode(text.encode()).decode() + tail))
+    return views
 
 
 def wait_http(url, what, seconds=60, proc=None, log=None):
@@ -517,7 +533,7 @@ def report(args):
     options = {"AWS_ENDPOINT_URL": env["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": env["AWS_REGION"],
                "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}
     print("\nbronze Delta tables (read with the Python deltalake package)")
-    for table in ("locations", "performance_stats", "transport_units"):
+    for table in ("locations", "performance_stats", "transport_units", "predictions"):
         try:
             dt_ = DeltaTable(f"s3://{bucket}/bronze/{table}", storage_options=options)
         except Exception as e:  # noqa: BLE001 - a table not written yet is reported, not fatal
@@ -528,6 +544,9 @@ def report(args):
     db = env["GLUE_DATABASE"]
     print(f"\nGlue database {db}")
     for t in c["glue"].get_tables(DatabaseName=db)["TableList"]:
+        if t.get("TableType") == "VIRTUAL_VIEW":
+            print(f"  {t['Name']:<26} view")
+            continue
         parts = c["glue"].get_partitions(DatabaseName=db, TableName=t["Name"])["Partitions"]
         values = sorted(p["Values"][0] for p in parts)
         shown = ", ".join(values[:4]) + (" …" if len(values) > 4 else "")

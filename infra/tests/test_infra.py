@@ -580,6 +580,16 @@ class LocalStackOnMoto(unittest.TestCase):
         loc = c["glue"].get_table(DatabaseName="fleetlake", Name="bronze_locations")["Table"]
         self.assertEqual([k["Name"] for k in loc["PartitionKeys"]], ["event_date"])
         self.assertEqual(loc["StorageDescriptor"]["Location"], f"s3://{bucket}/bronze/locations/_symlink_format_manifest/")
+        # The analysts' views, as the deployment creates them: each one's SQL is its file's.
+        import base64
+        import lake_sql
+        views = {t["Name"]: t for t in c["glue"].get_tables(DatabaseName="fleetlake")["TableList"]
+                 if t.get("TableType") == "VIRTUAL_VIEW"}
+        self.assertEqual(set(views), {v.name for v in lake_sql.views()})
+        for v in lake_sql.views():
+            text = views[v.name]["ViewOriginalText"]
+            doc = json.loads(base64.b64decode(text.removeprefix("/* Presto View: ").removesuffix(" */")))
+            self.assertEqual((doc["originalSql"], doc["schema"]), (v.text, "fleetlake"))
         queue = c["sqs"].get_queue_url(QueueName="fleetlake-delta-writer")["QueueUrl"]
         redrive = json.loads(c["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
         self.assertTrue(redrive["deadLetterTargetArn"].endswith(":fleetlake-delta-writer-dlq"))

@@ -12,6 +12,7 @@ import gzip
 import json
 import subprocess
 import unittest
+from collections import Counter
 
 from analysts import assert_views_replay, local_engine
 from test_pipeline import BIN, PY, ROOT, stack_client, stack_up
@@ -139,3 +140,96 @@ class ChangeLogViews(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PredictionRecordWithRefreshes(unittest.TestCase):
+    """bronze/predictions holds each write to DynamoDB once, with scheduled refreshes in the mix: a small fleet
+    through the pipeline, then the hourly refresh twice at the same table version (the second finds every item in
+    place). Each item is its key's newest record row, nothing is recorded that DynamoDB was not given, no write is
+    recorded twice, and the second refresh adds nothing."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp, cls.env, cls.stack_env, cls.names = stack_up("fleetlake-e2e-record-", enforce_iam=True)
+        day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+        subprocess.run([PY, ROOT / "infra/local/fleet.py", "--out", cls.tmp / "fleet", "--units", "6", "--hours", "6",
+                        "--day", day], check=True, stdout=subprocess.DEVNULL)
+        cls.route("--msk-dir", cls.tmp / "fleet" / "msk")
+        # One unit reports once more, in a file of its own: the latest commit predicts that unit only, so the
+        # refresh at that version predicts every other unit's latest position again, from a newer version.
+        expected = json.loads((cls.tmp / "fleet" / "expected.json").read_text())
+        unit, ts = max(expected["positions"], key=lambda p: p[1])
+        later = (dt.datetime.fromisoformat(ts.replace("Z", "+00:00")) + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        line = {"transport_unit_id": unit, "ts": later, "lat": 50.0, "lon": 8.0, "transport_type": expected["units"][unit]}
+        stack_client(cls.names, "s3").put_object(Bucket=cls.names["LAKE_BUCKET"],
+                                                 Key=f"landing/locations/dt={day}/late-report.ndjson.gz",
+                                                 Body=gzip.compress(json.dumps(line).encode() + b"\n"))
+        cls.route()
+        cls.before = cls.recorded()
+        schedule = ROOT / "events/predictor/schedule.json"
+        cls.refreshes = []
+        for _ in range(2):
+            cls.refreshes.append(json.loads(cls.router("--invoke", "predictor", "--event", schedule).stdout))
+            cls.route()
+            cls.refreshes[-1]["record"] = cls.recorded()
+
+    @classmethod
+    def tearDownClass(cls):
+        subprocess.run([PY, ROOT / "infra/local/stack.py", "down"], env=cls.env, check=False)
+
+    @classmethod
+    def router(cls, *args):
+        out = subprocess.run([BIN / "fleetlake-router", "--stack-env", cls.stack_env, "--binaries", BIN, *args],
+                             cwd=ROOT, env=cls.env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise AssertionError(f"router failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        return out
+
+    @classmethod
+    def route(cls, *args):
+        cls.router("--idle-seconds", "2", "--timeout-seconds", "180", *args)
+
+    @classmethod
+    def recorded(cls):
+        from deltalake import DeltaTable
+        options = {"AWS_ENDPOINT_URL": cls.names["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+                   "AWS_ACCESS_KEY_ID": cls.names["AWS_ACCESS_KEY_ID"],
+                   "AWS_SECRET_ACCESS_KEY": cls.names["AWS_SECRET_ACCESS_KEY"]}
+        t = DeltaTable(f"s3://{cls.names['LAKE_BUCKET']}/bronze/predictions", storage_options=options)
+        rows = t.to_pyarrow_table(columns=["transport_unit_id", "predicted_at", "source_version", "value",
+                                           "_file"]).to_pylist()
+        return {"version": t.version(), "rows": rows}
+
+    def items(self):
+        items = stack_client(self.names, "dynamodb").scan(TableName=self.names["PREDICTIONS_TABLE"])["Items"]
+        at = lambda s: dt.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+        return {(i["transport_unit_id"]["S"], at(i["predicted_at"]["S"])):
+                (int(i["source_version"]["N"]), float(i["value"]["N"])) for i in items}
+
+    def test_the_refresh_wrote_and_recorded_predictions(self):
+        first = self.refreshes[0]
+        self.assertTrue(first["answer"]["refresh"], first)
+        self.assertGreater(first["answer"]["predictions"], 0)
+        self.assertGreater(len(first["record"]["rows"]), len(self.before["rows"]), "the refresh's writes were recorded")
+        self.assertTrue(any("predictor-refresh-" in r["_file"] for r in first["record"]["rows"]))
+
+    def test_each_item_is_its_keys_newest_record_row_and_nothing_else_is_recorded(self):
+        items, rows = self.items(), self.refreshes[-1]["record"]["rows"]
+        newest = {}
+        for r in rows:
+            k = (r["transport_unit_id"], r["predicted_at"])
+            self.assertIn(k, items, "a recorded prediction DynamoDB never held")
+            self.assertLessEqual(r["source_version"], items[k][0], "recorded from a version DynamoDB never held")
+            if k not in newest or r["source_version"] > newest[k]["source_version"]:
+                newest[k] = r
+        self.assertEqual({k: (r["source_version"], r["value"]) for k, r in newest.items()}, items)
+
+    def test_each_write_is_recorded_once(self):
+        rows = self.refreshes[-1]["record"]["rows"]
+        writes = Counter((r["transport_unit_id"], r["predicted_at"], r["source_version"]) for r in rows)
+        self.assertEqual([w for w, n in writes.items() if n > 1], [])
+
+    def test_a_second_refresh_of_the_same_version_adds_nothing(self):
+        first, second = self.refreshes
+        self.assertEqual(second["answer"]["source_version"], first["answer"]["source_version"])
+        self.assertEqual(second["record"]["version"], first["record"]["version"])

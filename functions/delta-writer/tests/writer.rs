@@ -365,9 +365,19 @@ async fn eight_concurrent_writers_commit_every_row_once_with_contiguous_versions
     let mut jobs = keys.clone();
     jobs.push(keys[0].clone());
     jobs.push(keys[1].clone());
+    // The writers race for each log version with create-only PUTs: through the serialising proxy, which makes
+    // each one atomic as S3 does (moto alone can let two win under load).
+    let proxy = fleetlake_testkit::serialising_proxy(env.moto.endpoint.clone()).await;
+    let through_proxy: Vec<(String, String)> = env
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), if k == "AWS_ENDPOINT_URL" { proxy.clone() } else { v.clone() }))
+        .collect();
     let mut writers = Vec::new();
     for _ in &jobs {
-        writers.push(env.writer().await);
+        writers.push(
+            LambdaHarness::start(Path::new(env!("CARGO_BIN_EXE_delta-writer")), "delta-writer", &through_proxy).await,
+        );
     }
     let runs = writers.iter_mut().zip(&jobs).enumerate().map(|(i, (w, key))| {
         let event = env.sqs(&[(&format!("m{i}"), &[key.as_str()])]);

@@ -418,12 +418,14 @@ async fn predict(
             })
         })
         .collect();
-    let unstored = deps.predictions.unstored(&predictions, deadline).await?;
+    // Items carry the record object they belong in, so that a retry lands its own earlier writes, never another's.
+    let record_key = record::record_key(&deps.config.landing_prefix, scope, source_version, &predictions);
+    let unstored = deps.predictions.unstored(&predictions, Some(&record_key), deadline).await?;
     let stats = deps.predictions.write_unstored(&unstored, deadline).await?;
-    // The record of what this table version put in DynamoDB: now, or in an earlier attempt that failed before
-    // landing it (its object is then missing; when it is there, the create-only PUT leaves it).
+    // The record of what this run put in DynamoDB: now, or in an earlier attempt that failed before landing it
+    // (its object is then missing; when it is there, the create-only PUT leaves it).
     let served: Vec<&Prediction> = unstored.fresh.iter().chain(&unstored.same_version).copied().collect();
-    record::land(&deps.store, &deps.config.landing_prefix, scope, source_version, &predictions, &served).await?;
+    record::land(&deps.store, &record_key, &served).await?;
     Ok((predictions.len() as u64, skipped, stats))
 }
 

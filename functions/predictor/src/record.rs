@@ -4,11 +4,11 @@
 //!
 //! It is landed after DynamoDB is written, so it never holds a prediction that was not served. The object is written
 //! create-only under a name fixed by what it answers (a commit of `bronze/locations`, or a scheduled refresh of one
-//! of its versions), dated by the whole set computed (the same on every attempt). A retry after a failure between
-//! DynamoDB and the landing finds its predictions in DynamoDB at this version and lands them then; a replay finds
-//! the object in place and leaves it. A commit and a refresh of the same version both land the predictions they
-//! share: the record holds every write at least once, and readers count `(transport_unit_id, predicted_at,
-//! source_version)` once.
+//! of its versions), dated by the whole set computed (the same on every attempt), and each item names the object
+//! (`written_by`). A retry after a failure between DynamoDB and the landing finds its own items in DynamoDB and
+//! lands them then; a replay finds the object in place and leaves it; items another run wrote are never landed
+//! again here. So the record holds each write to DynamoDB once, unless the landing of a retry recomputed values
+//! after the table moved on (it lands what it computed, not what the first attempt wrote).
 
 use std::io::Write as _;
 
@@ -53,21 +53,13 @@ pub(crate) fn record_body(predictions: &[&Prediction]) -> Vec<u8> {
     gz.finish().unwrap_or_default()
 }
 
-/// Lands `served`, out of the set `computed` (no prediction served: nothing is written). Returns whether this call
+/// Lands `served` at `key` ([`record_key`]; no prediction served: nothing is written). Returns whether this call
 /// created the object.
-pub(crate) async fn land(
-    store: &S3Store,
-    landing: &Prefix,
-    scope: Scope,
-    source_version: u64,
-    computed: &[Prediction],
-    served: &[&Prediction],
-) -> Result<bool, fleetlake_aws::Error> {
+pub(crate) async fn land(store: &S3Store, key: &str, served: &[&Prediction]) -> Result<bool, fleetlake_aws::Error> {
     if served.is_empty() {
         return Ok(false);
     }
-    let key = record_key(landing, scope, source_version, computed);
-    let outcome = store.put_if_absent(&key, record_body(served), "application/x-ndjson").await?;
+    let outcome = store.put_if_absent(key, record_body(served), "application/x-ndjson").await?;
     let created = outcome == PutOutcome::Created;
     info!(key, predictions = served.len(), created, "predictions landed for bronze/predictions");
     Ok(created)

@@ -11,7 +11,7 @@ mod proxy;
 mod runtime;
 
 pub use moto::Moto;
-pub use proxy::{forwarding_proxy, BeforeForward};
+pub use proxy::{forwarding_proxy, serialising_proxy, BeforeForward};
 pub use runtime::{Invocation, LambdaHarness};
 
 use std::path::PathBuf;

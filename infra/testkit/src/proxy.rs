@@ -37,6 +37,28 @@ pub async fn forwarding_proxy(target: String, delay: Duration, before: Option<Be
     endpoint
 }
 
+/// Starts a proxy on a free loopback port that forwards every request to `target`, and conditional writes (PUTs
+/// with `If-None-Match` or `If-Match`) one at a time. S3 makes a conditional write atomic; moto checks the condition
+/// and then writes, and under load two create-only PUTs of one key can both succeed (seen in `make test`:
+/// `shared/aws/tests/adapters.rs`). Tests that race writers for one key go through this. Returns its endpoint.
+pub async fn serialising_proxy(target: String) -> String {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("HTTP client");
+    let writes = Arc::new(tokio::sync::Mutex::new(()));
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (http, target, writes) = (http.clone(), target.clone(), writes.clone());
+        async move {
+            let conditional =
+                method == Method::PUT && (headers.contains_key("if-none-match") || headers.contains_key("if-match"));
+            let _one_at_a_time = if conditional { Some(writes.lock().await) } else { None };
+            forward(&http, &target, method, &uri, &headers, body).await
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let endpoint = format!("http://{}", listener.local_addr().expect("the proxy's address"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("the proxy stopped") });
+    endpoint
+}
+
 async fn forward(
     http: &reqwest::Client,
     target: &str,

@@ -76,8 +76,11 @@ impl Prediction {
         ])
     }
 
-    fn item(&self) -> HashMap<String, AttributeValue> {
+    fn item(&self, written_by: Option<&str>) -> HashMap<String, AttributeValue> {
         let mut item = self.key();
+        if let Some(by) = written_by {
+            item.insert("written_by".into(), AttributeValue::S(by.to_owned()));
+        }
         let n = |v: f64| AttributeValue::N(v.to_string());
         item.insert("target".into(), AttributeValue::S(self.target.clone()));
         item.insert("value".into(), n(self.value));
@@ -201,9 +204,11 @@ pub struct WriteStats {
 pub struct Unstored<'a> {
     /// Not in the table from this or a newer `source_version`: to be written.
     pub fresh: Vec<&'a Prediction>,
-    /// In the table from this very `source_version` already (a replay, or an earlier attempt that failed after
-    /// writing them): left alone.
+    /// In the table from this very `source_version`, written by the same writer (`written_by`): a replay, or an
+    /// earlier attempt that failed after writing them. Left alone.
     pub same_version: Vec<&'a Prediction>,
+    /// Who writes them (an attribute of the items: which run of the writer put them there).
+    pub written_by: Option<&'a str>,
     /// Already in from this or a newer `source_version`: left alone.
     pub kept: u64,
 }
@@ -237,25 +242,28 @@ impl PredictionStore {
     /// Writes the predictions that are not already in from this or a newer `source_version`; retries
     /// unprocessed items with backoff until `deadline`, then fails.
     pub async fn write(&self, predictions: &[Prediction], deadline: Instant) -> Result<WriteStats, PredictionsError> {
-        let fresh = self.unstored(predictions, deadline).await?;
+        let fresh = self.unstored(predictions, None, deadline).await?;
         self.write_unstored(&fresh, deadline).await
     }
 
     /// The predictions that are not already in from this or a newer `source_version` (one BatchGetItem per 100
-    /// keys): what [`PredictionStore::write_unstored`] writes.
+    /// keys): what [`PredictionStore::write_unstored`] writes, tagged `written_by` (when given) in the items.
     pub async fn unstored<'a>(
         &self,
         predictions: &'a [Prediction],
+        written_by: Option<&'a str>,
         deadline: Instant,
     ) -> Result<Unstored<'a>, PredictionsError> {
         let stored = self.stored_versions(predictions, deadline).await?;
-        let mut out = Unstored::default();
+        let mut out = Unstored { written_by, ..Unstored::default() };
         for p in predictions {
             match stored.get(&(p.transport_unit_id.clone(), p.predicted_at.clone())) {
-                Some(v) if *v > p.source_version => out.kept += 1,
-                Some(v) if *v == p.source_version => {
+                Some((v, _)) if *v > p.source_version => out.kept += 1,
+                Some((v, by)) if *v == p.source_version => {
                     out.kept += 1;
-                    out.same_version.push(p);
+                    if written_by.is_some() && by.as_deref() == written_by {
+                        out.same_version.push(p);
+                    }
                 }
                 _ => out.fresh.push(p),
             }
@@ -274,7 +282,7 @@ impl PredictionStore {
         for chunk in unstored.fresh.chunks(WRITE_CHUNK) {
             let mut pending: Vec<WriteRequest> = chunk
                 .iter()
-                .filter_map(|p| PutRequest::builder().set_item(Some(p.item())).build().ok())
+                .filter_map(|p| PutRequest::builder().set_item(Some(p.item(unstored.written_by))).build().ok())
                 .map(|put| WriteRequest::builder().put_request(put).build())
                 .collect();
             let mut attempt = 0u32;
@@ -320,7 +328,7 @@ impl PredictionStore {
         &self,
         predictions: &[Prediction],
         deadline: Instant,
-    ) -> Result<HashMap<(String, String), u64>, PredictionsError> {
+    ) -> Result<HashMap<(String, String), (u64, Option<String>)>, PredictionsError> {
         let mut found = HashMap::new();
         for chunk in predictions.chunks(READ_CHUNK) {
             let mut keys: Vec<HashMap<String, AttributeValue>> = chunk.iter().map(Prediction::key).collect();
@@ -337,7 +345,7 @@ impl PredictionStore {
                 attempt += 1;
                 let request = KeysAndAttributes::builder()
                     .set_keys(Some(std::mem::take(&mut keys)))
-                    .projection_expression("transport_unit_id, predicted_at, source_version")
+                    .projection_expression("transport_unit_id, predicted_at, source_version, written_by")
                     .build()
                     .map_err(|e| self.error("BatchGetItem", e.to_string()))?;
                 let out = self
@@ -350,8 +358,9 @@ impl PredictionStore {
                 for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
                     let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
                     let v = item.get("source_version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok());
+                    let by = item.get("written_by").and_then(|v| v.as_s().ok()).cloned();
                     if let Some(v) = v {
-                        found.insert((s("transport_unit_id"), s("predicted_at")), v);
+                        found.insert((s("transport_unit_id"), s("predicted_at")), (v, by));
                     }
                 }
                 keys = out

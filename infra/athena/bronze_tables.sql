@@ -56,6 +56,45 @@ STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'
 OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
 LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/predictions/_symlink_format_manifest/';
 
+-- The state tables of the change logs (current state, and history as SCD type 2), rewritten by partition-sync on
+-- each commit of their change log. Athena can use the views in infra/athena/views/ instead.
+CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_performance_stats_current (
+  transport_unit_id string, distance_km double, fuel_used_l double, engine_hours double, updated_at timestamp,
+  lsn bigint
+)
+PARTITIONED BY (stat_date date)
+ROW FORMAT SERDE 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'
+STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'
+OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
+LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/performance_stats_current/_symlink_format_manifest/';
+
+CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_performance_stats_history (
+  transport_unit_id string, distance_km double, fuel_used_l double, engine_hours double, valid_from timestamp,
+  valid_to timestamp, is_current boolean
+)
+PARTITIONED BY (stat_date date)
+ROW FORMAT SERDE 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'
+STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'
+OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
+LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/performance_stats_history/_symlink_format_manifest/';
+
+CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_transport_units_current (
+  transport_unit_id string, transport_type string, name string, capacity_t double, updated_at timestamp, lsn bigint
+)
+ROW FORMAT SERDE 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'
+STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'
+OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
+LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/transport_units_current/_symlink_format_manifest/';
+
+CREATE EXTERNAL TABLE IF NOT EXISTS fleetlake.bronze_transport_units_history (
+  transport_unit_id string, transport_type string, name string, capacity_t double, valid_from timestamp,
+  valid_to timestamp, is_current boolean
+)
+ROW FORMAT SERDE 'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'
+STORED AS INPUTFORMAT 'org.apache.hadoop.hive.ql.io.SymlinkTextInputFormat'
+OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
+LOCATION 's3://fleetlake-lake-123456789012-eu-west-1/bronze/transport_units_history/_symlink_format_manifest/';
+
 -- The alternative, Athena engine v3 only: a native Delta Lake table reads the Delta log itself (no manifests, no
 -- partitions to register; Athena takes the schema from the log). Redshift Spectrum and older engines need the
 -- symlink tables above.

@@ -533,14 +533,14 @@ def report(args):
     options = {"AWS_ENDPOINT_URL": env["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": env["AWS_REGION"],
                "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"]}
     print("\nbronze Delta tables (read with the Python deltalake package)")
-    for table in ("locations", "performance_stats", "transport_units", "predictions"):
+    for table in [t["bronze_table"] for t in definition().get("glue_tables", [])]:
         try:
             dt_ = DeltaTable(f"s3://{bucket}/bronze/{table}", storage_options=options)
         except Exception as e:  # noqa: BLE001 - a table not written yet is reported, not fatal
-            print(f"  {table:<20} not created ({type(e).__name__})")
+            print(f"  {table:<26} not created ({type(e).__name__})")
             continue
         rows = dt_.to_pyarrow_dataset().count_rows()
-        print(f"  {table:<20} version {dt_.version():>4}, {len(dt_.file_uris()):>4} files, {rows:>8} rows")
+        print(f"  {table:<26} version {dt_.version():>4}, {len(dt_.file_uris()):>4} files, {rows:>8} rows")
     db = env["GLUE_DATABASE"]
     print(f"\nGlue database {db}")
     for t in c["glue"].get_tables(DatabaseName=db)["TableList"]:

@@ -34,6 +34,7 @@ STEPS = [
     ("delta-writer", "DeltaWriterFunction", "events/delta-writer/sqs.json"),
     ("partition-sync", "PartitionSyncFunction", "events/partition-sync/sqs.json"),
     ("predictor", "PredictorFunction", "events/predictor/schedule.json"),
+    ("lake-maintainer", "LakeMaintainerFunction", "events/lake-maintainer/schedule.json"),
     ("predictions-api", "PredictionsApiFunction", "events/predictions-api/function-url.json"),
     ("predictions-api", "PredictionsApiFunction", "events/predictions-api/http-api.json"),
 ]

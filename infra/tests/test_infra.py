@@ -380,6 +380,8 @@ class EventShapes(unittest.TestCase):
             return "s3_test_event"
         if doc.get("version") == "2.0" and "rawPath" in doc:
             return "http_v2"
+        if doc and set(doc) <= {"task", "table", "tables", "dry_run"}:
+            return "maintenance_request"
         return {"Object Created": "eventbridge_s3", "Scheduled Event": "eventbridge_schedule"}.get(doc.get("detail-type"))
 
     def check(self, where, doc, seen):
@@ -459,7 +461,8 @@ class EnforcedIdentities(unittest.TestCase):
             "ec2": None,  # the MSK mapping's network interfaces: unscopable, control plane
             "xray": None,  # PutTraceSegments takes no resource
             "logs": {f"arn:aws:logs:{region_account}:log-group:/aws/lambda/fleetlake-{name}:*" for name in
-                     ("msk-lander", "weather-enricher", "delta-writer", "partition-sync", "predictor", "predictions-api")},
+                     ("msk-lander", "weather-enricher", "delta-writer", "partition-sync", "predictor", "predictions-api",
+                      "lake-maintainer")},
             "ssm": None,  # only with WeatherApiKeyParameter set (a parameter ARN)
         }
         seen = set()

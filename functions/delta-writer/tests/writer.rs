@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fleetlake_testkit::{venv_bin, workspace_root, LambdaHarness, Moto};
+use fleetlake_testkit::{LambdaHarness, Moto};
 use serde_json::{json, Value};
 
 const DAY: &str = "2026-11-24";
@@ -38,14 +38,7 @@ impl Env {
     /// The table as the Python `deltalake` package reads it.
     fn read(&self, table: &str) -> Value {
         let endpoint = self.env.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL").unwrap().1.clone();
-        let out = std::process::Command::new(venv_bin("python"))
-            .arg(workspace_root().join("infra/testkit/py/read_delta.py"))
-            .arg(endpoint)
-            .arg(format!("s3://{}/bronze/{table}", self.bucket))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "python deltalake failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
+        fleetlake_testkit::lake::read_delta(&endpoint, &format!("s3://{}/bronze/{table}", self.bucket))
     }
 
     fn sqs(&self, messages: &[(&str, &[&str])]) -> Value {
@@ -275,14 +268,8 @@ async fn prepared_append(
 ) -> (deltalake::DeltaTable, fleetlake_delta::Prepared) {
     use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, LOCATIONS};
     use fleetlake_core::lake::BatchName;
-    use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
-    let settings = DeltaSettings {
-        bronze_url: format!("s3://{}/bronze/", env.bucket).parse().unwrap(),
-        storage_options: env.moto.delta_storage_options(),
-        checkpoint_interval: 100,
-        log_retention: "interval 30 days".into(),
-        txn_retention: "interval 7 days".into(),
-    };
+    use fleetlake_delta::{open_or_create, Appender};
+    let settings = env.moto.delta_settings(&env.bucket);
     let table = open_or_create(&settings, &LOCATIONS).await.unwrap();
     let mut appender = Appender::new(&LOCATIONS, table.clone(), 128 << 20).unwrap();
     let mut converter = Converter::new(&LOCATIONS);

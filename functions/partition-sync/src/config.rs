@@ -14,14 +14,19 @@ pub(crate) struct Config {
     pub(crate) bronze_prefix: Prefix,
     /// `GLUE_DATABASE` (required): the Glue database of the bronze tables.
     pub(crate) glue_database: String,
-    /// `GLUE_TABLES` (default `locations=bronze_locations,performance_stats=bronze_performance_stats,
-    /// transport_units=bronze_transport_units,predictions=bronze_predictions`): the Glue table of each bronze table.
+    /// `GLUE_TABLES` (default: `<table>=bronze_<table>` for every bronze table, the state tables included): the
+    /// Glue table of each bronze table.
     pub(crate) glue_tables: HashMap<&'static str, String>,
     /// deltalake storage options from `AWS_ENDPOINT_URL` and `AWS_REGION`.
     pub(crate) storage_options: HashMap<String, String>,
     /// `S3_CONCURRENCY` (default 16, at most 64): manifests of one commit written at once. Each is a HEAD and a
     /// conditional PUT; a commit touching 30 partitions waited for 60 round trips one after another.
     pub(crate) s3_concurrency: usize,
+    /// `STATE_TABLES` (default `true`): on each commit of a change log, rewrite the touched partitions of its
+    /// current-state and history tables.
+    pub(crate) state_tables: bool,
+    /// `STATE_CONCURRENCY` (default 4, at most 16): touched partitions whose state tables are rewritten at once.
+    pub(crate) state_concurrency: usize,
 }
 
 /// Most manifests written at once: S3 takes thousands of requests per second per prefix; this bounds the
@@ -31,7 +36,9 @@ const MAX_S3_CONCURRENCY: usize = 64;
 /// The default Glue table names: `bronze_<table>`.
 pub(crate) const DEFAULT_GLUE_TABLES: &str =
     "locations=bronze_locations,performance_stats=bronze_performance_stats,transport_units=bronze_transport_units,\
-     predictions=bronze_predictions";
+     predictions=bronze_predictions,performance_stats_current=bronze_performance_stats_current,\
+     performance_stats_history=bronze_performance_stats_history,transport_units_current=bronze_transport_units_current,\
+     transport_units_history=bronze_transport_units_history";
 
 fn glue_name_ok(name: &str) -> bool {
     (1..=255).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -70,6 +77,15 @@ impl Config {
                 }
                 n => n,
             },
+            state_concurrency: match env.count_or("STATE_CONCURRENCY", 4)? {
+                n if n > 16 => return Err(ConfigError::new("STATE_CONCURRENCY", format!("{n} is more than 16"))),
+                n => n,
+            },
+            state_tables: match env.get("STATE_TABLES").unwrap_or("true") {
+                "true" => true,
+                "false" => false,
+                other => return Err(ConfigError::new("STATE_TABLES", format!("{other:?} is not true or false"))),
+            },
         })
     }
 }
@@ -83,8 +99,11 @@ mod tests {
         let cfg =
             Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("GLUE_DATABASE", "fleetlake")])).unwrap();
         assert_eq!(cfg.glue_tables["locations"], "bronze_locations");
-        assert_eq!(cfg.glue_tables.len(), 4);
+        // Every bronze table has its Glue table, the state tables too.
+        assert_eq!(cfg.glue_tables.len(), TABLES.len());
+        assert_eq!(cfg.glue_tables["transport_units_history"], "bronze_transport_units_history");
         assert_eq!(cfg.s3_concurrency, 16);
+        assert!(cfg.state_tables);
         for (var, value) in [
             ("S3_CONCURRENCY", "0"),
             ("S3_CONCURRENCY", "65"),
@@ -93,6 +112,9 @@ mod tests {
             ("GLUE_TABLES", "nope=x"),
             ("GLUE_TABLES", "locations=Bad-Name"),
             ("GLUE_DATABASE", "a b"),
+            ("STATE_TABLES", "yes"),
+            ("STATE_CONCURRENCY", "0"),
+            ("STATE_CONCURRENCY", "17"),
         ] {
             let err =
                 Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), ("GLUE_DATABASE", "db"), (var, value)]))

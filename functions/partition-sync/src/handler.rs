@@ -14,19 +14,26 @@
 //!
 //! Working from the latest state makes out-of-order processing converge: whichever commit is processed last, the
 //! manifests and partitions describe the newest version.
+//!
+//! A commit of a change log (`performance_stats`, `transport_units`) also rewrites the touched partitions of its
+//! state tables (`<table>_current`, `<table>_history`; `STATE_TABLES`): each partition of the change log, read
+//! whole at the latest version, gives the partition's rows ([`fleetlake_core::state`]), which replace the state
+//! table's partition in one commit recording that version ([`fleetlake_delta::state`]): a sync from an older or the
+//! same version changes nothing. The state tables' own commits come back here for their manifests and partitions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aws_sdk_glue::types::StorageDescriptor;
 use fleetlake_aws::glue::{Catalog, CatalogError};
 use fleetlake_aws::s3::S3Store;
 use fleetlake_aws::s3event::ObjectRef;
-use fleetlake_core::bronze::TableSpec;
+use fleetlake_core::bronze::{Layout, TableSpec};
 use fleetlake_core::fault::{Classify, Fault};
 use fleetlake_core::lake::{manifest_key, manifest_location, table_root};
 use fleetlake_core::partitions::{manifest_text, touched_partitions, CommitKey, Partition};
-use fleetlake_delta::{active_files, DeltaError, DeltaSettings, TableCache};
+use fleetlake_delta::{active_files, refresh_partition, DeltaError, DeltaSettings, Refreshed, TableCache};
 use fleetlake_runner::{Invocation, ObjectHandler};
 use futures::stream::{self, StreamExt};
 use tokio::sync::Mutex;
@@ -36,6 +43,9 @@ use crate::config::Config;
 
 /// The stage name in logs and metrics.
 pub(crate) const STAGE: &str = "partition-sync";
+
+/// Time kept back at the end of an invocation: no state table partition is started with less left.
+const STATE_MARGIN: Duration = Duration::from_secs(20);
 
 /// User metadata of a manifest: the table version it lists.
 const VERSION_META: &str = "delta-version";
@@ -47,6 +57,8 @@ pub(crate) struct Deps {
     store: S3Store,
     catalog: Catalog,
     tables: TableCache,
+    /// The state tables, opened (and created when missing) for writing.
+    writers: TableCache,
     descriptors: Mutex<HashMap<String, StorageDescriptor>>,
 }
 
@@ -63,7 +75,14 @@ impl Deps {
             config.bronze_prefix.as_str(),
             config.storage_options.clone(),
         )?;
-        Ok(Self { config, store, catalog, tables: TableCache::new(settings), descriptors: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            config,
+            store,
+            catalog,
+            tables: TableCache::new(settings.clone()),
+            writers: TableCache::new(settings),
+            descriptors: Mutex::new(HashMap::new()),
+        })
     }
 
     fn table_root(&self, spec: &TableSpec) -> String {
@@ -84,6 +103,8 @@ pub(crate) enum SyncError {
     NoTable(&'static str),
     #[error("manifest {0}: other syncs kept changing it")]
     ManifestContention(String),
+    #[error("{table} version {version}: {left} touched partitions of its state tables left for lack of time")]
+    StatesLeft { table: &'static str, left: usize, version: u64 },
 }
 
 impl Classify for SyncError {
@@ -105,6 +126,9 @@ struct Synced {
     partitions_superseded: u64,
     commits_missing: u64,
     commits_unreadable: u64,
+    /// State table partitions rewritten, and those a sync of a newer change log version had rewritten already.
+    states_replaced: u64,
+    states_superseded: u64,
 }
 
 impl Synced {
@@ -118,6 +142,8 @@ impl Synced {
         invocation.add("partitions_superseded", self.partitions_superseded);
         invocation.add("commits_missing", self.commits_missing);
         invocation.add("commits_unreadable", self.commits_unreadable);
+        invocation.add("states_replaced", self.states_replaced);
+        invocation.add("states_superseded", self.states_superseded);
     }
 }
 
@@ -137,7 +163,9 @@ impl ObjectHandler for Deps {
         let mut results = Vec::with_capacity(objects.len());
         for obj in &objects {
             let result = match commit_of(&self.config, obj) {
-                Some(commit) => Box::pin(sync_commit(self, &obj.key, &commit)).await.map(|s| s.count(&invocation)),
+                Some(commit) => Box::pin(sync_commit(self, &obj.key, &commit, invocation.deadline()))
+                    .await
+                    .map(|s| s.count(&invocation)),
                 None => Ok(()),
             };
             results.push(result);
@@ -151,7 +179,7 @@ fn commit_of(cfg: &Config, obj: &ObjectRef) -> Option<CommitKey> {
 }
 
 #[instrument(skip(deps, commit), fields(table = commit.table.name, version = commit.version))]
-async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey) -> Result<Synced, SyncError> {
+async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey, deadline: Instant) -> Result<Synced, SyncError> {
     let spec = commit.table;
     let mut out = Synced::default();
     let bytes = match deps.store.get_bytes(key).await {
@@ -238,6 +266,30 @@ async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey) -> Result<Synce
             out.partitions_deleted = deps.catalog.delete_partitions(&glue_table, &to_delete).await? as u64;
         }
     }
+    if deps.config.state_tables && matches!(spec.layout, Layout::Change { .. }) {
+        // Partitions STATE_CONCURRENCY at a time, none started within STATE_MARGIN of the deadline: what is left
+        // fails the message, and its retry skips the partitions done (their state holds this version).
+        let stop = deadline.checked_sub(STATE_MARGIN).unwrap_or_else(Instant::now);
+        let mut rewrites = Vec::with_capacity(touched.len());
+        for partition in &touched {
+            rewrites.push(rewrite_states(deps, spec, &table, partition, stop));
+        }
+        let results: Vec<Result<Option<Refreshed>, SyncError>> =
+            stream::iter(rewrites).buffer_unordered(deps.config.state_concurrency).collect().await;
+        let mut left = 0;
+        for result in results {
+            match result? {
+                Some(done) => {
+                    out.states_replaced += done.replaced;
+                    out.states_superseded += done.superseded;
+                }
+                None => left += 1,
+            }
+        }
+        if left > 0 {
+            return Err(SyncError::StatesLeft { table: spec.name, left, version });
+        }
+    }
     info!(
         version,
         touched = touched.len(),
@@ -248,6 +300,27 @@ async fn sync_commit(deps: &Deps, key: &str, commit: &CommitKey) -> Result<Synce
         "synced"
     );
     Ok(out)
+}
+
+/// Rewrites one partition of each state table of the change log `spec` from the change log's version `table`;
+/// `None` when the time to start it had passed.
+async fn rewrite_states(
+    deps: &Deps,
+    spec: &'static TableSpec,
+    table: &deltalake::DeltaTable,
+    partition: &Partition,
+    stop: Instant,
+) -> Result<Option<Refreshed>, SyncError> {
+    if Instant::now() >= stop {
+        return Ok(None);
+    }
+    let value = match partition {
+        Partition::Whole => None,
+        Partition::Value { column, value } => Some((column.as_str(), value.as_str())),
+    };
+    let done = refresh_partition(&deps.writers, table, spec, value, false).await?;
+    info!(partition = %partition.folder(), replaced = done.replaced, superseded = done.superseded, "state tables");
+    Ok(Some(done))
 }
 
 /// What writing a manifest came to.

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, LOCATIONS};
 use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
-use fleetlake_testkit::{venv_bin, workspace_root, Invocation, LambdaHarness, Moto};
+use fleetlake_testkit::lake::{commit_stat_changes, read_delta, stat_change};
+use fleetlake_testkit::{Invocation, LambdaHarness, Moto};
 use serde_json::{json, Value};
 
 const DB: &str = "fleetlake";
@@ -19,6 +20,8 @@ struct Env {
     glue: aws_sdk_glue::Client,
     sync: LambdaHarness,
     settings: DeltaSettings,
+    /// The function's environment.
+    vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -40,14 +43,9 @@ impl Env {
             env.push(("AWS_ENDPOINT_URL".into(), proxy));
         }
         let sync = LambdaHarness::start(Path::new(env!("CARGO_BIN_EXE_partition-sync")), "partition-sync", &env).await;
-        let settings = DeltaSettings {
-            bronze_url: format!("s3://{bucket}/bronze/").parse().unwrap(),
-            storage_options: moto.delta_storage_options(),
-            checkpoint_interval: 100,
-            log_retention: "interval 30 days".into(),
-            txn_retention: "interval 7 days".into(),
-        };
-        Env { moto, bucket, glue, sync, settings }
+
+        let settings = moto.delta_settings(&bucket);
+        Env { moto, bucket, glue, sync, settings, vars: env }
     }
 
     /// Appends positions at offsets `offsets` of partition 0, on the given days; returns the version.
@@ -71,20 +69,47 @@ impl Env {
         appender.commit(vec![]).await.unwrap().version.unwrap()
     }
 
+    async fn commit_changes(&self, first_offset: i64, changes: &[Value]) -> u64 {
+        commit_stat_changes(&self.settings, first_offset, changes).await
+    }
+
+    /// A bronze table as the Python `deltalake` package reads it (`read_delta.py`).
+    fn reader(&self, table: &str) -> Value {
+        read_delta(&self.moto.endpoint, &format!("s3://{}/bronze/{table}", self.bucket))
+    }
+
+    /// The rows of a bronze table as the Python `deltalake` package reads them, sorted.
+    fn reader_rows(&self, table: &str, columns: &[&str]) -> Vec<Vec<Value>> {
+        let table = self.reader(table);
+        let mut rows: Vec<Vec<Value>> =
+            table["rows"].as_array().unwrap().iter().map(|r| columns.iter().map(|c| r[*c].clone()).collect()).collect();
+        rows.sort_by_key(|r| r.iter().map(Value::to_string).collect::<Vec<_>>());
+        rows
+    }
+
     async fn invoke(&mut self, versions: &[u64]) -> Invocation {
+        self.invoke_table("locations", versions).await
+    }
+
+    async fn invoke_table(&mut self, table: &str, versions: &[u64]) -> Invocation {
+        let event = self.event(table, versions);
+        let inv = self.sync.invoke(&event).await;
+        assert_eq!(inv.outcome.as_ref().ok(), Some(&json!({"batchItemFailures": []})), "{}", self.sync.stderr());
+        inv
+    }
+
+    /// An SQS event of one message naming commits of `table`.
+    fn event(&self, table: &str, versions: &[u64]) -> Value {
         let records: Vec<Value> = versions
             .iter()
             .map(|v| {
-                let key = format!("bronze/locations/_delta_log/{v:020}.json").replace('/', "%2F");
+                let key = format!("bronze/{table}/_delta_log/{v:020}.json").replace('/', "%2F");
                 json!({"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
                        "s3": {"bucket": {"name": self.bucket}, "object": {"key": key}}})
             })
             .collect();
         let body = json!({"Records": records}).to_string();
-        let inv =
-            self.sync.invoke(&json!({"Records": [{"messageId": "m1", "eventSource": "aws:sqs", "body": body}]})).await;
-        assert_eq!(inv.outcome.as_ref().ok(), Some(&json!({"batchItemFailures": []})), "{}", self.sync.stderr());
-        inv
+        json!({"Records": [{"messageId": "m1", "eventSource": "aws:sqs", "body": body}]})
     }
 
     /// Glue partitions: value → location.
@@ -107,14 +132,7 @@ impl Env {
 
     /// The active files of a day, as the Python `deltalake` package lists them.
     fn reader_files(&self, day: &str) -> Vec<String> {
-        let out = std::process::Command::new(venv_bin("python"))
-            .arg(workspace_root().join("infra/testkit/py/read_delta.py"))
-            .arg(&self.moto.endpoint)
-            .arg(format!("s3://{}/bronze/locations", self.bucket))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let table: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let table = self.reader("locations");
         let mut files: Vec<String> = table["files"]
             .as_array()
             .unwrap()
@@ -254,4 +272,137 @@ async fn a_sync_that_loses_a_race_leaves_the_newer_manifest_and_its_partition_al
     );
     let partitions = env.partitions().await;
     assert_eq!(partitions.keys().cloned().collect::<Vec<_>>(), [["2026-11-24", "2026-11-23"][raced]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_log_commits_rewrite_the_touched_partitions_of_the_state_tables_as_of_the_newest_version() {
+    let mut env = Env::new().await;
+    let t0 = (chrono::Utc::now().timestamp() - 3600) * 1000;
+    let iso =
+        |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap().format("%Y-%m-%dT%H:%M:%S+00:00").to_string();
+    let (d1, d2) = ("2026-11-23", "2026-11-24");
+    let v1 = env
+        .commit_changes(
+            0,
+            &[
+                stat_change("c", t0, 10, "TU-X", d1, 1.0),
+                stat_change("c", t0, 11, "TU-Y", d1, 2.0),
+                stat_change("c", t0, 12, "TU-X", d2, 3.0),
+            ],
+        )
+        .await;
+    // An update and a delete of day 1, in a later commit.
+    let v2 = env
+        .commit_changes(
+            3,
+            &[stat_change("u", t0 + 200_000, 20, "TU-X", d1, 1.5), stat_change("d", t0 + 300_000, 30, "TU-Y", d1, 2.0)],
+        )
+        .await;
+
+    // WHEN the later commit is synced first, then the earlier one (late), then the earlier one again
+    let first = env.invoke_table("performance_stats", &[v2]).await;
+    let late = env.invoke_table("performance_stats", &[v1]).await;
+    let again = env.invoke_table("performance_stats", &[v1]).await;
+
+    // THEN the current state holds each key's latest change and no deleted key, in every touched partition
+    let current = ["transport_unit_id", "stat_date", "fuel_used_l", "updated_at"];
+    assert_eq!(
+        env.reader_rows("performance_stats_current", &current),
+        [
+            vec![json!("TU-X"), json!(d1), json!(1.5), json!(iso(t0 + 200_000))],
+            vec![json!("TU-X"), json!(d2), json!(3.0), json!(iso(t0))],
+        ]
+    );
+    // AND the history holds every version with its span
+    let history = ["transport_unit_id", "stat_date", "fuel_used_l", "valid_from", "valid_to", "is_current"];
+    assert_eq!(
+        env.reader_rows("performance_stats_history", &history),
+        [
+            vec![json!("TU-X"), json!(d1), json!(1.0), json!(iso(t0)), json!(iso(t0 + 200_000)), json!(false)],
+            vec![json!("TU-X"), json!(d1), json!(1.5), json!(iso(t0 + 200_000)), Value::Null, json!(true)],
+            vec![json!("TU-X"), json!(d2), json!(3.0), json!(iso(t0)), Value::Null, json!(true)],
+            vec![json!("TU-Y"), json!(d1), json!(2.0), json!(iso(t0)), json!(iso(t0 + 300_000)), json!(false)],
+        ]
+    );
+    // AND day 1 was written once (by the first sync, from the newest version): the late sync only added day 2, and
+    // the replay nothing
+    let counts = |inv: &Invocation| (metric(inv, "states_replaced"), metric(inv, "states_superseded"));
+    assert_eq!(counts(&first), (2, 0));
+    assert_eq!(counts(&late), (2, 2));
+    assert_eq!(counts(&again), (0, 4));
+    // WHEN a later commit touches day 2 only, and the first commit is delivered once more after it
+    let v3 = env.commit_changes(5, &[stat_change("u", t0 + 400_000, 40, "TU-X", d2, 3.5)]).await;
+    assert_eq!(counts(&env.invoke_table("performance_stats", &[v3]).await), (2, 0));
+    let replay = env.invoke_table("performance_stats", &[v1]).await;
+    // THEN day 1, which no commit after its rewrite touched, is not written again; nor is day 2
+    assert_eq!(counts(&replay), (0, 4));
+
+    // WHEN the state table's own commits are synced
+    let state_version = env.reader("performance_stats_current")["version"].as_u64().unwrap();
+    let versions: Vec<u64> = (0..=state_version).collect();
+    env.invoke_table("performance_stats_current", &versions).await;
+    // THEN its Glue table has both days as partitions
+    let glue = env
+        .glue
+        .get_partitions()
+        .database_name(DB)
+        .table_name("bronze_performance_stats_current")
+        .send()
+        .await
+        .unwrap();
+    let mut days: Vec<String> = glue.partitions().iter().map(|p| p.values()[0].clone()).collect();
+    days.sort();
+    assert_eq!(days, [d1, d2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_at_the_same_time_leave_the_state_of_the_newest_change_log() {
+    let env = Env::new().await;
+    let t0 = (chrono::Utc::now().timestamp() - 3600) * 1000;
+    let days = ["2026-11-23", "2026-11-24"];
+    // Four commits, each changing every unit of both days again.
+    let mut versions = Vec::new();
+    for round in 0..4i64 {
+        let changes: Vec<Value> = (0..6i64)
+            .map(|u| {
+                let op = if round == 0 { "c" } else { "u" };
+                let day = days[(u % 2) as usize];
+                stat_change(op, t0 + round * 1000, round * 100 + u, &format!("TU-{u}"), day, (round * 10 + u) as f64)
+            })
+            .collect();
+        versions.push(env.commit_changes(round * 6, &changes).await);
+    }
+    // WHEN four syncs (one per commit, through the proxy that makes create-only PUTs atomic, as S3 does) run at once
+    let proxy = fleetlake_testkit::serialising_proxy(env.moto.endpoint.clone()).await;
+    let vars: Vec<(String, String)> = env
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), if k == "AWS_ENDPOINT_URL" { proxy.clone() } else { v.clone() }))
+        .collect();
+    let mut syncs = Vec::new();
+    for _ in &versions {
+        syncs
+            .push(LambdaHarness::start(Path::new(env!("CARGO_BIN_EXE_partition-sync")), "partition-sync", &vars).await);
+    }
+    let runs = syncs.iter_mut().zip(&versions).map(|(s, v)| {
+        let event = env.event("performance_stats", &[*v]);
+        async move { s.invoke(&event).await }
+    });
+    let results = futures::future::join_all(runs).await;
+    for inv in &results {
+        assert_eq!(inv.outcome.as_ref().ok(), Some(&json!({"batchItemFailures": []})));
+    }
+    // THEN the current state is the last round's, and the history holds all four versions of each key
+    let current = env.reader_rows("performance_stats_current", &["transport_unit_id", "fuel_used_l"]);
+    let want: Vec<Vec<Value>> = (0..6i64).map(|u| vec![json!(format!("TU-{u}")), json!((30 + u) as f64)]).collect();
+    assert_eq!(current, want);
+    let history = env.reader_rows("performance_stats_history", &["transport_unit_id", "fuel_used_l", "is_current"]);
+    assert_eq!(history.len(), 24);
+    assert_eq!(history.iter().filter(|r| r[2] == json!(true)).count(), 6);
+    // AND the 16 rewrites asked for (4 syncs × 2 days × 2 tables) came to at most 16 commits and at least the 4 of
+    // the newest version; the rest found a rewrite as of the same or a newer version in place
+    let replaced: u64 = results.iter().map(|inv| metric(inv, "states_replaced")).sum();
+    let superseded: u64 = results.iter().map(|inv| metric(inv, "states_superseded")).sum();
+    assert_eq!(replaced + superseded, 16);
+    assert!(replaced >= 4, "{replaced}");
 }

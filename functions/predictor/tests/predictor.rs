@@ -33,13 +33,7 @@ impl Env {
         let bucket = moto.bucket("lake").await;
         let table = unique_name("predictions");
         let dynamodb = moto.predictions_table(&table).await;
-        let settings = DeltaSettings {
-            bronze_url: format!("s3://{bucket}/bronze/").parse().unwrap(),
-            storage_options: moto.delta_storage_options(),
-            checkpoint_interval: 100,
-            log_retention: "interval 30 days".into(),
-            txn_retention: "interval 7 days".into(),
-        };
+        let settings = moto.delta_settings(&bucket);
         Env { moto, bucket, table, dynamodb, settings, offset: 0 }
     }
 

@@ -8,7 +8,7 @@ FROM (
   SELECT *,
          row_number() OVER (
            PARTITION BY transport_unit_id, stat_date
-           ORDER BY ts_ms DESC, lsn DESC NULLS LAST, _source_partition, _source_offset
+           ORDER BY ts_ms DESC, lsn DESC NULLS LAST, _source_partition, _source_offset, _file, _line
          ) AS change_rank
   FROM bronze_performance_stats
 ) AS changes

@@ -9,13 +9,13 @@ FROM (
   SELECT *,
          lead(ts_ms) OVER (
            PARTITION BY transport_unit_id, stat_date
-           ORDER BY ts_ms, lsn NULLS FIRST, _source_partition, _source_offset
+           ORDER BY ts_ms, lsn NULLS FIRST, _source_partition, _source_offset, _file, _line
          ) AS next_ts_ms
   FROM (
     SELECT *,
            row_number() OVER (
              PARTITION BY transport_unit_id, stat_date, ts_ms, lsn
-             ORDER BY _source_partition, _source_offset
+             ORDER BY _source_partition, _source_offset, _file, _line
            ) AS delivery
     FROM bronze_performance_stats
   ) AS delivered

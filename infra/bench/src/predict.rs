@@ -74,13 +74,7 @@ async fn main() {
     let (binary, baseline, units, positions, runs) = main_args();
     let moto = Moto::start().await;
     let bucket = moto.bucket("lake").await;
-    let settings = DeltaSettings {
-        bronze_url: format!("s3://{bucket}/bronze/").parse().unwrap(),
-        storage_options: moto.delta_storage_options(),
-        checkpoint_interval: 100,
-        log_retention: "interval 30 days".into(),
-        txn_retention: "interval 7 days".into(),
-    };
+    let settings = moto.delta_settings(&bucket);
     let kinds = ["aerial", "maritime", "terrestrial"];
     let stats = (0..units).flat_map(|u| {
         ["2026-11-22", "2026-11-23"].into_iter().enumerate().map(move |(d, day)| {

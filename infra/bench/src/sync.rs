@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use chrono::{Duration, NaiveDate};
 use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, LOCATIONS};
-use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
+use fleetlake_delta::{open_or_create, Appender};
 use fleetlake_testkit::{forwarding_proxy, LambdaHarness, Moto};
 use serde_json::json;
 
@@ -64,13 +64,7 @@ async fn main() {
     let bucket = moto.bucket("lake").await;
     let glue = moto.glue_bronze_tables("fleetlake", &bucket).await;
 
-    let settings = DeltaSettings {
-        bronze_url: format!("s3://{bucket}/bronze/").parse().unwrap(),
-        storage_options: moto.delta_storage_options(),
-        checkpoint_interval: 100,
-        log_retention: "interval 30 days".into(),
-        txn_retention: "interval 7 days".into(),
-    };
+    let settings = moto.delta_settings(&bucket);
     let proxy = forwarding_proxy(moto.endpoint.clone(), std::time::Duration::from_millis(latency_ms), None).await;
     let mut env: Vec<(String, String)> = moto.env().into_iter().filter(|(k, _)| k != "AWS_ENDPOINT_URL").collect();
     env.push(("AWS_ENDPOINT_URL".into(), proxy));

@@ -6,6 +6,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::string_slice)]
 
 pub mod http;
+pub mod lake;
 mod moto;
 mod proxy;
 mod runtime;

@@ -76,6 +76,11 @@ impl Moto {
         .collect()
     }
 
+    /// The settings of the bronze tables in `bucket` on this moto (`bronze/`, delta-writer's creation defaults).
+    pub fn delta_settings(&self, bucket: &str) -> fleetlake_delta::DeltaSettings {
+        fleetlake_delta::DeltaSettings::reader(bucket, "bronze/", self.delta_storage_options()).expect("a bucket URL")
+    }
+
     /// deltalake storage options for this server (endpoint over plain HTTP, region, the test credentials).
     pub fn delta_storage_options(&self) -> std::collections::HashMap<String, String> {
         [

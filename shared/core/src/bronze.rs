@@ -24,7 +24,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    ArrayBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -55,10 +56,12 @@ pub use self::identity::{
     change_group, date_text, file_group, kafka_group, IdKind, IdRun, Identities, Identity, LineOrigin, Lineage,
 };
 pub use self::spec::{
-    column, glue_schema, identity_columns, is_unit_id, Check, Column, EventWindow, Kind, Layout, Partitioning,
-    TableSpec, Zone, ADDED_FIELDS, CHANGE_COLUMNS, DAYS_RANGE, EVENT_TIME_MAX_AGE_DAYS, EVENT_TIME_MAX_AHEAD_HOURS,
-    EXTRA, LINEAGE_COLUMNS, LOCATIONS, MAX_FIELDS, MAX_LINE_MEMBERS, MAX_TEXT_BYTES, MICROS_RANGE, PERFORMANCE_STATS,
-    PREDICTIONS, TABLES, TRANSPORT_TYPES, TRANSPORT_UNITS, UNIT_ID, WEATHER_COLUMNS, WEATHER_STATUSES,
+    column, glue_schema, identity_columns, is_unit_id, Check, Column, EventWindow, Kind, Layout, Partitioning, State,
+    TableSpec, Zone, ADDED_FIELDS, CHANGE_COLUMNS, CURRENT_COLUMNS, DAYS_RANGE, EVENT_TIME_MAX_AGE_DAYS,
+    EVENT_TIME_MAX_AHEAD_HOURS, EXTRA, HISTORY_COLUMNS, LINEAGE_COLUMNS, LOCATIONS, MAX_FIELDS, MAX_LINE_MEMBERS,
+    MAX_TEXT_BYTES, MICROS_RANGE, PERFORMANCE_STATS, PERFORMANCE_STATS_CURRENT, PERFORMANCE_STATS_HISTORY, PREDICTIONS,
+    TABLES, TRANSPORT_TYPES, TRANSPORT_UNITS, TRANSPORT_UNITS_CURRENT, TRANSPORT_UNITS_HISTORY, UNIT_ID,
+    WEATHER_COLUMNS, WEATHER_STATUSES,
 };
 // The other stages' validators read values through the same cell reader.
 pub(crate) use self::cells::{read_cell, rfc3339_micros_fast, Cell};

@@ -17,6 +17,7 @@ pub mod ndjson;
 pub mod partitions;
 pub mod quarantine;
 pub mod records;
+pub mod state;
 pub mod weather;
 
 #[cfg(test)]

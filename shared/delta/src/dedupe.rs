@@ -240,7 +240,7 @@ pub(crate) fn stored_identities(
     batch: &RecordBatch,
     partition_values: &HashMap<String, Option<String>>,
 ) -> Vec<Identity> {
-    let n = batch.num_rows();
+    let n = if matches!(spec.layout, Layout::State(_)) { 0 } else { batch.num_rows() };
     let text = |name: &str, i: usize| -> Option<String> {
         match batch.column_by_name(name) {
             Some(c) => match c.data_type() {
@@ -278,22 +278,25 @@ pub(crate) fn stored_identities(
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let id = match spec.layout {
-            Layout::Record => match (text("_source_topic", i), int("_source_partition", i), int("_source_offset", i)) {
-                (Some(t), Some(p), Some(o)) => Identity {
-                    kind: IdKind::Kafka,
-                    group: kafka_group(&t, i32::try_from(p).unwrap_or(i32::MAX)).into(),
-                    seq: o,
-                },
-                _ => Identity {
-                    kind: IdKind::File,
-                    group: file_group(
-                        &text("_source_key", i).unwrap_or_default(),
-                        &text("_source_etag", i).unwrap_or_default(),
-                    )
-                    .into(),
-                    seq: int("_line", i).unwrap_or(-1),
-                },
-            },
+            // A state table has no identities (`n` is 0).
+            Layout::Record | Layout::State(_) => {
+                match (text("_source_topic", i), int("_source_partition", i), int("_source_offset", i)) {
+                    (Some(t), Some(p), Some(o)) => Identity {
+                        kind: IdKind::Kafka,
+                        group: kafka_group(&t, i32::try_from(p).unwrap_or(i32::MAX)).into(),
+                        seq: o,
+                    },
+                    _ => Identity {
+                        kind: IdKind::File,
+                        group: file_group(
+                            &text("_source_key", i).unwrap_or_default(),
+                            &text("_source_etag", i).unwrap_or_default(),
+                        )
+                        .into(),
+                        seq: int("_line", i).unwrap_or(-1),
+                    },
+                }
+            }
             Layout::Change { key } => {
                 let parts: Vec<String> = key.iter().map(|k| text(k, i).unwrap_or_default()).collect();
                 Identity {

@@ -29,8 +29,10 @@ mod append;
 pub mod cache;
 mod commit;
 mod dedupe;
+pub mod maintain;
 pub mod scan;
 mod settings;
+pub mod state;
 mod table;
 
 pub use append::{
@@ -38,8 +40,12 @@ pub use append::{
 };
 pub use cache::TableCache;
 pub use commit::Prepared;
+pub use maintain::{log_hygiene, vacuum, LogReport, VacuumReport};
 pub use scan::{active_files, ActiveFile};
 pub use settings::{storage_options, DeltaSettings};
+pub use state::{
+    change_columns, held, read_partition, refresh_partition, replace_partition, state_app_id, Refreshed, Replaced,
+};
 pub use table::{open_existing, open_or_create};
 
 // Every module's items are in scope here, so each module reaches its siblings' through `use super::*`.
@@ -77,7 +83,7 @@ use url::Url;
 
 use fleetlake_core::bronze::{
     change_group, date_text, file_group, identity_columns, kafka_group, IdKind, Identities, Identity, Kind, Layout,
-    TableSpec,
+    TableSpec, CHANGE_COLUMNS,
 };
 use fleetlake_core::fault::{Cause, Classify, Fault};
 
@@ -121,6 +127,14 @@ pub enum DeltaError {
         /// Attempts made.
         attempts: u32,
     },
+    /// The table is in a state no retry repairs (a checkpoint that does not load) or a request does not fit it.
+    #[error("delta table {table}: {message}")]
+    Broken {
+        /// Table name.
+        table: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The table's schema does not fit this writer's (a column of the table unknown here, or of another type).
     #[error("delta table {table}: {message}")]
     Schema {
@@ -136,7 +150,7 @@ impl DeltaError {
     /// which a retry will not fix.
     pub fn fault(&self) -> Fault {
         match self {
-            DeltaError::Schema { .. } => Fault::Permanent,
+            DeltaError::Schema { .. } | DeltaError::Broken { .. } => Fault::Permanent,
             _ => Fault::Retryable,
         }
     }

@@ -18,8 +18,10 @@ pub struct DeltaSettings {
 }
 
 impl DeltaSettings {
-    /// Settings of a function that only reads tables: `s3://<bucket>/<bronze prefix>` and the storage options.
-    /// (The creation settings are deltalake's defaults; a reader never creates a table.)
+    /// Settings of a function that reads the bronze tables delta-writer creates: `s3://<bucket>/<bronze prefix>` and
+    /// the storage options. The creation settings are delta-writer's defaults (a checkpoint every 100 commits, log
+    /// retention 30 days, `txn` retention 7 days): partition-sync and lake-maintainer create the state tables with
+    /// them.
     pub fn reader(
         bucket: &str,
         bronze_prefix: &str,

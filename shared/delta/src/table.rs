@@ -20,6 +20,7 @@ pub(crate) fn delta_type(kind: Kind) -> DataType {
         Kind::Int64 => DataType::LONG,
         Kind::Timestamp | Kind::EpochMillis => DataType::TIMESTAMP,
         Kind::Date => DataType::DATE,
+        Kind::Boolean => DataType::BOOLEAN,
     }
 }
 

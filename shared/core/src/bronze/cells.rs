@@ -87,6 +87,8 @@ pub(crate) fn read_cell<'a>(c: &Column, value: Option<Json<'a>>) -> Result<Cell<
         }
         (Kind::Date, Json::Int(days)) => days_in_range(c, days)?,
         (Kind::Date, _) => return Err(wrong("a YYYY-MM-DD string or epoch days")),
+        // Derived by the pipeline (a history table's `is_current`): no source line carries one.
+        (Kind::Boolean, _) => return Err(invalid(c.name, "is derived by the pipeline, not read from a line")),
     };
     check(c, &cell)?;
     Ok(cell)

@@ -11,6 +11,7 @@ pub(crate) enum Builder {
     I64(Int64Builder),
     Ts(TimestampMicrosecondBuilder),
     Date(Date32Builder),
+    Bool(BooleanBuilder),
 }
 
 impl Builder {
@@ -22,6 +23,7 @@ impl Builder {
             Kind::Int64 => Builder::I64(Int64Builder::new()),
             Kind::Timestamp | Kind::EpochMillis => Builder::Ts(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
             Kind::Date => Builder::Date(Date32Builder::new()),
+            Kind::Boolean => Builder::Bool(BooleanBuilder::new()),
         }
     }
 
@@ -47,6 +49,7 @@ impl Builder {
             Builder::I64(b) => b.append_null(),
             Builder::Ts(b) => b.append_null(),
             Builder::Date(b) => b.append_null(),
+            Builder::Bool(b) => b.append_null(),
         }
     }
 
@@ -83,6 +86,11 @@ impl Builder {
             Builder::Date(b) => {
                 let array = Arc::new(b.finish());
                 *b = Date32Builder::with_capacity(array.len());
+                array
+            }
+            Builder::Bool(b) => {
+                let array = Arc::new(b.finish());
+                *b = BooleanBuilder::with_capacity(array.len());
                 array
             }
         }

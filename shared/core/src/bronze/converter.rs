@@ -86,7 +86,7 @@ impl Converter {
         let builders = spec.columns().into_iter().map(|(_, kind, _)| Builder::new(kind)).collect();
         let data = spec.data.iter().map(|c| c.name);
         let top = match spec.layout {
-            Layout::Record => FieldSet::new(data.chain(["_source", "_ingested_at"]), &["_source"]),
+            Layout::Record | Layout::State(_) => FieldSet::new(data.chain(["_source", "_ingested_at"]), &["_source"]),
             Layout::Change { .. } => FieldSet::new(
                 CHANGE_COLUMNS.iter().map(|c| c.name).chain(["row", "_source", "_ingested_at"]),
                 &["row", "_source"],
@@ -174,11 +174,14 @@ impl Converter {
 
     /// Converts one line: the row is added, or the reason it was refused is returned (and nothing is added).
     pub fn push(&mut self, line: &[u8], origin: LineOrigin<'_>) -> Result<(), RowError> {
+        if let Layout::State(_) = self.spec.layout {
+            return Err(RowError(format!("{} is derived from its change log, never read from lines", self.spec.name)));
+        }
         let text = std::str::from_utf8(line).map_err(|e| RowError(format!("not UTF-8: {e}")))?;
         let mut top = Slots::new();
         self.top.parse(text, &mut top)?;
         let most = match self.spec.layout {
-            Layout::Record => MAX_LINE_MEMBERS,
+            Layout::Record | Layout::State(_) => MAX_LINE_MEMBERS,
             Layout::Change { .. } => MAX_FIELDS,
         };
         if top.members > most {
@@ -192,7 +195,7 @@ impl Converter {
         };
         let ingested = top.values[self.slots.1].take();
         let extra = match self.spec.layout {
-            Layout::Record => {
+            Layout::Record | Layout::State(_) => {
                 for (c, value) in self.spec.data.iter().zip(top.values.iter_mut()) {
                     cells.push(read_cell(c, value.take())?);
                 }
@@ -286,7 +289,7 @@ impl Converter {
                 push_kafka_group(&mut self.group_text, topic, p);
                 (IdKind::Kafka, offset)
             }
-            (Layout::Record, ..) => {
+            (Layout::Record | Layout::State(_), ..) => {
                 let (key, etag) =
                     (source.key.as_deref().unwrap_or(origin.key), source.etag.as_deref().unwrap_or(origin.etag));
                 push_file_group(&mut self.group_text, key, etag);

@@ -22,6 +22,8 @@ pub enum Kind {
     EpochMillis,
     /// A `YYYY-MM-DD` string or an integer of days since 1970-01-01 (Debezium's `io.debezium.time.Date`).
     Date,
+    /// A flag the pipeline derives (`is_current` of a history table); no source line carries one.
+    Boolean,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Int64 => DataType::Int64,
             Kind::Timestamp | Kind::EpochMillis => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             Kind::Date => DataType::Date32,
+            Kind::Boolean => DataType::Boolean,
         }
     }
 
@@ -46,6 +49,7 @@ impl Kind {
             Kind::Int64 => "bigint",
             Kind::Timestamp | Kind::EpochMillis => "timestamp",
             Kind::Date => "date",
+            Kind::Boolean => "boolean",
         }
     }
 }
@@ -212,7 +216,40 @@ pub enum Layout {
         /// The source table's primary key columns, part of a change's identity.
         key: &'static [&'static str],
     },
+    /// A table derived from a change log (its [`TableSpec::input`] is `(Zone::Bronze, <change log>)`): the change
+    /// log's row columns and the columns of the [`State`], no lineage. partition-sync rewrites it from the change
+    /// log; no line is ever converted into it.
+    State(State),
 }
+
+/// What a table derived from a change log holds (see [`crate::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// One row per key as the source holds it now, with `updated_at` and `lsn` of its latest change.
+    Current,
+    /// Every version of every key (SCD type 2), with `valid_from`, `valid_to` and `is_current`.
+    History,
+}
+
+impl State {
+    /// The columns after the row's own.
+    pub fn columns(self) -> &'static [Column] {
+        match self {
+            State::Current => &CURRENT_COLUMNS,
+            State::History => &HISTORY_COLUMNS,
+        }
+    }
+}
+
+/// `updated_at`, `lsn`: the latest change of a current-state row.
+pub const CURRENT_COLUMNS: [Column; 2] = [req("updated_at", Kind::EpochMillis, Check::None), col("lsn", Kind::Int64)];
+
+/// `valid_from`, `valid_to`, `is_current`: a version's span in a history table (`valid_to` null while current).
+pub const HISTORY_COLUMNS: [Column; 3] = [
+    req("valid_from", Kind::EpochMillis, Check::None),
+    col("valid_to", Kind::EpochMillis),
+    req("is_current", Kind::Boolean, Check::None),
+];
 
 /// Where a table's partition column comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +282,8 @@ pub enum Zone {
     Landing,
     /// `enriched/`.
     Enriched,
+    /// Another bronze table (a [`Layout::State`] table's change log).
+    Bronze,
 }
 
 /// `op`, `ts_ms`, `lsn`: the columns of a change before the row's own.
@@ -391,13 +430,48 @@ pub const PREDICTIONS: TableSpec = TableSpec {
     partitioning: Some(Partitioning { column: "predicted_date", from: "predicted_at" }),
 };
 
+/// `bronze/performance_stats_current`: each unit's daily figures as the source database holds them now.
+pub const PERFORMANCE_STATS_CURRENT: TableSpec =
+    state_of(&PERFORMANCE_STATS, "performance_stats_current", State::Current);
+/// `bronze/performance_stats_history`: every version of each unit's daily figures.
+pub const PERFORMANCE_STATS_HISTORY: TableSpec =
+    state_of(&PERFORMANCE_STATS, "performance_stats_history", State::History);
+/// `bronze/transport_units_current`: each transport unit as the source database holds it now.
+pub const TRANSPORT_UNITS_CURRENT: TableSpec = state_of(&TRANSPORT_UNITS, "transport_units_current", State::Current);
+/// `bronze/transport_units_history`: every version of every transport unit.
+pub const TRANSPORT_UNITS_HISTORY: TableSpec = state_of(&TRANSPORT_UNITS, "transport_units_history", State::History);
+
+/// A state table of the change log `source`: its row columns and partitioning.
+const fn state_of(source: &'static TableSpec, name: &'static str, state: State) -> TableSpec {
+    TableSpec {
+        name,
+        input: (Zone::Bronze, source.name),
+        layout: Layout::State(state),
+        data: source.data,
+        partitioning: source.partitioning,
+    }
+}
+
 /// Every bronze table.
-pub const TABLES: [&TableSpec; 4] = [&LOCATIONS, &PERFORMANCE_STATS, &TRANSPORT_UNITS, &PREDICTIONS];
+pub const TABLES: [&TableSpec; 8] = [
+    &LOCATIONS,
+    &PERFORMANCE_STATS,
+    &TRANSPORT_UNITS,
+    &PREDICTIONS,
+    &PERFORMANCE_STATS_CURRENT,
+    &PERFORMANCE_STATS_HISTORY,
+    &TRANSPORT_UNITS_CURRENT,
+    &TRANSPORT_UNITS_HISTORY,
+];
 
 impl TableSpec {
     /// Every column in table order, `_extra` included, as (name, kind, nullable).
     pub fn columns(&self) -> Vec<(&'static str, Kind, bool)> {
         let mut out = Vec::new();
+        if let Layout::State(state) = self.layout {
+            out.extend(self.data.iter().chain(state.columns()).map(|c| (c.name, c.kind, !c.required)));
+            return out;
+        }
         if matches!(self.layout, Layout::Change { .. }) {
             out.extend(CHANGE_COLUMNS.iter().map(|c| (c.name, c.kind, !c.required)));
         }
@@ -432,9 +506,14 @@ impl TableSpec {
         self.partitioning.map(|p| vec![p.column.to_owned()]).unwrap_or_default()
     }
 
-    /// The table reading objects under `zone`/`dataset`.
+    /// The table reading objects under `zone`/`dataset` (landing or enriched).
     pub fn for_input(zone: Zone, dataset: &str) -> Option<&'static TableSpec> {
-        TABLES.into_iter().find(|t| t.input == (zone, dataset))
+        TABLES.into_iter().find(|t| zone != Zone::Bronze && t.input == (zone, dataset))
+    }
+
+    /// The tables derived from this change log (none for any other table).
+    pub fn states(&self) -> impl Iterator<Item = &'static TableSpec> + '_ {
+        TABLES.into_iter().filter(|t| matches!(t.layout, Layout::State(_)) && t.input == (Zone::Bronze, self.name))
     }
 }
 
@@ -449,5 +528,7 @@ pub fn identity_columns(spec: &TableSpec) -> Vec<&'static str> {
             cols.extend_from_slice(key);
             cols
         }
+        // Rewritten whole, never appended to: no identities.
+        Layout::State(_) => Vec::new(),
     }
 }

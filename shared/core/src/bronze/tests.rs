@@ -255,7 +255,7 @@ fn changes_carry_op_lsn_and_a_key_identity_and_accept_debezium_dates() {
 #[test]
 fn every_table_indexes_its_identity_columns_in_file_statistics() {
     // deltalake collects statistics for the first 32 columns; the identity's sequence columns must be among them.
-    for t in TABLES {
+    for t in TABLES.into_iter().filter(|t| !matches!(t.layout, Layout::State(_))) {
         let names: Vec<&str> = t.columns().iter().map(|c| c.0).collect();
         for col in ["_source_offset", "_source_partition", "_line"]
             .into_iter()

@@ -24,7 +24,7 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.
   fi
   log=.local/cargo-lambda-watch.log
   echo "==> cargo lambda watch on 127.0.0.1:$port (log: $log)"
-  cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$port" --env-file .local/stack.env --ignore-changes \
+  cargo lambda watch --invoke-address 127.0.0.1 --invoke-port "$port" --env-file .local/lambda.env --ignore-changes \
     >"$log" 2>&1 &
   watch_pid=$!
   trap 'kill $watch_pid 2>/dev/null || true' EXIT

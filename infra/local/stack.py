@@ -279,6 +279,8 @@ def up(args):
     if weather_url:
         env["WEATHER_API_URL"] = weather_url
     (STATE / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    # The same for cargo lambda's --env-file (dotenv syntax): values quoted, as GLIBC_TUNABLES holds a second `=`.
+    (STATE / "lambda.env").write_text("".join(f'{k}="{v}"\n' for k, v in env.items()))
     print(f"local stack up: moto {endpoint}" + (f", weather stub {weather_url}" if weather_url else ""))
     print(f"  bucket s3://{names['LAKE_BUCKET']}, Glue database {names['GLUE_DATABASE']}; settings in .local/stack.env")
 

@@ -355,11 +355,7 @@ async fn eight_concurrent_writers_commit_every_row_once_with_contiguous_versions
     // The writers race for each log version with create-only PUTs: through the serialising proxy, which makes
     // each one atomic as S3 does (moto alone can let two win under load).
     let proxy = fleetlake_testkit::serialising_proxy(env.moto.endpoint.clone()).await;
-    let through_proxy: Vec<(String, String)> = env
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), if k == "AWS_ENDPOINT_URL" { proxy.clone() } else { v.clone() }))
-        .collect();
+    let through_proxy = fleetlake_testkit::through(&env.env, &proxy);
     let mut writers = Vec::new();
     for _ in &jobs {
         writers.push(

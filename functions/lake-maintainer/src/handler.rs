@@ -33,9 +33,8 @@ const LISTED_FILES: usize = 1000;
 #[derive(Debug)]
 pub(crate) struct Deps {
     pub(crate) config: Config,
+    /// The tables, read at their latest version; the state tables are also taken from it to be written.
     tables: TableCache,
-    /// The state tables, opened (and created when missing) for writing.
-    writers: TableCache,
 }
 
 impl Deps {
@@ -45,7 +44,7 @@ impl Deps {
             config.bronze_prefix.as_str(),
             config.storage_options.clone(),
         )?;
-        Ok(Self { config, tables: TableCache::new(settings.clone()), writers: TableCache::new(settings) })
+        Ok(Self { config, tables: TableCache::new(settings) })
     }
 }
 
@@ -237,7 +236,7 @@ impl Deps {
         table: &deltalake::DeltaTable,
         deadline: Instant,
     ) -> Result<(u64, bool), MaintainError> {
-        let mut partitions: Vec<Option<(&str, String)>> = match spec.partitioning {
+        let partitions: Vec<Option<(&str, String)>> = match spec.partitioning {
             None => vec![None],
             Some(p) => {
                 let values: std::collections::BTreeSet<String> =
@@ -246,13 +245,13 @@ impl Deps {
             }
         };
         let mut built = 0;
-        for (i, partition) in partitions.drain(..).enumerate() {
+        for (i, partition) in partitions.iter().enumerate() {
             if Instant::now() + TABLE_MARGIN > deadline {
                 warn!(table = spec.name, done = i, "out of time building state partitions");
                 return Ok((built, true));
             }
             let partition = partition.as_ref().map(|(c, v)| (*c, v.as_str()));
-            built += refresh_partition(&self.writers, table, spec, partition, true).await?.replaced;
+            built += refresh_partition(&self.tables, table, spec, partition, true).await?.replaced;
         }
         Ok((built, false))
     }

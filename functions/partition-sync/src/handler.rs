@@ -56,9 +56,8 @@ pub(crate) struct Deps {
     config: Config,
     store: S3Store,
     catalog: Catalog,
+    /// The tables, read at their latest version; the state tables are also taken from it to be written.
     tables: TableCache,
-    /// The state tables, opened (and created when missing) for writing.
-    writers: TableCache,
     descriptors: Mutex<HashMap<String, StorageDescriptor>>,
 }
 
@@ -75,14 +74,7 @@ impl Deps {
             config.bronze_prefix.as_str(),
             config.storage_options.clone(),
         )?;
-        Ok(Self {
-            config,
-            store,
-            catalog,
-            tables: TableCache::new(settings.clone()),
-            writers: TableCache::new(settings),
-            descriptors: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { config, store, catalog, tables: TableCache::new(settings), descriptors: Mutex::new(HashMap::new()) })
     }
 
     fn table_root(&self, spec: &TableSpec) -> String {
@@ -314,11 +306,7 @@ async fn rewrite_states(
     if Instant::now() >= stop {
         return Ok(None);
     }
-    let value = match partition {
-        Partition::Whole => None,
-        Partition::Value { column, value } => Some((column.as_str(), value.as_str())),
-    };
-    let done = refresh_partition(&deps.writers, table, spec, value, false).await?;
+    let done = refresh_partition(&deps.tables, table, spec, partition.as_pair(), false).await?;
     info!(partition = %partition.folder(), replaced = done.replaced, superseded = done.superseded, "state tables");
     Ok(Some(done))
 }

@@ -39,8 +39,7 @@ impl Env {
         env.push(("GLUE_DATABASE".into(), DB.into()));
         if race {
             let proxy = racing_proxy(moto.endpoint.clone(), moto.s3(), bucket.clone()).await;
-            env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
-            env.push(("AWS_ENDPOINT_URL".into(), proxy));
+            env = fleetlake_testkit::through(&env, &proxy);
         }
         let sync = LambdaHarness::start(Path::new(env!("CARGO_BIN_EXE_partition-sync")), "partition-sync", &env).await;
 
@@ -374,11 +373,7 @@ async fn syncs_at_the_same_time_leave_the_state_of_the_newest_change_log() {
     }
     // WHEN four syncs (one per commit, through the proxy that makes create-only PUTs atomic, as S3 does) run at once
     let proxy = fleetlake_testkit::serialising_proxy(env.moto.endpoint.clone()).await;
-    let vars: Vec<(String, String)> = env
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), if k == "AWS_ENDPOINT_URL" { proxy.clone() } else { v.clone() }))
-        .collect();
+    let vars = fleetlake_testkit::through(&env.vars, &proxy);
     let mut syncs = Vec::new();
     for _ in &versions {
         syncs

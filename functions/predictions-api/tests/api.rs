@@ -107,8 +107,7 @@ impl Api {
         let deadline = Instant::now() + Duration::from_secs(30);
         PredictionStore::new(client, &table).write(&items, deadline).await.unwrap();
         let (endpoint, proxy) = proxy(moto.endpoint.clone()).await;
-        let mut env: Vec<(String, String)> = moto.env().into_iter().filter(|(k, _)| k != "AWS_ENDPOINT_URL").collect();
-        env.push(("AWS_ENDPOINT_URL".into(), endpoint));
+        let mut env = fleetlake_testkit::through(&moto.env(), &endpoint);
         env.push(("PREDICTIONS_TABLE".into(), table));
         env.push(("PAGINATION_KEY".into(), KEY.into()));
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));

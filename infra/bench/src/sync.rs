@@ -66,8 +66,7 @@ async fn main() {
 
     let settings = moto.delta_settings(&bucket);
     let proxy = forwarding_proxy(moto.endpoint.clone(), std::time::Duration::from_millis(latency_ms), None).await;
-    let mut env: Vec<(String, String)> = moto.env().into_iter().filter(|(k, _)| k != "AWS_ENDPOINT_URL").collect();
-    env.push(("AWS_ENDPOINT_URL".into(), proxy));
+    let mut env = fleetlake_testkit::through(&moto.env(), &proxy);
     env.push(("LAKE_BUCKET".into(), bucket.clone()));
     env.push(("GLUE_DATABASE".into(), "fleetlake".into()));
     env.push(("RUST_LOG".into(), "warn".into()));

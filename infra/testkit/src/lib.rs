@@ -12,7 +12,7 @@ mod proxy;
 mod runtime;
 
 pub use moto::Moto;
-pub use proxy::{forwarding_proxy, serialising_proxy, BeforeForward};
+pub use proxy::{forwarding_proxy, serialising_proxy, through, BeforeForward};
 pub use runtime::{Invocation, LambdaHarness};
 
 use std::path::PathBuf;

@@ -18,7 +18,7 @@ pub type BeforeForward = Arc<dyn Fn(Method, Uri) -> Pin<Box<dyn Future<Output = 
 /// is, after `delay` and after `before` (if any) has run; answers with the target's status, headers and body.
 /// Returns its endpoint (`http://127.0.0.1:<port>`).
 pub async fn forwarding_proxy(target: String, delay: Duration, before: Option<BeforeForward>) -> String {
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("HTTP client");
+    let http = client();
     let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
         let (http, target, before) = (http.clone(), target.clone(), before.clone());
         async move {
@@ -31,10 +31,7 @@ pub async fn forwarding_proxy(target: String, delay: Duration, before: Option<Be
             forward(&http, &target, method, &uri, &headers, body).await
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
-    let endpoint = format!("http://{}", listener.local_addr().expect("the proxy's address"));
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("the proxy stopped") });
-    endpoint
+    serve(app).await
 }
 
 /// Starts a proxy on a free loopback port that forwards every request to `target`, and conditional writes (PUTs
@@ -42,7 +39,7 @@ pub async fn forwarding_proxy(target: String, delay: Duration, before: Option<Be
 /// and then writes, and under load two create-only PUTs of one key can both succeed (seen in `make test`:
 /// `shared/aws/tests/adapters.rs`). Tests that race writers for one key go through this. Returns its endpoint.
 pub async fn serialising_proxy(target: String) -> String {
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("HTTP client");
+    let http = client();
     let writes = Arc::new(tokio::sync::Mutex::new(()));
     let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
         let (http, target, writes) = (http.clone(), target.clone(), writes.clone());
@@ -53,10 +50,29 @@ pub async fn serialising_proxy(target: String) -> String {
             forward(&http, &target, method, &uri, &headers, body).await
         }
     });
+    serve(app).await
+}
+
+/// The proxy's client: redirects are the caller's to follow.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("HTTP client")
+}
+
+/// Serves `app` on a free loopback port; returns its endpoint (`http://127.0.0.1:<port>`).
+async fn serve(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
     let endpoint = format!("http://{}", listener.local_addr().expect("the proxy's address"));
     tokio::spawn(async move { axum::serve(listener, app).await.expect("the proxy stopped") });
     endpoint
+}
+
+/// `env` with `AWS_ENDPOINT_URL` set to `endpoint` (a proxy in front of the emulator), the rest as it is.
+pub fn through(env: &[(String, String)], endpoint: &str) -> Vec<(String, String)> {
+    env.iter()
+        .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
+        .cloned()
+        .chain([("AWS_ENDPOINT_URL".to_owned(), endpoint.to_owned())])
+        .collect()
 }
 
 async fn forward(

@@ -65,6 +65,14 @@ impl Partition {
         }
     }
 
+    /// `(column, value)`, or `None` for the whole of an unpartitioned table.
+    pub fn as_pair(&self) -> Option<(&str, &str)> {
+        match self {
+            Partition::Whole => None,
+            Partition::Value { column, value } => Some((column.as_str(), value.as_str())),
+        }
+    }
+
     /// The partition's values in key order, as Glue wants them.
     pub fn values(&self) -> Vec<String> {
         match self {

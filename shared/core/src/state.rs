@@ -74,44 +74,52 @@ impl Change {
 /// A change log's rows as a state table: `state`'s rows in `state`'s schema ([`TableSpec::arrow_schema`]).
 ///
 /// `changes` are rows of the change log `source` with at least `op`, `ts_ms`, `lsn`, the row columns (the partition
-/// column included) and `_source_partition`/`_source_offset` (and, when present, `_file`/`_line`), in any order and any number of batches. Rows come out
-/// ordered by key and then by time.
+/// column included) and `_source_partition`/`_source_offset` (and, when present, `_file`/`_line`), in any order
+/// and any number of batches. Rows come out ordered by key and then by time. [`order`] once and
+/// [`Ordered::state`] per table when several state tables come from the same changes.
 pub fn derive(source: &TableSpec, state: &TableSpec, changes: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
-    let (Layout::Change { key }, Layout::State(shape)) = (source.layout, state.layout) else {
-        return Err(ArrowError::InvalidArgumentError(format!("{} is not a state of {}", state.name, source.name)));
+    order(source, changes)?.state(state)
+}
+
+/// A change log's changes in source order, each change once (its first delivery): what every state table of the
+/// change log is computed from.
+#[derive(Debug)]
+pub struct Ordered {
+    source: &'static str,
+    /// The changes in one batch (`None` when there were none).
+    all: Option<RecordBatch>,
+    order: Vec<Change>,
+}
+
+/// Orders the changes of the change log `source` (see [`derive`]).
+pub fn order(source: &TableSpec, changes: &[RecordBatch]) -> Result<Ordered, ArrowError> {
+    let Layout::Change { key } = source.layout else {
+        return Err(ArrowError::InvalidArgumentError(format!("{} is not a change log", source.name)));
     };
-    let schema = state.arrow_schema();
     let Some(first) = changes.first() else {
-        return Ok(RecordBatch::new_empty(schema));
+        return Ok(Ordered { source: source.name, all: None, order: Vec::new() });
     };
     let all = arrow_select::concat::concat_batches(&first.schema(), changes)?;
     let n = all.num_rows();
     let rows = u32::try_from(n).map_err(|_| ArrowError::InvalidArgumentError("too many changes".into()))?;
 
-    let column = |name: &str| {
-        all.column_by_name(name)
-            .cloned()
-            .ok_or_else(|| ArrowError::SchemaError(format!("the changes have no column {name:?}")))
-    };
-    let op = column("op")?;
+    let op = column(&all, "op")?;
     let op = op.as_string_opt::<i32>().ok_or_else(|| ArrowError::SchemaError("op is not text".into()))?;
-    let ts = column("ts_ms")?;
-    let ts = ts
-        .as_primitive_opt::<TimestampMicrosecondType>()
-        .ok_or_else(|| ArrowError::SchemaError("ts_ms is not a microsecond timestamp".into()))?;
-    let lsn = int64(&column("lsn")?)?;
-    let source_partition = column("_source_partition")?;
+    let ts = column(&all, "ts_ms")?;
+    let ts = timestamps(&ts)?;
+    let lsn = int64(&column(&all, "lsn")?)?;
+    let source_partition = column(&all, "_source_partition")?;
     let source_partition = source_partition
         .as_primitive_opt::<Int32Type>()
         .ok_or_else(|| ArrowError::SchemaError("_source_partition is not a 32-bit integer".into()))?;
-    let source_offset = int64(&column("_source_offset")?)?;
+    let source_offset = int64(&column(&all, "_source_offset")?)?;
     // Where delta-writer read the change: the delivery order of changes landed from files (no Kafka position).
     let file = all.column_by_name("_file").and_then(|c| c.as_string_opt::<i32>().cloned());
     let line = match all.column_by_name("_line") {
         Some(c) => Some(int64(c)?),
         None => None,
     };
-    let keys: Vec<ArrayRef> = key.iter().map(|k| column(k)).collect::<Result<_, _>>()?;
+    let keys: Vec<ArrayRef> = key.iter().map(|k| column(&all, k)).collect::<Result<_, _>>()?;
     if let Some(k) = keys
         .iter()
         .find(|k| !matches!(k.data_type(), DataType::Utf8 | DataType::Date32 | DataType::Int32 | DataType::Int64))
@@ -139,45 +147,77 @@ pub fn derive(source: &TableSpec, state: &TableSpec, changes: &[RecordBatch]) ->
     order.sort_unstable_by(Change::order);
     // The first delivery of each change.
     order.dedup_by(|later, first| later.same_change(first));
+    Ok(Ordered { source: source.name, all: Some(all), order })
+}
 
-    // (row taken, ts of the version's end) per output row.
-    let mut taken: Vec<u32> = Vec::new();
-    let mut ends: Vec<Option<i64>> = Vec::new();
-    for (i, c) in order.iter().enumerate() {
-        let next = order.get(i + 1).filter(|n| n.key == c.key);
-        if c.delete {
-            continue;
-        }
-        match shape {
-            State::Current if next.is_none() => {
-                taken.push(c.row);
-                ends.push(None);
+impl Ordered {
+    /// The rows of the state table `state` (a state of this change log).
+    pub fn state(&self, state: &TableSpec) -> Result<RecordBatch, ArrowError> {
+        let shape = match state.layout {
+            Layout::State(shape) if state.input.1 == self.source => shape,
+            _ => {
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "{} is not a state of {}",
+                    state.name, self.source
+                )))
             }
-            State::Current => {}
-            State::History => {
-                taken.push(c.row);
-                ends.push(next.map(|n| n.ts_us));
-            }
-        }
-    }
-    let indices = UInt32Array::from(taken);
-    let starts: ArrayRef = arrow_select::take::take(ts, &indices, None)?;
-    let mut out: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for field in schema.fields() {
-        let array: ArrayRef = match field.name().as_str() {
-            "updated_at" | "valid_from" => Arc::clone(&starts),
-            "lsn" => arrow_select::take::take(&lsn, &indices, None)?,
-            "valid_to" => Arc::new(TimestampMicrosecondArray::from(ends.clone()).with_timezone("UTC")),
-            "is_current" => Arc::new(BooleanArray::from(ends.iter().map(Option::is_none).collect::<Vec<bool>>())),
-            name => arrow_select::take::take(column(name)?.as_ref(), &indices, None)?,
         };
-        out.push(if array.data_type() == field.data_type() {
-            array
-        } else {
-            arrow_cast_utc(&array, field.data_type())?
-        });
+        let schema = state.arrow_schema();
+        let Some(all) = &self.all else {
+            return Ok(RecordBatch::new_empty(schema));
+        };
+        // (row taken, ts of the version's end) per output row.
+        let mut taken: Vec<u32> = Vec::new();
+        let mut ends: Vec<Option<i64>> = Vec::new();
+        for (i, c) in self.order.iter().enumerate() {
+            let next = self.order.get(i + 1).filter(|n| n.key == c.key);
+            if c.delete {
+                continue;
+            }
+            match shape {
+                State::Current if next.is_none() => {
+                    taken.push(c.row);
+                    ends.push(None);
+                }
+                State::Current => {}
+                State::History => {
+                    taken.push(c.row);
+                    ends.push(next.map(|n| n.ts_us));
+                }
+            }
+        }
+        let indices = UInt32Array::from(taken);
+        let starts: ArrayRef = arrow_select::take::take(column(all, "ts_ms")?.as_ref(), &indices, None)?;
+        let mut out: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let array: ArrayRef = match field.name().as_str() {
+                "updated_at" | "valid_from" => Arc::clone(&starts),
+                "valid_to" => Arc::new(TimestampMicrosecondArray::from(ends.clone()).with_timezone("UTC")),
+                "is_current" => Arc::new(BooleanArray::from(ends.iter().map(Option::is_none).collect::<Vec<bool>>())),
+                name => arrow_select::take::take(column(all, name)?.as_ref(), &indices, None)?,
+            };
+            out.push(if array.data_type() == field.data_type() {
+                array
+            } else {
+                arrow_cast_utc(&array, field.data_type())?
+            });
+        }
+        RecordBatch::try_new(schema, out)
     }
-    RecordBatch::try_new(schema, out)
+}
+
+/// A column of the changes, by name.
+fn column(all: &RecordBatch, name: &str) -> Result<ArrayRef, ArrowError> {
+    all.column_by_name(name)
+        .cloned()
+        .ok_or_else(|| ArrowError::SchemaError(format!("the changes have no column {name:?}")))
+}
+
+/// A microsecond timestamp column (`ts_ms`).
+fn timestamps(array: &ArrayRef) -> Result<&TimestampMicrosecondArray, ArrowError> {
+    array
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| ArrowError::SchemaError("ts_ms is not a microsecond timestamp".into()))
 }
 
 /// An Int64 column (`lsn`, `_source_offset`).

@@ -9,8 +9,6 @@
 
 use super::*;
 
-use fleetlake_core::partitions::Partition;
-
 /// What [`replace_partition`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replaced {
@@ -324,8 +322,9 @@ pub async fn refresh_partition(
         return Ok(out);
     }
     let changes = read_partition(change_log, spec, partition, &change_columns(spec)).await?;
+    let ordered = fleetlake_core::state::order(spec, &changes).map_err(|e| data_error(spec, e))?;
     for (state, mut table) in pending {
-        let rows = fleetlake_core::state::derive(spec, state, &changes).map_err(|e| data_error(state, e));
+        let rows = ordered.state(state).map_err(|e| data_error(state, e));
         let replaced = match rows {
             Ok(rows) => replace_partition(&mut table, state, partition, rows, version).await,
             Err(e) => Err(e),
@@ -367,11 +366,9 @@ async fn touched_since(
         let Ok((partitions, refused)) = fleetlake_core::partitions::touched_partitions(spec, &commit) else {
             return Ok(true);
         };
-        let hit = partitions.iter().any(|p| match (p, partition) {
-            (Partition::Whole, _) => true,
-            (Partition::Value { column, value }, Some((c, v))) => column == c && value == v,
-            (Partition::Value { .. }, None) => true,
-        });
+        // An unpartitioned table's commits touch all of it.
+        let hit =
+            partitions.iter().any(|p| partition.is_none() || p.as_pair().is_none_or(|pair| Some(pair) == partition));
         if hit || !refused.is_empty() {
             return Ok(true);
         }

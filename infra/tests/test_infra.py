@@ -380,7 +380,7 @@ class EventShapes(unittest.TestCase):
             return "s3_test_event"
         if doc.get("version") == "2.0" and "rawPath" in doc:
             return "http_v2"
-        if doc and set(doc) <= {"task", "table", "tables", "dry_run"}:
+        if doc and set(doc) <= {"task", "table", "tables", "partition", "idle_minutes", "dry_run"}:
             return "maintenance_request"
         return {"Object Created": "eventbridge_s3", "Scheduled Event": "eventbridge_schedule"}.get(doc.get("detail-type"))
 

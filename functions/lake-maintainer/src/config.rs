@@ -20,6 +20,12 @@ pub(crate) struct Config {
     /// `CHECKPOINT_INTERVAL` (default 100, as delta-writer's): a checkpoint older than this many versions is
     /// replaced by one at the current version.
     pub(crate) checkpoint_interval: u64,
+    /// `COMPACT_TARGET_MB` (default 128, 1 to 1024): the size compacted files are packed to; files at least this
+    /// big are left alone.
+    pub(crate) compact_target_bytes: u64,
+    /// `COMPACT_IDLE_MINUTES` (default 60): a partition is compacted once it has had no append for this long (late
+    /// data may still arrive afterwards: it is one more small file, compacted on a later run).
+    pub(crate) compact_idle_minutes: u32,
     /// deltalake storage options from `AWS_ENDPOINT_URL` and `AWS_REGION`.
     pub(crate) storage_options: HashMap<String, String>,
 }
@@ -37,7 +43,13 @@ impl Config {
         if checkpoint_interval == 0 {
             return Err(ConfigError::new("CHECKPOINT_INTERVAL", "must be at least 1"));
         }
+        let target_mb: u64 = env.parse_or("COMPACT_TARGET_MB", 128)?;
+        if !(1..=1024).contains(&target_mb) {
+            return Err(ConfigError::new("COMPACT_TARGET_MB", format!("{target_mb} is not between 1 and 1024")));
+        }
         Ok(Self {
+            compact_target_bytes: target_mb << 20,
+            compact_idle_minutes: env.parse_or("COMPACT_IDLE_MINUTES", 60)?,
             bucket: BucketName::parse("LAKE_BUCKET", env.required("LAKE_BUCKET")?)?,
             bronze_prefix: Prefix::parse("BRONZE_PREFIX", env.get("BRONZE_PREFIX").unwrap_or("bronze/"))?,
             retention_hours,
@@ -60,11 +72,15 @@ mod tests {
     fn defaults_and_errors_name_the_variable() {
         let cfg = Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake")])).unwrap();
         assert_eq!((cfg.retention_hours, cfg.dry_run, cfg.checkpoint_interval), (168, false, 100));
+        assert_eq!((cfg.compact_target_bytes, cfg.compact_idle_minutes), (128 << 20, 60));
         for (var, value) in [
             ("VACUUM_RETENTION_HOURS", "23"),
             ("VACUUM_RETENTION_HOURS", "a week"),
             ("VACUUM_DRY_RUN", "yes"),
             ("CHECKPOINT_INTERVAL", "0"),
+            ("COMPACT_TARGET_MB", "0"),
+            ("COMPACT_TARGET_MB", "4096"),
+            ("COMPACT_IDLE_MINUTES", "-1"),
             ("BRONZE_PREFIX", "/bronze"),
         ] {
             let err = Config::from_env(&Env::from_pairs([("LAKE_BUCKET", "lake"), (var, value)])).unwrap_err();

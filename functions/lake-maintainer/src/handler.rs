@@ -1,9 +1,11 @@
-//! lake-maintainer's handler: one request (the daily schedule, or an on-demand invocation naming tables and tasks)
-//! → per table, in the order of the request, while the invocation has time: the state table partitions of a change
-//! log that were never built, log hygiene, vacuum.
+//! lake-maintainer's handler: one request (the daily schedule, the hourly compaction schedule, or an on-demand
+//! invocation naming tables, a partition and tasks) → per table, in the order of the request, while the invocation
+//! has time: the state table partitions of a change log that were never built, compaction of the partitions idle
+//! for a while, log hygiene, vacuum.
 //!
 //! Every step is safe beside delta-writer, partition-sync and the predictor running at the same time, and safe to
-//! run twice or late: log hygiene only writes a checkpoint of a committed version and removes log entries that
+//! run twice or late: compaction commits only while every file it rewrites is still active (see
+//! [`fleetlake_delta::compact`]); log hygiene only writes a checkpoint of a committed version and removes log entries that
 //! deltalake's retention lets go (never one after the newest checkpoint); vacuum deletes only files that the
 //! current version does not reference, that were removed (or, never committed, uploaded) longer than the retention
 //! ago, and that no symlink manifest names (see [`fleetlake_delta::maintain`]).
@@ -13,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use fleetlake_core::bronze::{Layout, TableSpec, TABLES};
 use fleetlake_core::fault::{Classify, Fault};
-use fleetlake_delta::{active_files, log_hygiene, refresh_partition, vacuum, DeltaError, DeltaSettings, TableCache};
+use fleetlake_delta::{
+    active_files, compact_partition, last_appends, log_hygiene, refresh_partition, vacuum, CompactReport, DeltaError,
+    DeltaSettings, TableCache,
+};
 use fleetlake_runner::Invocation;
 use serde_json::{json, Map, Value};
 use tracing::{error, info, warn};
@@ -56,6 +61,11 @@ pub(crate) struct Request {
     pub(crate) vacuum: bool,
     /// Build the state table partitions of the change logs among `tables` that were never built.
     pub(crate) states: bool,
+    /// Compact the partitions idle for `idle_minutes` (or only `partition`, idle or not).
+    pub(crate) compact: bool,
+    /// One partition value of the one table named: compaction looks at it only, idle or not.
+    pub(crate) partition: Option<String>,
+    pub(crate) idle_minutes: u32,
     pub(crate) dry_run: bool,
 }
 
@@ -82,11 +92,20 @@ impl Classify for MaintainError {
 }
 
 impl Request {
-    /// The daily schedule (an EventBridge `Scheduled Event`) asks for everything; an on-demand invocation may name
-    /// `task` (`all`, `log`, `vacuum`, `states`), `table` or `tables`, and `dry_run`.
+    /// The daily schedule (an EventBridge `Scheduled Event`) asks for everything; the hourly one and an on-demand
+    /// invocation may name `task` (`all`, `compact`, `log`, `vacuum`, `states`), `table` or `tables`, `partition`
+    /// (with one table), `idle_minutes` and `dry_run`.
     pub(crate) fn parse(payload: &Value, config: &Config) -> Result<Self, String> {
-        let everything =
-            Request { tables: TABLES.to_vec(), log: true, vacuum: true, states: true, dry_run: config.dry_run };
+        let everything = Request {
+            tables: TABLES.to_vec(),
+            log: true,
+            vacuum: true,
+            states: true,
+            compact: true,
+            partition: None,
+            idle_minutes: config.compact_idle_minutes,
+            dry_run: config.dry_run,
+        };
         if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
             return Ok(everything);
         }
@@ -97,13 +116,21 @@ impl Request {
         for (name, value) in fields {
             match (name.as_str(), value) {
                 ("task", Value::String(t)) => {
-                    (request.log, request.vacuum, request.states) = match t.as_str() {
-                        "all" => (true, true, true),
-                        "log" => (true, false, false),
-                        "vacuum" => (false, true, false),
-                        "states" => (false, false, true),
-                        other => return Err(format!("task {other:?} is not all, log, vacuum or states")),
+                    (request.log, request.vacuum, request.states, request.compact) = match t.as_str() {
+                        "all" => (true, true, true, true),
+                        "compact" => (false, false, false, true),
+                        "log" => (true, false, false, false),
+                        "vacuum" => (false, true, false, false),
+                        "states" => (false, false, true, false),
+                        other => return Err(format!("task {other:?} is not all, compact, log, vacuum or states")),
                     }
+                }
+                ("partition", Value::String(p)) => request.partition = Some(p.clone()),
+                ("idle_minutes", Value::Number(n)) => {
+                    request.idle_minutes = n
+                        .as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| format!("idle_minutes: {n} is not a number of minutes"))?;
                 }
                 ("table", Value::String(t)) => request.tables = vec![table(t)?],
                 ("tables", Value::Array(names)) => {
@@ -114,6 +141,17 @@ impl Request {
                 }
                 ("dry_run", Value::Bool(d)) => request.dry_run = *d,
                 (other, value) => return Err(format!("{other}: {value} is not a field this function takes")),
+            }
+        }
+        if let Some(p) = &request.partition {
+            let [spec] = request.tables[..] else {
+                return Err("partition: name exactly one table with it".into());
+            };
+            let Some(partitioning) = spec.partitioning else {
+                return Err(format!("partition: {} is not partitioned", spec.name));
+            };
+            if chrono::NaiveDate::parse_from_str(p, "%Y-%m-%d").is_err() {
+                return Err(format!("partition: {p:?} is not a {} value (YYYY-MM-DD)", partitioning.column));
             }
         }
         Ok(request)
@@ -181,7 +219,7 @@ impl Deps {
         now_ms: i64,
         invocation: &Invocation,
     ) -> Result<Option<(Map<String, Value>, bool)>, MaintainError> {
-        let Some(table) = self.tables.latest(spec).await? else {
+        let Some(mut table) = self.tables.latest(spec).await? else {
             info!(table = spec.name, "no such table yet; nothing to maintain");
             invocation.add("tables_missing", 1);
             return Ok(None);
@@ -190,10 +228,36 @@ impl Deps {
         let out_of_time = || Instant::now() + TABLE_MARGIN > invocation.deadline();
         let mut out = Map::new();
         out.insert("version".into(), json!(table.version()));
+        // Bins compaction could not read: the other steps still run, then the table fails naming them.
+        let mut unreadable: Option<String> = None;
         if request.states && matches!(spec.layout, Layout::Change { .. }) {
             let (built, unfinished) = self.build_missing_states(spec, &table, invocation.deadline()).await?;
             invocation.add("state_partitions_built", built);
             out.insert("state_partitions_built".into(), json!(built));
+            if unfinished {
+                return Ok(Some((out, true)));
+            }
+        }
+        if request.compact && !matches!(spec.layout, Layout::State(_)) {
+            let (report, unfinished) = self.compact(spec, &mut table, request, now_ms, invocation.deadline()).await?;
+            invocation.add("files_compacted", report.files_removed as u64);
+            invocation.add("compacted_files_written", report.files_added as u64);
+            invocation.add("compacted_bytes", report.bytes_read);
+            invocation.add("compaction_bins_given_up", report.bins_given_up as u64);
+            invocation.add("compaction_bins_unreadable", report.unreadable.len() as u64);
+            if !report.unreadable.is_empty() {
+                unreadable = Some(report.unreadable.join("; "));
+            }
+            out.insert(
+                "compaction".into(),
+                json!({
+                    "partitions": report.partitions, "files_removed": report.files_removed,
+                    "files_added": report.files_added, "bytes_read": report.bytes_read,
+                    "bytes_written": report.bytes_written, "rows": report.rows,
+                    "bins_given_up": report.bins_given_up, "versions": report.versions,
+                    "unreadable": report.unreadable,
+                }),
+            );
             if unfinished {
                 return Ok(Some((out, true)));
             }
@@ -223,7 +287,63 @@ impl Deps {
                 out.insert("files".into(), json!(report.deleted.iter().take(LISTED_FILES).collect::<Vec<_>>()));
             }
         }
+        if let Some(message) = unreadable {
+            let done = Value::Object(out);
+            info!(table = spec.name, %done, "what was done before the table failed");
+            return Err(MaintainError::Delta(DeltaError::Broken {
+                table: spec.name,
+                message: format!("compaction left data files it cannot read: {message}"),
+            }));
+        }
         Ok(Some((out, false)))
+    }
+
+    /// Compacts the partitions of `table` that had no append for `request.idle_minutes` (or the one the request
+    /// names, idle or not), newest first; returns the sum of what was done and whether time ran out first.
+    async fn compact(
+        &self,
+        spec: &'static TableSpec,
+        table: &mut deltalake::DeltaTable,
+        request: &Request,
+        now_ms: i64,
+        deadline: Instant,
+    ) -> Result<(Compacted, bool), MaintainError> {
+        let idle_ms = i64::from(request.idle_minutes) * 60_000;
+        let column = spec.partitioning.map(|p| p.column);
+        let partitions: Vec<Option<String>> = match &request.partition {
+            Some(p) => vec![Some(p.clone())],
+            None => last_appends(table, spec)?
+                .into_iter()
+                .rev()
+                .filter(|(_, last)| now_ms.saturating_sub(*last) >= idle_ms)
+                .map(|(p, _)| p)
+                .collect(),
+        };
+        let mut sum = Compacted::default();
+        for value in partitions {
+            if Instant::now() + TABLE_MARGIN > deadline {
+                return Ok((sum, true));
+            }
+            let partition = match (column, value.as_deref()) {
+                (Some(c), Some(v)) => Some((c, v)),
+                (Some(_), None) => continue, // a null partition value: nothing a reader can name
+                (None, _) => None,
+            };
+            let report = compact_partition(
+                table,
+                spec,
+                partition,
+                self.config.compact_target_bytes,
+                deadline.checked_sub(TABLE_MARGIN).or(Some(deadline)),
+            )
+            .await?;
+            let unfinished = report.bins_left > 0;
+            sum.add(&report);
+            if unfinished {
+                return Ok((sum, true));
+            }
+        }
+        Ok((sum, false))
     }
 
     /// Builds, for every partition of the change log `spec`, the partitions of its state tables that were never
@@ -257,6 +377,34 @@ impl Deps {
     }
 }
 
+/// What compaction did in a table's partitions, summed.
+#[derive(Debug, Default)]
+pub(crate) struct Compacted {
+    partitions: u64,
+    files_removed: usize,
+    files_added: usize,
+    bytes_read: u64,
+    bytes_written: u64,
+    rows: u64,
+    bins_given_up: usize,
+    unreadable: Vec<String>,
+    versions: Vec<u64>,
+}
+
+impl Compacted {
+    fn add(&mut self, r: &CompactReport) {
+        self.partitions += u64::from(r.bins_committed > 0);
+        self.files_removed += r.files_removed;
+        self.files_added += r.files_added;
+        self.bytes_read += r.bytes_read;
+        self.bytes_written += r.bytes_written;
+        self.rows += r.rows;
+        self.bins_given_up += r.bins_given_up;
+        self.unreadable.extend(r.unreadable.iter().cloned());
+        self.versions.extend(&r.versions);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,9 +420,19 @@ mod tests {
             serde_json::from_str(include_str!("../../../events/lake-maintainer/schedule.json")).unwrap();
         let all = Request::parse(&schedule, &config()).unwrap();
         assert_eq!(
-            (all.tables.len(), all.log, all.vacuum, all.states, all.dry_run),
-            (TABLES.len(), true, true, true, false)
+            (all.tables.len(), all.log, all.vacuum, all.states, all.compact, all.dry_run),
+            (TABLES.len(), true, true, true, true, false)
         );
+        let hourly: Value = serde_json::from_str(include_str!("../../../events/lake-maintainer/compact.json")).unwrap();
+        let compact = Request::parse(&hourly, &config()).unwrap();
+        assert_eq!((compact.log, compact.vacuum, compact.states, compact.compact), (false, false, false, true));
+        assert_eq!((compact.tables.len(), compact.partition, compact.idle_minutes), (TABLES.len(), None, 60));
+        let one = Request::parse(
+            &json!({"task": "compact", "table": "locations", "partition": "2026-11-24", "idle_minutes": 0}),
+            &config(),
+        )
+        .unwrap();
+        assert_eq!((one.partition.as_deref(), one.idle_minutes), (Some("2026-11-24"), 0));
         let asked: Value =
             serde_json::from_str(include_str!("../../../events/lake-maintainer/vacuum-dry-run.json")).unwrap();
         let one = Request::parse(&asked, &config()).unwrap();
@@ -282,7 +440,11 @@ mod tests {
         assert_eq!((one.log, one.vacuum, one.states, one.dry_run), (false, true, false, true));
         for bad in [
             json!({"table": "nope"}),
-            json!({"task": "compact"}),
+            json!({"task": "optimize"}),
+            json!({"partition": "2026-11-24"}),
+            json!({"table": "transport_units", "partition": "2026-11-24"}),
+            json!({"table": "locations", "partition": "yesterday"}),
+            json!({"idle_minutes": -5}),
             json!({"dry_run": "yes"}),
             json!({"tables": ["locations", 3]}),
             json!({"retention_hours": 1}),

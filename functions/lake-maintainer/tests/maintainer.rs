@@ -3,15 +3,18 @@
 //! as the independent reader.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use fleetlake_core::bronze::{TableSpec, TRANSPORT_UNITS_CURRENT};
-use fleetlake_delta::{log_hygiene, open_or_create, replace_partition, vacuum, DeltaSettings, Replaced};
+use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, TableSpec, LOCATIONS, TRANSPORT_UNITS_CURRENT};
+use fleetlake_delta::{
+    compact_partition, log_hygiene, open_or_create, replace_partition, vacuum, AppendStats, Appender, DeltaSettings,
+    Replaced,
+};
 use fleetlake_testkit::lake::{commit_stat_changes, read_delta, stat_change};
 use fleetlake_testkit::{LambdaHarness, Moto};
 use serde_json::{json, Value};
@@ -217,9 +220,9 @@ async fn the_daily_schedule_maintains_every_table_there_is_and_deletes_nothing_y
     // WHEN asked on demand for a dry run of a named table, and for something it does not do
     let dry = maintainer.invoke(&json!({"task": "vacuum", "table": "transport_units_current", "dry_run": true})).await;
     assert_eq!(dry.outcome.unwrap()["tables"]["transport_units_current"]["files"], json!([]));
-    let refused = maintainer.invoke(&json!({"task": "compact"})).await;
+    let refused = maintainer.invoke(&json!({"task": "optimize"})).await;
     let error = refused.outcome.unwrap_err();
-    assert!(error["errorMessage"].as_str().unwrap().contains(r#"task "compact" is not"#), "{error}");
+    assert!(error["errorMessage"].as_str().unwrap().contains(r#"task "optimize" is not"#), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,4 +258,193 @@ async fn state_partitions_never_built_are_built_once_from_the_change_log() {
     // AND a second run finds them built and builds nothing
     let again = maintainer.invoke(&ask).await.outcome.unwrap();
     assert_eq!(again["tables"]["performance_stats"]["state_partitions_built"], json!(0), "{again}");
+}
+
+/// The day the compaction tests' positions are on.
+const DAY: &str = "2026-11-24";
+
+/// Appends one commit of positions to `bronze/locations`: `units` units, one position each at `DAY` 00:00 plus
+/// `slot` quarter hours, Kafka offsets of partition 0 from `first`; returns what the append did.
+async fn positions(settings: &DeltaSettings, first: i64, units: i64, slot: i64) -> (Option<u64>, AppendStats) {
+    let table = open_or_create(settings, &LOCATIONS).await.unwrap();
+    let mut appender = Appender::new(&LOCATIONS, table, 128 << 20).unwrap();
+    let mut converter = Converter::new(&LOCATIONS);
+    let at = chrono::NaiveDate::parse_from_str(DAY, "%Y-%m-%d").unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc()
+        + chrono::Duration::minutes(15 * slot);
+    for u in 0..units {
+        // Units in no particular order within a commit, as MSK batches hold them.
+        let unit = (u * 7 + slot) % units;
+        let line = json!({"transport_unit_id": format!("TU-{unit:03}"), "transport_type": "terrestrial",
+            "ts": at.to_rfc3339(), "lat": 40.0 + unit as f64 / 100.0, "lon": -3.0 + slot as f64 / 100.0,
+            "speed_kmh": 50.0, "weather_status": "ok",
+            "_source": {"topic": "fleet.locations", "partition": 0, "offset": first + u, "timestamp": 1}});
+        let origin = LineOrigin { key: "k", etag: "", line: 1, lineage: Lineage::Vouched };
+        converter.push(line.to_string().as_bytes(), origin).unwrap();
+    }
+    let (batch, ids) = converter.finish().unwrap();
+    appender.write(batch, ids).await.unwrap();
+    let done = appender.commit(vec![]).await.unwrap();
+    (done.version, done.stats)
+}
+
+/// `bronze/locations` as the Python `deltalake` package reads it: rows by Kafka offset, and the number of files.
+fn locations_by_offset(env: &Env) -> (BTreeMap<i64, Value>, usize) {
+    let table = read_delta(&env.moto.endpoint, &format!("s3://{}/bronze/locations", env.bucket));
+    let rows = table["rows"].as_array().unwrap();
+    let by_offset: BTreeMap<i64, Value> =
+        rows.iter().map(|r| (r["_source_offset"].as_i64().unwrap(), r.clone())).collect();
+    assert_eq!(by_offset.len(), rows.len(), "no offset twice");
+    (by_offset, table["files"].as_array().unwrap().len())
+}
+
+/// The data files of `bronze/locations` in S3 (not the log).
+async fn locations_objects(env: &Env) -> BTreeSet<String> {
+    env.moto.keys(&env.bucket, "bronze/locations/event_date=").await.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_beside_running_appends_loses_and_duplicates_nothing_and_redelivery_adds_nothing() {
+    let env = Env::new().await;
+    const UNITS: i64 = 25;
+    for slot in 0..30 {
+        positions(&env.settings, slot * UNITS, UNITS, slot).await;
+    }
+    let (before, files) = locations_by_offset(&env);
+    assert_eq!((before.len(), files), (750, 30));
+    let mut vars = env.moto.env();
+    vars.push(("LAKE_BUCKET".into(), env.bucket.clone()));
+    let mut maintainer = env.maintainer(&vars).await;
+
+    // WHEN the partition is compacted while a writer keeps appending to it
+    let ask = json!({"task": "compact", "table": "locations", "partition": DAY});
+    let compaction = tokio::spawn(async move {
+        let inv = maintainer.invoke(&ask).await;
+        (inv.outcome, maintainer.stderr())
+    });
+    let mut slot = 30;
+    while !compaction.is_finished() || slot < 33 {
+        positions(&env.settings, slot * UNITS, UNITS, slot).await;
+        slot += 1;
+    }
+    let (outcome, stderr) = compaction.await.unwrap();
+    let answer = outcome.unwrap_or_else(|e| panic!("{e}\n{stderr}"));
+    let done = &answer["tables"]["locations"]["compaction"];
+    let removed = done["files_removed"].as_u64().unwrap();
+    assert!(removed >= 30, "{answer}");
+    assert_eq!(done["files_added"], json!(1), "{answer}");
+
+    // THEN an independent reader finds every row it found before, unchanged, plus every appended row, once
+    let (after, files) = locations_by_offset(&env);
+    assert_eq!(after.len() as i64, slot * UNITS, "every appended row is there");
+    for (offset, row) in &before {
+        assert_eq!(after.get(offset), Some(row), "offset {offset}");
+    }
+    // AND the appends the compaction did not take stay as they were: one compacted file plus those
+    assert_eq!(files as u64, 1 + (slot as u64 - removed), "{answer}");
+
+    // WHEN the first objects are delivered again after the compaction
+    for slot in 0..3 {
+        let (version, stats) = positions(&env.settings, slot * UNITS, UNITS, slot).await;
+        // THEN nothing is appended: the compacted file's identities still say they are there
+        assert_eq!((version, stats.rows_written, stats.duplicates), (None, 0, UNITS as u64), "slot {slot}");
+        assert_eq!(stats.files_checked, 1, "statistics still prune to the one compacted file");
+    }
+    assert_eq!(locations_by_offset(&env).0.len() as i64, slot * UNITS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_that_lost_the_race_commits_on_top_of_an_append_and_gives_up_when_its_files_are_gone() {
+    let env = Env::new().await;
+    const UNITS: i64 = 10;
+    for slot in 0..6 {
+        positions(&env.settings, slot * UNITS, UNITS, slot).await;
+    }
+    let partition = Some(("event_date", DAY));
+    // A compaction that read the table before an append committed.
+    let mut stale = open_or_create(&env.settings, &LOCATIONS).await.unwrap();
+    let read_at = stale.version().unwrap();
+    positions(&env.settings, 6 * UNITS, UNITS, 6).await;
+
+    // WHEN it commits
+    let report = compact_partition(&mut stale, &LOCATIONS, partition, 128 << 20, None).await.unwrap();
+    // THEN it commits on top of the append, the appended file untouched
+    assert_eq!((report.bins_committed, report.files_removed, report.files_added), (1, 6, 1), "{report:?}");
+    assert_eq!(report.versions, [read_at + 2]);
+    let (rows, files) = locations_by_offset(&env);
+    assert_eq!((rows.len(), files), (70, 2));
+    let history = read_delta(&env.moto.endpoint, &format!("s3://{}/bronze/locations", env.bucket))["history"].clone();
+    assert_eq!(history[0], json!("OPTIMIZE"), "{history}");
+
+    // WHEN two compactions read the same files and one commits first
+    positions(&env.settings, 7 * UNITS, UNITS, 7).await;
+    let mut first = open_or_create(&env.settings, &LOCATIONS).await.unwrap();
+    let mut second = open_or_create(&env.settings, &LOCATIONS).await.unwrap();
+    let done = compact_partition(&mut first, &LOCATIONS, partition, 128 << 20, None).await.unwrap();
+    assert_eq!((done.bins_committed, done.files_removed), (1, 3), "{done:?}");
+    let objects = locations_objects(&env).await;
+    let late = compact_partition(&mut second, &LOCATIONS, partition, 128 << 20, None).await.unwrap();
+    // THEN the later one gives up and leaves no file of its own behind
+    assert_eq!((late.bins_committed, late.bins_given_up), (0, 1), "{late:?}");
+    assert_eq!(locations_objects(&env).await, objects);
+
+    // AND the one file left holds every row, ordered by unit, then time
+    let table = read_delta(&env.moto.endpoint, &format!("s3://{}/bronze/locations", env.bucket));
+    assert_eq!(table["files"].as_array().unwrap().len(), 1);
+    let order: Vec<(String, String)> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["transport_unit_id"].as_str().unwrap().to_owned(), r["ts"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(order.len(), 80);
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_file_compaction_cannot_read_costs_only_its_own_bin() {
+    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+    use deltalake::kernel::{Action, Add};
+    use deltalake::protocol::{DeltaOperation, SaveMode};
+    let env = Env::new().await;
+    for slot in (0..4).chain(96..100) {
+        positions(&env.settings, slot * 10, 10, slot).await;
+    }
+    // A data file of the first day that is not Parquet, committed as the table's (another tool gone wrong).
+    let bad = format!("event_date={DAY}/part-00000-not-parquet-c000.zstd.parquet");
+    env.put(&format!("bronze/locations/{bad}"), "PAR1 this is not parquet").await;
+    let mut table = open_or_create(&env.settings, &LOCATIONS).await.unwrap();
+    let add = Add {
+        path: bad.clone(),
+        partition_values: [("event_date".to_owned(), Some(DAY.to_owned()))].into(),
+        size: 24,
+        modification_time: chrono::Utc::now().timestamp_millis(),
+        data_change: true,
+        ..Add::default()
+    };
+    let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+    CommitBuilder::from(CommitProperties::default())
+        .with_actions(vec![Action::Add(add)])
+        .build(Some(table.snapshot().unwrap()), table.log_store(), operation)
+        .await
+        .unwrap();
+    table.update_incremental(None).await.unwrap();
+    let mut vars = env.moto.env();
+    vars.push(("LAKE_BUCKET".into(), env.bucket.clone()));
+    let mut maintainer = env.maintainer(&vars).await;
+
+    // WHEN every idle partition is compacted
+    let inv = maintainer.invoke(&json!({"task": "compact", "table": "locations", "idle_minutes": 0})).await;
+    // THEN the run fails naming the file
+    let error = inv.outcome.unwrap_err();
+    let message = error["errorMessage"].as_str().unwrap();
+    assert!(message.contains("compaction left data files it cannot read") && message.contains(&bad), "{error}");
+    // AND the other day was compacted, while the first keeps its files as they were
+    table.update_incremental(None).await.unwrap();
+    let mut per_day: BTreeMap<String, usize> = BTreeMap::new();
+    for f in fleetlake_delta::active_files(&table, &LOCATIONS).unwrap() {
+        *per_day.entry(f.partition.unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_day, BTreeMap::from([(DAY.to_owned(), 5), ("2026-11-25".to_owned(), 1)]));
 }

@@ -62,13 +62,17 @@ impl DataFile {
     }
 }
 
-/// The data files a commit added (`add` actions), with its partition column's value.
+/// The data files with new rows a commit added (`add` actions but a compaction's), with its partition column's value.
 pub(crate) fn commit_adds(commit: &[u8], partition_column: &str) -> Result<Vec<DataFile>, String> {
     let text = std::str::from_utf8(commit).map_err(|e| format!("commit is not UTF-8: {e}"))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let action: Value = serde_json::from_str(line).map_err(|e| format!("commit line {}: {e}", n + 1))?;
         let Some(add) = action.get("add") else { continue };
+        // A compaction's files (`dataChange: false`) hold rows already predicted from.
+        if add.get("dataChange").and_then(Value::as_bool) == Some(false) {
+            continue;
+        }
         let path = add.get("path").and_then(Value::as_str).ok_or(format!("commit line {}: add without path", n + 1))?;
         let date = add.get("partitionValues").and_then(|p| p.get(partition_column)).and_then(Value::as_str);
         out.push(DataFile::new(path, date, add.get("stats").and_then(Value::as_str)));
@@ -365,6 +369,8 @@ mod tests {
         .join("\n");
         let adds = commit_adds(commit.as_bytes(), "event_date").unwrap();
         assert_eq!(adds.len(), 2);
+        let compaction = r#"{"add":{"path":"event_date=2026-11-24/c.parquet","partitionValues":{"event_date":"2026-11-24"},"dataChange":false}}"#;
+        assert!(commit_adds(compaction.as_bytes(), "event_date").unwrap().is_empty(), "rows already predicted from");
         assert_eq!(adds[0].path.as_ref(), "event_date=2026-11-24/part-1.parquet");
         assert_eq!(adds[0].date, Some(day("2026-11-24")));
         let ten = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap().timestamp_micros();

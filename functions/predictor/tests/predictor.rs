@@ -329,6 +329,44 @@ async fn a_scheduled_refresh_covers_every_active_unit_and_an_older_commit_never_
     assert_eq!(latest.items()[0]["predicted_at"].as_s().unwrap(), "2026-11-24T10:00:00.000000Z");
 }
 
+/// Compaction rewrites rows without changing them: its commit predicts nothing, and predictions made from the
+/// compacted files are the ones made from the small files.
+#[tokio::test]
+async fn a_compaction_predicts_nothing_new_and_changes_no_prediction() {
+    let mut env = Env::new().await;
+    env.stats(&STATS).await;
+    env.positions(&EARLIER).await;
+    env.positions(&LATEST).await;
+    let mut predictor = env.start(&[]).await;
+    let schedule: Value = serde_json::from_str(include_str!("../../../events/predictor/schedule.json")).unwrap();
+    let before = predictor.invoke(&schedule).await;
+    assert_eq!(before.outcome.unwrap()["predictions"], json!(3), "{}", predictor.stderr());
+    let items = env.items().await;
+
+    let mut table = open_or_create(&env.settings, &LOCATIONS).await.unwrap();
+    let report =
+        fleetlake_delta::compact_partition(&mut table, &LOCATIONS, Some(("event_date", "2026-11-24")), 128 << 20, None)
+            .await
+            .unwrap();
+    assert_eq!((report.bins_committed, report.files_removed), (1, 2), "{report:?}");
+    let compacted = report.versions[0];
+
+    // WHEN the compaction's commit reaches the predictor
+    let inv = predictor.invoke(&env.commits_event(&[("locations", compacted)])).await;
+    assert_eq!(inv.outcome, Ok(json!({"batchItemFailures": []})), "{}", predictor.stderr());
+    // THEN nothing is predicted from it
+    assert_eq!((metric(&inv, "predictions_written"), metric(&inv, "predictions_kept")), (0, 0));
+    assert_eq!(env.items().await, items);
+
+    // AND a refresh from the compacted files predicts the same values from the same features
+    let after = predictor.invoke(&schedule).await;
+    assert_eq!(after.outcome.unwrap(), json!({"refresh": true, "source_version": compacted, "predictions": 3}));
+    let same = |items: &BTreeMap<(String, String), BTreeMap<String, AttributeValue>>| -> Vec<_> {
+        items.iter().map(|(k, i)| (k.clone(), i["value"].clone(), i["features"].clone())).collect()
+    };
+    assert_eq!(same(&env.items().await), same(&items));
+}
+
 /// The record of what was served (`landing/predictions/`, appended to `bronze/predictions` by delta-writer): landed
 /// after DynamoDB took the items, never for predictions DynamoDB did not take, once per commit however often it
 /// is delivered.

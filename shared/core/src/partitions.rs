@@ -147,6 +147,20 @@ pub fn touched_partitions(spec: &TableSpec, commit: &[u8]) -> Result<(BTreeSet<P
     Ok((touched, refused))
 }
 
+/// Whether a commit adds or removes rows: an `add` or `remove` without `dataChange: false`. A compaction's commit
+/// (every file `dataChange: false`) rewrites rows without changing them; so does a commit of metadata only. A
+/// commit that is not JSON lines counts as a change (the safe side).
+pub fn changes_rows(commit: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(commit) else { return true };
+    text.lines().filter(|l| !l.trim().is_empty()).any(|line| {
+        let Ok(action) = serde_json::from_str::<Value>(line) else { return true };
+        action
+            .get("add")
+            .or_else(|| action.get("remove"))
+            .is_some_and(|file| file.get("dataChange").and_then(Value::as_bool) != Some(false))
+    })
+}
+
 /// The symlink manifest's text: one absolute data file path per line, sorted.
 pub fn manifest_text(mut paths: Vec<String>) -> String {
     paths.sort_unstable();
@@ -160,6 +174,22 @@ pub fn manifest_text(mut paths: Vec<String>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_compaction_changes_no_rows_and_an_append_or_a_removal_does() {
+        let compaction = concat!(
+            r#"{"commitInfo":{"operation":"OPTIMIZE"}}"#,
+            "\n",
+            r#"{"remove":{"path":"a.parquet","dataChange":false}}"#,
+            "\n",
+            r#"{"add":{"path":"b.parquet","dataChange":false}}"#
+        );
+        assert!(!super::changes_rows(compaction.as_bytes()));
+        assert!(!super::changes_rows(br#"{"metaData":{"id":"x"}}"#));
+        assert!(super::changes_rows(br#"{"add":{"path":"b.parquet","dataChange":true}}"#));
+        assert!(super::changes_rows(br#"{"remove":{"path":"a.parquet"}}"#), "dataChange defaults to true");
+        assert!(super::changes_rows(b"not json"));
+    }
+
     use super::*;
     use crate::bronze::{LOCATIONS, TRANSPORT_UNITS};
 

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// A data file whose identities may be needed: its path in the log, its object store path, size and partition values.
+type Candidate = (String, deltalake::Path, u64, HashMap<String, Option<String>>);
+
 /// Stretches of one partition value a batch may be cut into before the general split is cheaper.
 pub(crate) const MAX_STRETCHES: usize = 64;
 
@@ -39,8 +42,9 @@ pub struct Appender {
     pub(crate) groups: Interner,
     pub(crate) ours: IdSet,
     pub(crate) existing: IdSet,
-    /// Data files whose identities are in `existing`.
-    pub(crate) loaded: HashSet<String>,
+    /// Data files whose identities are in `existing`, with the sequence ranges read of each (a file is read for
+    /// the rows a probe asks about only: a compacted file holds many more).
+    pub(crate) loaded: HashMap<String, Covered>,
     /// Data files of the table as last inspected (new ones after a conflict are checked).
     pub(crate) known: HashSet<String>,
     /// Kafka watermarks by group, read from the snapshot.
@@ -74,7 +78,7 @@ impl Appender {
             groups: Interner::default(),
             ours: IdSet::default(),
             existing: IdSet::default(),
-            loaded: HashSet::new(),
+            loaded: HashMap::new(),
             known,
             watermarks: HashMap::new(),
             kafka_max: HashMap::new(),
@@ -275,39 +279,51 @@ impl Appender {
         only: Option<&HashSet<String>>,
     ) -> Result<usize, DeltaError> {
         let column = self.spec.partitioning.map(|p| p.column);
-        let candidates: Vec<(String, deltalake::Path, HashMap<String, Option<String>>)> = {
+        let candidates: Vec<Candidate> = {
             let snapshot = self.table.snapshot().map_err(self.err())?;
             snapshot
                 .log_data()
                 .iter()
-                .filter(|f| !self.loaded.contains(f.path().as_ref()))
+                .filter(|f| self.loaded.get(f.path().as_ref()).is_none_or(|c| !c.covers(probe)))
                 .filter(|f| only.is_none_or(|o| o.contains(f.path().as_ref())))
                 .filter(|f| probe.may_hold(f.stats().as_deref(), &f.partition_values_map(), column))
-                .map(|f| (f.path().into_owned(), f.object_store_path(), f.partition_values_map()))
+                .map(|f| {
+                    let size = u64::try_from(f.size()).unwrap_or(0);
+                    (f.path().into_owned(), f.object_store_path(), size, f.partition_values_map())
+                })
                 .collect()
         };
-        for (path, location, partition_values) in &candidates {
-            self.read_identities(location.clone(), partition_values).await?;
-            self.loaded.insert(path.clone());
+        for (path, location, size, partition_values) in &candidates {
+            self.read_identities(location.clone(), *size, partition_values, probe).await?;
+            self.loaded.entry(path.clone()).or_default().add(probe);
             self.stats.files_checked += 1;
         }
         Ok(candidates.len())
     }
 
-    /// Reads one data file's identity columns into `existing`.
+    /// Reads one data file's identities in the probe's ranges into `existing`.
     pub(crate) async fn read_identities(
         &mut self,
         location: deltalake::Path,
+        size: u64,
         partition_values: &HashMap<String, Option<String>>,
+        probe: &Probe,
     ) -> Result<(), DeltaError> {
+        // The size is the log's (0 when it says nothing): no HEAD request before the footer's.
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(self.table.object_store(), location);
+        let reader = if size > 0 { reader.with_file_size(size) } else { reader };
         let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| self.data_err(e))?;
         let wanted = identity_columns(self.spec);
         let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
         let mut stream = builder.with_projection(mask).build().map_err(|e| self.data_err(e))?;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| self.data_err(e))?;
+            // Only the rows the probe asks about: before their texts are built, which costs more than reading.
+            let batch = match probe.mask(self.spec, &batch) {
+                Some(mask) => filter_record_batch(&batch, &mask).map_err(|e| self.data_err(e))?,
+                None => batch,
+            };
             let rows = stored_identities(self.spec, &batch, partition_values);
             for id in rows {
                 let g = self.groups.intern(&id.group);

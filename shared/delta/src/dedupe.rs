@@ -169,6 +169,63 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// Which rows of `batch` (a data file's identity columns) have an identity in the probe's ranges; `None` when
+    /// every row has (or the columns cannot tell: all are kept).
+    pub(crate) fn mask(&self, spec: &TableSpec, batch: &RecordBatch) -> Option<BooleanArray> {
+        let int = |name: &str| -> Option<PrimitiveArray<Int64Type>> {
+            let c = batch.column_by_name(name)?;
+            match c.data_type() {
+                ArrowType::Int64 => Some(c.as_primitive::<Int64Type>().clone()),
+                _ => deltalake::arrow::compute::cast(c, &ArrowType::Int64).ok().map(|a| a.as_primitive().clone()),
+            }
+        };
+        let inside = |kind: IdKind, seq: Option<i64>| {
+            self.ranges.get(&kind).is_some_and(|(lo, hi)| (*lo..=*hi).contains(&seq.unwrap_or(-1)))
+        };
+        let mask: BooleanArray = match spec.layout {
+            Layout::Record => {
+                let (offset, line) = (int("_source_offset")?, int("_line")?);
+                let partition = int("_source_partition")?;
+                let topic = batch.column_by_name("_source_topic")?;
+                (0..batch.num_rows())
+                    .map(|i| {
+                        let kafka = offset.is_valid(i) && partition.is_valid(i) && topic.is_valid(i);
+                        Some(if kafka {
+                            inside(IdKind::Kafka, Some(offset.value(i)))
+                        } else {
+                            inside(IdKind::File, line.is_valid(i).then(|| line.value(i)))
+                        })
+                    })
+                    .collect()
+            }
+            Layout::Change { .. } => {
+                let lsn = int("lsn")?;
+                (0..batch.num_rows())
+                    .map(|i| Some(inside(IdKind::Change, lsn.is_valid(i).then(|| lsn.value(i)))))
+                    .collect()
+            }
+            Layout::State(_) => return None,
+        };
+        (mask.true_count() < batch.num_rows()).then_some(mask)
+    }
+}
+
+/// The identity ranges of one data file already read into the table's identities.
+#[derive(Debug, Default)]
+pub(crate) struct Covered(Vec<(IdKind, i64, i64)>);
+
+impl Covered {
+    /// Whether every range of `probe` was read already.
+    pub(crate) fn covers(&self, probe: &Probe) -> bool {
+        probe.ranges.iter().all(|(kind, (lo, hi))| self.0.iter().any(|(k, l, h)| k == kind && l <= lo && h >= hi))
+    }
+
+    pub(crate) fn add(&mut self, probe: &Probe) {
+        self.0.extend(probe.ranges.iter().map(|(kind, (lo, hi))| (*kind, *lo, *hi)));
+    }
+}
+
 /// What a data file's statistics say of the Kafka offsets it holds for one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OffsetCeiling {
@@ -368,6 +425,43 @@ mod tests {
         assert!(probe.may_hold(None, &day("2026-11-24"), col), "no statistics: must read");
         let no_kafka = r#"{"numRecords":10,"nullCount":{"_source_offset":10}}"#;
         assert!(!probe.may_hold(Some(no_kafka), &day("2026-11-24"), col), "a file of dropped-file rows only");
+    }
+
+    #[test]
+    fn a_file_is_read_for_the_probed_rows_only_and_again_for_other_ranges() {
+        use deltalake::arrow::array::{Int32Array, Int64Array, StringArray};
+        use fleetlake_core::bronze::LOCATIONS;
+        // Kafka rows at offsets 0..6, then a dropped file's row (no Kafka identity) at line 4.
+        let topic: Vec<Option<&str>> = vec![Some("t"); 6].into_iter().chain([None]).collect();
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("_source_topic", Arc::new(StringArray::from(topic))),
+            (
+                "_source_partition",
+                Arc::new(Int32Array::from(vec![Some(0); 6].into_iter().chain([None]).collect::<Vec<_>>())),
+            ),
+            ("_source_offset", Arc::new(Int64Array::from((0..6).map(Some).chain([None]).collect::<Vec<_>>()))),
+            ("_line", Arc::new(Int64Array::from(vec![1, 1, 1, 1, 1, 1, 4]))),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let mut probe = Probe::default();
+        probe.add(IdKind::Kafka, 2);
+        probe.add(IdKind::Kafka, 3);
+        let mask = probe.mask(&LOCATIONS, &batch).unwrap();
+        assert_eq!(
+            mask.iter().map(Option::unwrap_or_default).collect::<Vec<_>>(),
+            [false, false, true, true, false, false, false]
+        );
+        probe.add(IdKind::File, 4);
+        let mask = probe.mask(&LOCATIONS, &batch).unwrap();
+        assert!(mask.value(6), "the dropped file's line");
+
+        let mut covered = Covered::default();
+        covered.add(&probe);
+        let mut inner = Probe::default();
+        inner.add(IdKind::Kafka, 3);
+        assert!(covered.covers(&inner) && covered.covers(&probe));
+        inner.add(IdKind::Kafka, 5);
+        assert!(!covered.covers(&inner), "offset 5 was not read");
     }
 
     #[test]

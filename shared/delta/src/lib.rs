@@ -28,6 +28,7 @@
 mod append;
 pub mod cache;
 mod commit;
+pub mod compact;
 mod dedupe;
 pub mod maintain;
 pub mod scan;
@@ -40,6 +41,7 @@ pub use append::{
 };
 pub use cache::TableCache;
 pub use commit::Prepared;
+pub use compact::{compact_partition, last_appends, CompactReport};
 pub use maintain::{log_hygiene, vacuum, LogReport, VacuumReport};
 pub use scan::{active_files, ActiveFile};
 pub use settings::{storage_options, DeltaSettings};
@@ -50,7 +52,7 @@ pub use table::{open_existing, open_or_create};
 
 // Every module's items are in scope here, so each module reaches its siblings' through `use super::*`.
 #[allow(unused_imports)]
-use self::{append::*, commit::*, dedupe::*, settings::*, table::*};
+use self::{append::*, commit::*, dedupe::*, settings::*, state::*, table::*};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -78,7 +80,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use futures::StreamExt;
 use indexmap::IndexMap;
 use serde_json::Value;
-use tracing::{info, instrument, warn};
+use tracing::{error, info, instrument, warn};
 use url::Url;
 
 use fleetlake_core::bronze::{

@@ -104,7 +104,10 @@ pub async fn read_partition(
 
 /// `batch` with the columns of `target`, in its order, cast to its types (a file written by another engine may
 /// store a timestamp with another unit or zone label); a column the batch lacks is null.
-fn conform_cast(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+pub(crate) fn conform_cast(
+    batch: &RecordBatch,
+    target: &SchemaRef,
+) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
     let columns: Vec<ArrayRef> = target
         .fields()
         .iter()
@@ -118,7 +121,7 @@ fn conform_cast(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, 
 }
 
 /// Whether a file with these partition values is in `partition` (every file of an unpartitioned table is).
-fn in_partition(values: &HashMap<String, Option<String>>, partition: Option<(&str, &str)>) -> bool {
+pub(crate) fn in_partition(values: &HashMap<String, Option<String>>, partition: Option<(&str, &str)>) -> bool {
     match partition {
         Some((column, value)) => values.get(column).cloned().flatten().as_deref() == Some(value),
         None => true,
@@ -140,7 +143,7 @@ async fn held_version(table: &DeltaTable, spec: &TableSpec, app_id: &str) -> Res
     snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(err)
 }
 
-fn data_error<E: std::error::Error + Send + Sync + 'static>(spec: &TableSpec, e: E) -> DeltaError {
+pub(crate) fn data_error<E: std::error::Error + Send + Sync + 'static>(spec: &TableSpec, e: E) -> DeltaError {
     DeltaError::Data { table: spec.name, message: e.to_string(), source: Some(Box::new(e)) }
 }
 
@@ -344,7 +347,7 @@ pub async fn refresh_partition(
 const MAX_COMMITS_READ: i64 = 200;
 
 /// Whether a commit of the change log after version `after`, up to `version`, added or removed a file of
-/// `partition`. Yes when a commit cannot be read (log cleanup removed it) or there are too many to read.
+/// `partition` with rows changed (a compaction changes none). Yes when a commit cannot be read (log cleanup removed it) or there are too many to read.
 async fn touched_since(
     change_log: &DeltaTable,
     spec: &'static TableSpec,
@@ -363,6 +366,10 @@ async fn touched_since(
         else {
             return Ok(true);
         };
+        // A compaction rewrites rows without changing them.
+        if !fleetlake_core::partitions::changes_rows(&commit) {
+            continue;
+        }
         let Ok((partitions, refused)) = fleetlake_core::partitions::touched_partitions(spec, &commit) else {
             return Ok(true);
         };

@@ -448,3 +448,32 @@ async fn a_data_file_compaction_cannot_read_costs_only_its_own_bin() {
     }
     assert_eq!(per_day, BTreeMap::from([(DAY.to_owned(), 5), ("2026-11-25".to_owned(), 1)]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_a_bin_behind_another_never_rewrites_rows_twice() {
+    let env = Env::new().await;
+    for slot in 0..6 {
+        positions(&env.settings, slot * 10, 10, slot).await;
+    }
+    let partition = Some(("event_date", DAY));
+    // Two runs that listed the partition at the same version; bins of two files each.
+    let mut behind = open_or_create(&env.settings, &LOCATIONS).await.unwrap();
+    let mut ahead = open_or_create(&env.settings, &LOCATIONS).await.unwrap();
+    let listed =
+        env.moto.s3().list_objects_v2().bucket(&env.bucket).prefix("bronze/locations/event_date=").send().await;
+    let biggest = listed.unwrap().contents().iter().filter_map(|o| o.size()).max().unwrap() as u64;
+    let target = 2 * biggest + 1;
+
+    // WHEN one run compacts every bin, then the other, which still sees the files it listed, runs
+    let done = compact_partition(&mut ahead, &LOCATIONS, partition, target, None).await.unwrap();
+    assert_eq!((done.bins_committed, done.files_removed, done.files_added), (3, 6, 3), "{done:?}");
+    let objects = locations_objects(&env).await;
+    let late = compact_partition(&mut behind, &LOCATIONS, partition, target, None).await.unwrap();
+    // THEN it commits none of them (its first bin loses the race, the others were rewritten already) and leaves
+    // no file of its own behind
+    assert_eq!((late.bins_committed, late.bins_given_up), (0, 3), "{late:?}");
+    assert_eq!(locations_objects(&env).await, objects);
+    // AND every row is there once
+    let (rows, files) = locations_by_offset(&env);
+    assert_eq!((rows.len(), files), (60, 3));
+}

@@ -284,10 +284,7 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
         let in_window = |unit: &str, ts: i64| ends.get(unit).is_some_and(|end| ts <= *end && ts >= end - window);
         for (unit, track) in read_tracks(&store, &context, &in_window).await? {
             if let Some(t) = tracks.get_mut(&unit) {
-                t.positions.extend(track.positions);
-                if t.transport_type.is_none() {
-                    t.transport_type = track.transport_type;
-                }
+                t.add_context(track);
             }
         }
     }

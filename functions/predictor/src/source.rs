@@ -2,7 +2,7 @@
 //! performance figures resolved from the `bronze/performance_stats` change log. Only the needed columns of each
 //! Parquet file are fetched (ranged GETs through deltalake's object store).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate};
 use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -93,6 +93,16 @@ impl Track {
     /// `ts` of the latest position.
     pub(crate) fn latest(&self) -> Option<i64> {
         self.positions.iter().map(|p| p.ts_us).max()
+    }
+
+    /// Adds the positions of `other` (read from the table's other files) at times this track has none of: once a
+    /// compaction has rewritten a commit's rows, the compacted file holds them again.
+    pub(crate) fn add_context(&mut self, other: Track) {
+        let seen: HashSet<i64> = self.positions.iter().map(|p| p.ts_us).collect();
+        self.positions.extend(other.positions.into_iter().filter(|p| !seen.contains(&p.ts_us)));
+        if self.transport_type.is_none() {
+            self.transport_type = other.transport_type;
+        }
     }
 
     fn merge(&mut self, other: Track) {
@@ -352,6 +362,27 @@ mod tests {
         assert_eq!(fuel("TU-2", "2026-11-24", "2026-11-24"), None, "outside the lookback");
         assert_eq!(fuel("TU-9", "2026-11-17", "2026-11-24"), None);
         assert_eq!(figures.units(), 2);
+    }
+
+    #[test]
+    fn context_adds_only_positions_at_times_the_commit_does_not_hold() {
+        let at = |ts_us: i64, lat: f64| Position {
+            ts_us,
+            lat,
+            lon: 0.0,
+            speed_kmh: None,
+            wind_speed_kmh: None,
+            precipitation_mm: Some(1.0),
+        };
+        let mut commit = Track { positions: vec![at(2, 1.0), at(3, 1.0)], transport_type: None };
+        // A compacted file holds the commit's positions again, beside an earlier one.
+        let context =
+            Track { positions: vec![at(1, 0.0), at(2, 1.0), at(3, 1.0)], transport_type: Some((1, "aerial".into())) };
+        commit.add_context(context);
+        let mut times: Vec<i64> = commit.positions.iter().map(|p| p.ts_us).collect();
+        times.sort_unstable();
+        assert_eq!(times, [1, 2, 3]);
+        assert_eq!(commit.transport_type, Some((1, "aerial".into())));
     }
 
     #[test]

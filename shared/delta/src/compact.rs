@@ -3,15 +3,18 @@
 //!
 //! - **Bins.** The files of the partition smaller than the target, in the order they were written, are cut into
 //!   bins of at most the target's bytes; a bin of one file is left alone. Consecutive files of a partition hold
-//!   consecutive Kafka offsets, so each output file covers a narrow range of them and the identity statistics
-//!   delta-writer checks redeliveries against still prune (see [`crate`]).
+//!   consecutive offsets of each Kafka partition, so an output file covers the offsets of the stretch of time its
+//!   inputs did (of every Kafka partition they held), and the identity statistics delta-writer checks
+//!   redeliveries against still rule out the files of other stretches (see [`crate`]).
 //! - **One bin at a time.** A bin is read whole, sorted by [`sort_columns`] and written out: memory is bounded by
 //!   the target file's rows, not by the partition.
 //! - **Commit.** Each bin is committed on its own: `remove` of its files and `add` of the new ones, both
 //!   `dataChange: false`, create-only on top of the snapshot the bin was read from. When another writer committed
 //!   first, the table is read again: if every file of the bin is still active, the commit is tried again on top
 //!   (an append only adds files, so it never conflicts); if one is gone (another compaction, a state rewrite), the
-//!   bin is given up and its new files deleted. A writer whose commit loses the race to a compaction retries once
+//!   bin is given up and its new files deleted (left to vacuum when an attempt's answer may have been lost). The
+//!   check runs before every attempt, the first too: a run one bin behind another never commits a bin the other
+//!   already rewrote. A writer whose commit loses the race to a compaction retries once
 //!   and reads only the compacted files' identities that its statistics cannot rule out.
 
 use super::*;
@@ -195,6 +198,13 @@ async fn compact_bin(
     report: &mut CompactReport,
 ) -> Result<(), DeltaError> {
     let err = |source| DeltaError::Delta { table: spec.name, source };
+    // A bin another compaction took since the partition was listed is not read at all.
+    let active = active_paths(table, spec)?;
+    if !bin.iter().all(|f| active.contains(&f.path)) {
+        report.bins_given_up += 1;
+        return Ok(());
+    }
+    drop(active);
     let mut writer = RecordBatchWriter::for_table(table)
         .map_err(err)?
         .with_writer_properties(writer_properties())
@@ -304,7 +314,35 @@ async fn compact_bin(
     let operation = DeltaOperation::Optimize { predicate, target_size: i64::try_from(target).unwrap_or(i64::MAX) };
     let actions: Vec<Action> =
         bin.iter().map(|f| Action::Remove(f.remove.clone())).chain(adds.iter().cloned().map(Action::Add)).collect();
+    // Whether a failed attempt may have landed with its answer lost: then the new files may be in the log's
+    // history, and a given-up bin leaves them to vacuum instead of deleting them.
+    let mut uncertain = false;
     for attempt in 1..=MAX_COMMIT_ATTEMPTS {
+        // Checked on every attempt, the first too: the table may have moved past another compaction since the
+        // partition's files were listed (a run a bin ahead of this one, a run started at the same time).
+        let active = active_paths(table, spec)?;
+        if attempt > 1 && ours.iter().any(|p| active.contains(p)) {
+            let version = table.version().unwrap_or_default();
+            info!(version, "the compaction had landed");
+            record(report, &bin, &adds, rows, version);
+            return Ok(());
+        }
+        if !theirs.iter().all(|p| active.contains(*p)) {
+            warn!(files = bin.len(), uncertain, "a file of the bin was removed meanwhile; the bin is given up");
+            report.bins_given_up += 1;
+            if !uncertain {
+                let store = table.log_store().object_store(None);
+                for a in &adds {
+                    let path =
+                        deltalake::Path::parse(&a.path).unwrap_or_else(|_| deltalake::Path::from(a.path.as_str()));
+                    if let Err(e) = store.delete(&path).await {
+                        // Never committed: vacuum removes it after the retention.
+                        warn!(path = a.path, error = %e, "an uncommitted compacted file could not be deleted");
+                    }
+                }
+            }
+            return Ok(());
+        }
         let result = {
             let snapshot = table.snapshot().map_err(err)?;
             CommitBuilder::from(CommitProperties::default().with_max_retries(0))
@@ -321,32 +359,34 @@ async fn compact_bin(
             Err(e) if retryable(&e) => e,
             Err(e) => return Err(err(e)),
         };
+        uncertain |= answer_may_be_lost(&error);
         warn!(attempt, error = %error, "the compaction did not commit; reading the table again");
         tokio::time::sleep(backoff(attempt)).await;
         table.update_incremental(None).await.map_err(err)?;
-        let active: HashSet<String> =
-            table.snapshot().map_err(err)?.log_data().iter().map(|f| f.path().into_owned()).collect();
-        if !ours.is_empty() && ours.iter().all(|p| active.contains(p)) {
-            let version = table.version().unwrap_or_default();
-            info!(version, "the compaction had landed");
-            record(report, &bin, &adds, rows, version);
-            return Ok(());
-        }
-        if !theirs.iter().all(|p| active.contains(*p)) {
-            warn!(files = bin.len(), "a file of the bin was removed meanwhile; the bin is given up");
-            report.bins_given_up += 1;
-            let store = table.log_store().object_store(None);
-            for a in &adds {
-                let path = deltalake::Path::parse(&a.path).unwrap_or_else(|_| deltalake::Path::from(a.path.as_str()));
-                if let Err(e) = store.delete(&path).await {
-                    // Never committed: vacuum removes it after the retention.
-                    warn!(path = a.path, error = %e, "an uncommitted compacted file could not be deleted");
-                }
-            }
-            return Ok(());
-        }
     }
     Err(DeltaError::Contention { table: spec.name, attempts: MAX_COMMIT_ATTEMPTS })
+}
+
+/// The paths of the active files of `table` as loaded.
+fn active_paths(table: &DeltaTable, spec: &'static TableSpec) -> Result<HashSet<String>, DeltaError> {
+    let snapshot = table.snapshot().map_err(|source| DeltaError::Delta { table: spec.name, source })?;
+    Ok(snapshot.log_data().iter().map(|f| f.path().into_owned()).collect())
+}
+
+/// Whether a failed commit may have written its log entry all the same (storage failed, not a version taken by
+/// another writer).
+fn answer_may_be_lost(e: &DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    match e {
+        DeltaTableError::VersionAlreadyExists(_) => false,
+        DeltaTableError::Transaction { source } => !matches!(
+            source,
+            TransactionError::VersionAlreadyExists(_)
+                | TransactionError::MaxCommitAttempts(_)
+                | TransactionError::CommitConflict(_)
+        ),
+        _ => true,
+    }
 }
 
 fn record(report: &mut CompactReport, bin: &[Small], adds: &[Add], rows: usize, version: u64) {

@@ -21,13 +21,13 @@ FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv browser audit-tools schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-compact bench-init bench-latency bench-memory bench-api redrive build sam-build test-sam sam-local package clean-local
+.PHONY: help toolchain venv browser audit-tools schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-compact bench-poll bench-init bench-latency bench-memory bench-api redrive build sam-build test-sam sam-local package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template, IAM, checkov and cfn-guard checks"
 	@echo "make model  - train the fuel-24h model on a synthetic fleet and export it to models/fuel-24h/ (ONNX + test fixture)"
-	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions; compaction of 10,000 small files; peak RSS for 50 MB vs 500 MB objects; predictions-api latency beside DynamoDB (release builds)"
+	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions; compaction of 10,000 small files; a pg-poller poll of 1,000,000 changed rows; peak RSS for 50 MB vs 500 MB objects; predictions-api latency beside DynamoDB (release builds)"
 	@echo "make schema - regenerate the Glue columns (stack.json, template.yaml, Athena DDL) from the bronze table specs"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
@@ -150,7 +150,7 @@ demo: toolchain venv
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 
-bench: bench-enricher bench-delta bench-sync bench-predict bench-compact bench-init bench-latency bench-memory bench-api
+bench: bench-enricher bench-delta bench-sync bench-predict bench-compact bench-poll bench-init bench-latency bench-memory bench-api
 
 bench-enricher: toolchain venv
 	cargo build --release -p weather-enricher
@@ -184,6 +184,13 @@ bench-compact: toolchain venv
 	cargo build --release -p lake-maintainer
 	cargo build --profile tools -p fleetlake-bench
 	$(TARGET_DIR)/tools/bench-compact --maintainer $(TARGET_DIR)/release/lake-maintainer $(BENCH_COMPACT_ARGS)
+
+# pg-poller against a real PostgreSQL (a throwaway cluster, TLS): a poll of 1,000,000 changed rows (first poll and
+# every row updated) and of the table unchanged: time, rows/s, peak RSS, the state's size.
+bench-poll: toolchain venv
+	cargo build --release -p pg-poller
+	cargo build --profile tools -p fleetlake-bench
+	$(TARGET_DIR)/tools/bench-poll --poller $(TARGET_DIR)/release/pg-poller $(BENCH_POLL_ARGS)
 
 # Peak RSS of weather-enricher and delta-writer for a 50 MB and a 500 MB object of long lines, and of bad lines only.
 bench-memory: toolchain venv

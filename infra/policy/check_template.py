@@ -57,6 +57,7 @@ ALLOWED_MANAGED_POLICIES = set()
 # Object grants whose objects must exist (a missing one is a configuration error whether S3 says 403 or 404).
 MUST_EXIST = {
     "ReadModel": "the predictor's model and contract: init stops if either cannot be read",
+    "ReadCaBundle": "pg-poller's CA bundle: init stops if it cannot be read",
 }
 
 

@@ -325,7 +325,12 @@ async fn convert_object(
     while let Some(line) = lines.next_line().await? {
         match line {
             Line::Text { number, bytes } => {
-                let origin = LineOrigin { key: &obj.key, etag, line: number, lineage: Lineage::of(batch.as_ref()) };
+                let origin = LineOrigin {
+                    key: &obj.key,
+                    etag,
+                    line: number,
+                    lineage: Lineage::of_key(&obj.key, batch.as_ref()),
+                };
                 if let Err(reason) = converter.push(&bytes, origin) {
                     bad.push(QuarantineLine::new(
                         reason.to_string(),

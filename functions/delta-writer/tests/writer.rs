@@ -510,3 +510,84 @@ async fn checkpoints_are_written_every_interval() {
     assert_eq!(table["version"], json!(4));
     assert_eq!(kafka_ids(&table), expected_ids(&[(2, 0..=39)]));
 }
+
+/// A change pg-poller landed: no LSN, its identity is the key and `ts_ms`.
+fn polled(op: &str, ts_ms: i64, unit: &str, fuel: f64, object: &str) -> String {
+    json!({"op": op, "ts_ms": ts_ms, "row": {"transport_unit_id": unit, "stat_date": DAY, "fuel_used_l": fuel},
+           "_source": {"key": object, "timestamp": 1_795_507_300_000_i64}, "_ingested_at": "2026-11-24T08:01:40Z"})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polled_changes_land_once_into_a_change_log_created_when_lsn_was_required() {
+    use deltalake::kernel::{DataType as DeltaType, StructField};
+    use fleetlake_core::bronze::{Kind, PERFORMANCE_STATS};
+    let env = Env::new(&[]).await;
+    // The change log as an earlier release created it: `lsn` NOT NULL.
+    let columns: Vec<StructField> = PERFORMANCE_STATS
+        .columns()
+        .into_iter()
+        .map(|(name, kind, nullable)| {
+            let t = match kind {
+                Kind::Utf8 => DeltaType::STRING,
+                Kind::Float64 => DeltaType::DOUBLE,
+                Kind::Int32 => DeltaType::INTEGER,
+                Kind::Int64 => DeltaType::LONG,
+                Kind::Timestamp | Kind::EpochMillis => DeltaType::TIMESTAMP,
+                Kind::Date => DeltaType::DATE,
+                Kind::Boolean => DeltaType::BOOLEAN,
+            };
+            StructField::new(name, t, nullable && name != "lsn")
+        })
+        .collect();
+    let url = url::Url::parse(&format!("s3://{}/bronze/performance_stats/", env.bucket)).unwrap();
+    deltalake::DeltaTableBuilder::from_url(url)
+        .unwrap()
+        .with_storage_options(env.moto.delta_storage_options())
+        .build()
+        .unwrap()
+        .create()
+        .with_columns(columns)
+        .with_partition_columns(["stat_date"])
+        .await
+        .unwrap();
+    let before = env.read("performance_stats");
+    assert!(before["schema"].as_array().unwrap().iter().any(|f| f[0] == "lsn"));
+
+    let key = format!("landing/performance_stats/dt={DAY}/poll-public.performance_stats-0000000000000001-r0123456789abcdef-0.ndjson.gz");
+    let t = 1_795_500_000_000_i64;
+    let lines = vec![
+        polled("c", t, "TU-1", 10.0, &key),
+        polled("c", t, "TU-2", 20.0, &key),
+        polled("u", t + 60_000, "TU-1", 11.0, &key),
+    ];
+    env.put(&key, gzip(&lines)).await;
+    // The same versions again, landed by a second run that lost the race to record its cursor.
+    let again = key.replace("r0123456789abcdef", "rfedcba9876543210");
+    env.put(&again, gzip(&lines[1..])).await;
+    let mut writer = env.writer().await;
+    for (id, keys) in [("m1", vec![key.as_str()]), ("m2", vec![again.as_str()])] {
+        let out = writer.invoke(&env.sqs(&[(id, &keys)])).await;
+        assert!(failures(&out.outcome.clone().unwrap()).is_empty(), "{:?}", out.outcome);
+    }
+    let table = env.read("performance_stats");
+    let mut rows: Vec<(String, String, f64, bool, String)> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["transport_unit_id"].as_str().unwrap().to_owned(),
+                r["op"].as_str().unwrap().to_owned(),
+                r["fuel_used_l"].as_f64().unwrap(),
+                r["lsn"].is_null(),
+                r["_ingested_at"].as_str().unwrap_or("not kept").to_owned(),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let row = |u: &str, op: &str, fuel: f64| {
+        (u.to_owned(), op.to_owned(), fuel, true, "2026-11-24T08:01:40+00:00".to_owned())
+    };
+    assert_eq!(rows, [row("TU-1", "c", 10.0), row("TU-1", "u", 11.0), row("TU-2", "c", 20.0)]);
+}

@@ -1,10 +1,13 @@
 //! Change logs written for tests through the real converter and Delta adapter, as delta-writer writes them.
 
-use fleetlake_core::bronze::{Converter, LineOrigin, Lineage, PERFORMANCE_STATS};
+use std::io::BufRead;
+
+use fleetlake_core::bronze::{Converter, EventWindow, LineOrigin, Lineage, TableSpec, PERFORMANCE_STATS};
+use fleetlake_core::lake::BatchName;
 use fleetlake_delta::{open_or_create, Appender, DeltaSettings};
 use serde_json::{json, Value};
 
-use crate::{venv_bin, workspace_root};
+use crate::{venv_bin, workspace_root, Moto};
 
 /// A Delta table as the Python `deltalake` package reads it (`infra/testkit/py/read_delta.py`): version, files,
 /// schema, rows, history.
@@ -42,4 +45,39 @@ pub async fn commit_stat_changes(settings: &DeltaSettings, first_offset: i64, ch
     let (batch, ids) = converter.finish().expect("converted");
     appender.write(batch, ids).await.expect("written");
     appender.commit(vec![]).await.expect("committed").version.expect("a new version")
+}
+
+/// Appends landed objects to `spec`'s table as delta-writer does (its converter, lineage rule and exactly-once
+/// append), one commit per object, in the order given; returns the rows each added. A line the converter refuses
+/// fails the test: what a stage lands, delta-writer must take.
+pub async fn append_landed(moto: &Moto, bucket: &str, spec: &'static TableSpec, keys: &[String]) -> Vec<usize> {
+    let settings = moto.delta_settings(bucket);
+    let mut added = Vec::new();
+    for key in keys {
+        let table = open_or_create(&settings, spec).await.expect("open the table");
+        let mut appender = Appender::new(spec, table, 128 << 20).expect("appender");
+        let body = moto.get(bucket, key).await;
+        let batch_name = BatchName::from_key(key);
+        let mut converter = Converter::new(spec).with_window(EventWindow::default(), now_us());
+        for (n, line) in std::io::BufReader::new(flate2::read::GzDecoder::new(&body[..])).lines().enumerate() {
+            let line = line.expect("a gzip NDJSON object");
+            let origin = LineOrigin {
+                key,
+                etag: "etag",
+                line: n as u64 + 1,
+                lineage: Lineage::of_key(key, batch_name.as_ref()),
+            };
+            if let Err(e) = converter.push(line.as_bytes(), origin) {
+                panic!("delta-writer would refuse line {} of {key}: {e}", n + 1);
+            }
+        }
+        let (batch, ids) = converter.finish().expect("converted");
+        added.push(appender.write(batch, ids).await.expect("written"));
+        appender.commit(vec![]).await.expect("committed");
+    }
+    added
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }

@@ -8,10 +8,12 @@
 pub mod http;
 pub mod lake;
 mod moto;
+mod postgres;
 mod proxy;
 mod runtime;
 
 pub use moto::Moto;
+pub use postgres::{pg_bindir, Postgres, PG_ADMIN};
 pub use proxy::{forwarding_proxy, serialising_proxy, through, BeforeForward};
 pub use runtime::{Invocation, LambdaHarness};
 

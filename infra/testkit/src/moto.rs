@@ -56,6 +56,11 @@ impl Moto {
         aws_sdk_s3::Client::from_conf(conf)
     }
 
+    /// A Secrets Manager client for this server.
+    pub fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.sdk_config())
+    }
+
     /// Creates a bucket with a name unique to this test and returns the name.
     pub async fn bucket(&self, prefix: &str) -> String {
         let name = unique_name(prefix);

@@ -34,7 +34,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
-use crate::lake::BatchName;
+use crate::lake::{BatchName, PollName};
 
 mod cells;
 mod columns;
@@ -53,7 +53,8 @@ use self::{cells::*, columns::*, converter::*, fields::*, identity::*, spec::*};
 pub use self::cells::RowError;
 pub use self::converter::Converter;
 pub use self::identity::{
-    change_group, date_text, file_group, kafka_group, IdKind, IdRun, Identities, Identity, LineOrigin, Lineage,
+    change_group, date_text, file_group, kafka_group, poll_group, IdKind, IdRun, Identities, Identity, LineOrigin,
+    Lineage,
 };
 pub use self::spec::{
     column, glue_schema, identity_columns, is_unit_id, Check, Column, EventWindow, Kind, Layout, Partitioning, State,

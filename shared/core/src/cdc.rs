@@ -30,7 +30,10 @@ pub struct Change {
     /// When the change happened in the database: `source.ts_ms`, or the envelope's `ts_ms` when absent.
     pub ts_ms: i64,
     /// PostgreSQL log sequence number of the change (`source.lsn`): with the table and key, the change's identity.
-    pub lsn: u64,
+    /// Debezium always sends one; a change found by pg-poller has none (its identity is the table, the key and
+    /// `ts_ms`, the row's `updated_at`) and lands without the member.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<u64>,
     /// The row after the change, or before it for deletes.
     pub row: Map<String, Value>,
 }
@@ -87,7 +90,7 @@ pub fn parse_change(value: Value) -> Result<Option<Change>, RecordError> {
         }
     };
     let lsn = match source.get("lsn") {
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| RecordError::Invalid {
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| RecordError::Invalid {
             field: "source.lsn",
             problem: format!("must be a non-negative integer, got {n}"),
         })?,
@@ -137,7 +140,7 @@ mod tests {
         assert_eq!(plain, wrapped);
         assert_eq!(plain.op, Op::Update);
         assert_eq!(plain.ts_ms, 1_763_900_000_000);
-        assert_eq!(plain.lsn, 24_023_128);
+        assert_eq!(plain.lsn, Some(24_023_128));
         assert_eq!(plain.row["fuel_l"], json!(12.5));
         assert_eq!(serde_json::to_value(&plain).unwrap()["op"], json!("u"));
     }

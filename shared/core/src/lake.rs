@@ -10,6 +10,11 @@ pub fn landing_key(landing: &Prefix, dataset: &str, dt: NaiveDate, batch: &Batch
     format!("{landing}{dataset}/dt={}/{batch}.ndjson.gz", dt.format("%Y-%m-%d"))
 }
 
+/// `landing/<dataset>/dt=YYYY-MM-DD/<name>.ndjson.gz`: an object named by its writer (pg-poller's [`PollName`]).
+pub fn landing_key_named(landing: &Prefix, dataset: &str, dt: NaiveDate, name: &str) -> String {
+    format!("{landing}{dataset}/dt={}/{name}.ndjson.gz", dt.format("%Y-%m-%d"))
+}
+
 /// `enriched/locations/<path below landing/locations/>`: an enriched object mirrors the landed one's name.
 pub fn enriched_key(enriched: &Prefix, dataset: &str, below_dataset: &str) -> String {
     format!("{enriched}{dataset}/{below_dataset}")
@@ -101,10 +106,7 @@ impl BatchName {
     /// directly in a `dt=YYYY-MM-DD` folder. The enriched mirror of a landed object has the same name. Any other
     /// object (a file dropped by hand) is named by nobody's batch.
     pub fn from_key(key: &str) -> Option<BatchName> {
-        let mut segments = key.rsplit('/');
-        let name = segments.next()?.strip_suffix(".ndjson.gz")?;
-        let dt = segments.next()?.strip_prefix("dt=")?;
-        NaiveDate::parse_from_str(dt, "%Y-%m-%d").ok()?;
+        let name = dated_name(key)?;
         let mut parts = name.rsplitn(4, '-');
         let (last, first, partition, topic) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let batch = BatchName {
@@ -141,6 +143,67 @@ impl BatchName {
             shown(offset)
         ))
     }
+}
+
+/// The name of one object a pg-poller run lands: `poll-<schema>.<table>-<seq>-<run>-<part>`, where `seq` is the
+/// 16-digit sequence number of the cursor state the run records (so a run's objects sort after the previous run's),
+/// `run` is `r` and 8 to 32 lowercase hex digits (the run's own, so two runs of one `seq` never share a name), and
+/// `part` counts the run's objects of that table from 0. It can never parse as a [`BatchName`] (the zero-padded
+/// `seq` is not how a partition is printed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollName {
+    /// `<schema>.<table>`, both lowercase identifiers.
+    pub table: String,
+    /// The cursor state's sequence number.
+    pub seq: u64,
+    /// The run's id: `r` and hex digits.
+    pub run: String,
+    /// The object's number within the run and table.
+    pub part: u32,
+}
+
+impl std::fmt::Display for PollName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "poll-{}-{:016}-{}-{}", self.table, self.seq, self.run, self.part)
+    }
+}
+
+impl PollName {
+    /// The poll an object is named after, when its key follows pg-poller's scheme exactly: the file name
+    /// `poll-<schema>.<table>-<seq>-<run>-<part>.ndjson.gz` (as [`PollName`] prints it) directly in a `dt=YYYY-MM-DD`
+    /// folder.
+    pub fn from_key(key: &str) -> Option<PollName> {
+        let name = dated_name(key)?.strip_prefix("poll-")?;
+        let mut parts = name.rsplitn(4, '-');
+        let (part, run, seq, table) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let poll =
+            PollName { table: table.to_owned(), seq: seq.parse().ok()?, run: run.to_owned(), part: part.parse().ok()? };
+        let hex = run.strip_prefix('r').is_some_and(|h| {
+            (8..=32).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        let plausible = is_qualified_table(table) && hex && poll.to_string() == format!("poll-{name}");
+        plausible.then_some(poll)
+    }
+}
+
+/// The name of an object `<name>.ndjson.gz` directly in a valid `dt=YYYY-MM-DD` folder.
+fn dated_name(key: &str) -> Option<&str> {
+    let mut segments = key.rsplit('/');
+    let name = segments.next()?.strip_suffix(".ndjson.gz")?;
+    let dt = segments.next()?.strip_prefix("dt=")?;
+    NaiveDate::parse_from_str(dt, "%Y-%m-%d").ok()?;
+    Some(name)
+}
+
+/// Whether `name` is `<schema>.<table>` of lowercase unquoted PostgreSQL identifiers (letters, digits, `_`, not
+/// starting with a digit, at most 63 bytes each): safe in an S3 key and in SQL without quoting.
+pub fn is_qualified_table(name: &str) -> bool {
+    let ident = |s: &str| {
+        (1..=63).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !s.as_bytes()[0].is_ascii_digit()
+    };
+    name.split_once('.').is_some_and(|(schema, table)| ident(schema) && ident(table))
 }
 
 /// Whether `topic` is a legal Kafka topic name (and therefore safe inside an S3 key).
@@ -195,6 +258,32 @@ mod tests {
         ] {
             assert_eq!(BatchName::from_key(key), None, "{key}");
         }
+    }
+
+    #[test]
+    fn only_the_pollers_own_names_are_polls() {
+        let key = "landing/performance_stats/dt=2026-12-05/poll-public.performance_stats-0000000000000042-r0a1b2c3d-7.ndjson.gz";
+        let poll = PollName::from_key(key).unwrap();
+        assert_eq!(
+            (poll.table.as_str(), poll.seq, poll.run.as_str(), poll.part),
+            ("public.performance_stats", 42, "r0a1b2c3d", 7)
+        );
+        assert_eq!(BatchName::from_key(key), None);
+        assert_eq!(format!("{poll}.ndjson.gz"), key.rsplit('/').next().unwrap());
+        for bad in [
+            "landing/x/dt=2026-12-05/poll-public.t-42-r0a1b2c3d-0.ndjson.gz",
+            "landing/x/dt=2026-12-05/poll-public.t-0000000000000042-0a1b2c3d-0.ndjson.gz",
+            "landing/x/dt=2026-12-05/poll-public.t-0000000000000042-r0A1B2C3D-0.ndjson.gz",
+            "landing/x/dt=2026-12-05/poll-public.t-0000000000000042-r0a1b2c3d-00.ndjson.gz",
+            "landing/x/dt=2026-12-05/poll-Public.t-0000000000000042-r0a1b2c3d-0.ndjson.gz",
+            "landing/x/dt=2026-12-05/poll-t-0000000000000042-r0a1b2c3d-0.ndjson.gz",
+            "landing/x/poll-public.t-0000000000000042-r0a1b2c3d-0.ndjson.gz",
+            "landing/x/dt=2026-12-05/poll-public.t-0000000000000042-r0a1b2c3d-0.json",
+        ] {
+            assert_eq!(PollName::from_key(bad), None, "{bad}");
+        }
+        assert!(is_qualified_table("public.transport_units") && !is_qualified_table("public.1x"));
+        assert!(!is_qualified_table("public") && !is_qualified_table("a.b.c") && !is_qualified_table("p.\"T\""));
     }
 
     #[test]

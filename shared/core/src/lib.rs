@@ -15,6 +15,7 @@ pub mod lake;
 pub mod landing;
 pub mod ndjson;
 pub mod partitions;
+pub mod poll;
 pub mod quarantine;
 pub mod records;
 pub mod state;

@@ -164,7 +164,7 @@ proptest! {
     #[test]
     fn the_converter_accepts_or_refuses_every_line_with_a_reason(lines in proptest::collection::vec(line(), 1..8)) {
         let named = BatchName::from_key(origin().key).ok_or_else(|| TestCaseError::fail("not a batch name"))?;
-        for lineage in [Lineage::Vouched, Lineage::Batch(&named), Lineage::File] {
+        for lineage in [Lineage::Vouched, Lineage::Batch(&named), Lineage::File, Lineage::Poll] {
             for spec in TABLES.into_iter().filter(|t| t.input.0 != Zone::Bronze) {
                 let mut c = Converter::new(spec).with_window(EventWindow::default(), 1_795_478_400_000_000);
                 let mut accepted = 0;
@@ -186,6 +186,7 @@ proptest! {
                             prop_assert!((b.first_offset..=b.last_offset).contains(&id.seq));
                         }
                         Lineage::File => prop_assert!(false, "a dropped file's line took a Kafka identity: {:?}", id),
+                        Lineage::Poll => prop_assert!(false, "a polled object's line took a Kafka identity: {:?}", id),
                         Lineage::Vouched => {}
                     }
                 }

@@ -162,7 +162,7 @@ pub fn validate_position(rec: &impl Fields, received: Option<&Received>) -> Resu
 }
 
 /// Checks a Debezium change against its bronze table's spec, as delta-writer will: `ts_ms` representable (and in
-/// the event-time window, with `received`), `lsn` a 64-bit integer, each of the row's columns of its type and
+/// the event-time window, with `received`), `lsn` (when there is one: a polled change has none) a 64-bit integer, each of the row's columns of its type and
 /// within its bounds, and no more than [`MAX_FIELDS`] fields in the row.
 pub fn validate_change(change: &Change, spec: &TableSpec, received: Option<&Received>) -> Result<(), RecordError> {
     let [_, ts_col, lsn_col] = &CHANGE_COLUMNS;
@@ -172,10 +172,10 @@ pub fn validate_change(change: &Change, spec: &TableSpec, received: Option<&Rece
             .check(us, r.ingested_us, r.produced_us)
             .map_err(|problem| RecordError::Invalid { field: "source.ts_ms", problem })?;
     }
-    if i64::try_from(change.lsn).is_err() {
+    if let Some(lsn) = change.lsn.filter(|lsn| i64::try_from(*lsn).is_err()) {
         return Err(RecordError::Invalid {
             field: lsn_col.name,
-            problem: format!("must fit in 64 signed bits, got {}", change.lsn),
+            problem: format!("must fit in 64 signed bits, got {lsn}"),
         });
     }
     if change.row.len() > MAX_FIELDS {

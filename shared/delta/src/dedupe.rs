@@ -151,7 +151,12 @@ impl Probe {
             return true; // no statistics: read the file
         };
         let records = stats.get("numRecords").and_then(Value::as_i64);
-        let num = |section: &str, col: &str| stats.get(section).and_then(|s| s.get(col)).and_then(Value::as_i64);
+        // Integers as they are; timestamps (a polled change's `ts_ms`), which Delta writes as RFC 3339 text, as
+        // microseconds: the sequence numbers of [`IdKind::Poll`].
+        let num = |section: &str, col: &str| {
+            let v = stats.get(section)?.get(col)?;
+            v.as_i64().or_else(|| chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.timestamp_micros()))
+        };
         let overlaps = |col: &str, (lo, hi): (i64, i64)| -> Option<bool> {
             if records.is_some() && num("nullCount", col) == records {
                 return Some(false); // no value of this column in the file
@@ -200,9 +205,15 @@ impl Probe {
                     .collect()
             }
             Layout::Change { .. } => {
-                let lsn = int("lsn")?;
+                let (lsn, ts) = (int("lsn")?, int("ts_ms")?);
                 (0..batch.num_rows())
-                    .map(|i| Some(inside(IdKind::Change, lsn.is_valid(i).then(|| lsn.value(i)))))
+                    .map(|i| {
+                        Some(if lsn.is_valid(i) {
+                            inside(IdKind::Change, Some(lsn.value(i)))
+                        } else {
+                            inside(IdKind::Poll, ts.is_valid(i).then(|| ts.value(i)))
+                        })
+                    })
                     .collect()
             }
             Layout::State(_) => return None,
@@ -329,6 +340,10 @@ pub(crate) fn stored_identities(
                 let a = c.as_primitive::<Int32Type>();
                 (!a.is_null(i)).then(|| i64::from(a.value(i)))
             }
+            ArrowType::Timestamp(TimeUnit::Microsecond, _) => {
+                let a = c.as_primitive::<TimestampMicrosecondType>();
+                (!a.is_null(i)).then(|| a.value(i))
+            }
             _ => None,
         }
     };
@@ -356,10 +371,18 @@ pub(crate) fn stored_identities(
             }
             Layout::Change { key } => {
                 let parts: Vec<String> = key.iter().map(|k| text(k, i).unwrap_or_default()).collect();
-                Identity {
-                    kind: IdKind::Change,
-                    group: change_group(&text("op", i).unwrap_or_default(), parts.iter().map(String::as_str)).into(),
-                    seq: int("lsn", i).unwrap_or(-1),
+                match int("lsn", i) {
+                    Some(lsn) => Identity {
+                        kind: IdKind::Change,
+                        group: change_group(&text("op", i).unwrap_or_default(), parts.iter().map(String::as_str))
+                            .into(),
+                        seq: lsn,
+                    },
+                    None => Identity {
+                        kind: IdKind::Poll,
+                        group: poll_group(parts.iter().map(String::as_str)).into(),
+                        seq: int("ts_ms", i).unwrap_or(-1),
+                    },
                 }
             }
         };

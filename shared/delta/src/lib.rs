@@ -60,7 +60,9 @@ use std::time::Duration;
 
 use deltalake::arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, PrimitiveArray};
 use deltalake::arrow::compute::filter_record_batch;
-use deltalake::arrow::datatypes::{DataType as ArrowType, Date32Type, Int32Type, Int64Type, SchemaRef};
+use deltalake::arrow::datatypes::{
+    DataType as ArrowType, Date32Type, Int32Type, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, DataType, StructField, Transaction};
@@ -84,8 +86,8 @@ use tracing::{error, info, instrument, warn};
 use url::Url;
 
 use fleetlake_core::bronze::{
-    change_group, date_text, file_group, identity_columns, kafka_group, IdKind, Identities, Identity, Kind, Layout,
-    TableSpec, CHANGE_COLUMNS,
+    change_group, date_text, file_group, identity_columns, kafka_group, poll_group, IdKind, Identities, Identity, Kind,
+    Layout, TableSpec, CHANGE_COLUMNS,
 };
 use fleetlake_core::fault::{Cause, Classify, Fault};
 

@@ -103,6 +103,37 @@ pub(crate) async fn evolve(table: DeltaTable, spec: &'static TableSpec) -> Resul
             Some(_) => {}
         }
     }
+    // Columns the spec has made nullable since the table was created (`lsn`, once pg-poller's changes came):
+    // relaxed in place, as Delta allows.
+    let relax: Vec<&str> = wanted
+        .iter()
+        .filter(|(n, _, nullable)| *nullable && schema.field(n).is_some_and(|f| !f.is_nullable()))
+        .map(|(n, ..)| *n)
+        .collect();
+    let mut table = table;
+    for name in relax {
+        table = match table.clone().drop_column_not_null().with_column(name).await {
+            Ok(t) => t,
+            // Another writer relaxed it first (a concurrent metadata change): its version holds the change.
+            Err(e) => {
+                warn!(column = name, error = %e, "dropping NOT NULL failed; reloading");
+                let mut t = table;
+                t.update_state().await.map_err(|source| DeltaError::Delta { table: spec.name, source })?;
+                let nullable = t
+                    .snapshot()
+                    .map_err(|source| DeltaError::Delta { table: spec.name, source })?
+                    .schema()
+                    .field(name)
+                    .is_some_and(|f| f.is_nullable());
+                if !nullable {
+                    return Err(DeltaError::Delta { table: spec.name, source: e });
+                }
+                t
+            }
+        };
+        info!(column = name, version = table.version(), "column made nullable");
+    }
+    let schema = table.snapshot().map_err(|source| DeltaError::Delta { table: spec.name, source })?.schema();
     let missing: Vec<StructField> = wanted
         .iter()
         .filter(|(n, ..)| schema.field(n).is_none())

@@ -250,8 +250,15 @@ impl Converter {
                 (source.topic, source.partition, source.offset, source.timestamp) = (None, None, None, None);
                 ingested = Cell::Null;
             }
-            Lineage::Batch(_) | Lineage::Vouched => {}
+            Lineage::Poll if claims_kafka => {
+                return Err(RowError("_source: names Kafka coordinates in an object pg-poller landed".to_owned()));
+            }
+            Lineage::Batch(_) | Lineage::Poll | Lineage::Vouched => {}
         }
+        // A change without an LSN was found by a poll: its `ts_ms` is the row's `updated_at`, which may be as old as
+        // the row (a poll sees what the table holds, however long ago it changed). Only the window's "not ahead of
+        // ingestion" side applies to it.
+        let polled = matches!(self.spec.layout, Layout::Change { .. }) && matches!(cells.get(2), Some(Cell::Null));
         let partition = match source.partition {
             Some(p) => Some(i32::try_from(p).map_err(|_| invalid("_source.partition", "does not fit in 32 bits"))?),
             None => None,
@@ -264,6 +271,7 @@ impl Converter {
             let produced_us = source.timestamp.filter(|ms| *ms > 0).and_then(|ms| ms.checked_mul(1000));
             for (c, cell) in self.spec.read_columns().zip(&cells) {
                 if let (Check::EventTime, Cell::Micros(us)) = (c.check, cell) {
+                    let produced_us = if polled { Some(*us) } else { produced_us };
                     window.check(*us, ingested_us, produced_us).map_err(|e| invalid(c.name, e))?;
                 }
             }
@@ -273,6 +281,14 @@ impl Converter {
         let line_no = i64::try_from(origin.line).unwrap_or(i64::MAX);
         self.group_text.clear();
         let (kind, seq) = match (self.spec.layout, &source.topic, partition, source.offset) {
+            (Layout::Change { .. }, ..) if polled => {
+                let ts = match cells[1] {
+                    Cell::Micros(us) => us,
+                    _ => 0,
+                };
+                push_poll_group(&mut self.group_text, key_text.iter().map(String::as_str));
+                (IdKind::Poll, ts)
+            }
             (Layout::Change { .. }, ..) => {
                 let op = match &cells[0] {
                     Cell::Str(s) => s.as_ref(),

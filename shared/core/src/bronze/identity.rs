@@ -11,6 +11,8 @@ pub enum IdKind {
     Change,
     /// `(key, etag)` of a dropped file + line.
     File,
+    /// A change pg-poller found (no LSN): key + `ts_ms` in microseconds (the row's `updated_at`).
+    Poll,
 }
 
 impl IdKind {
@@ -20,11 +22,12 @@ impl IdKind {
             IdKind::Kafka => "_source_offset",
             IdKind::Change => "lsn",
             IdKind::File => "_line",
+            IdKind::Poll => "ts_ms",
         }
     }
 
     /// Every kind.
-    pub const ALL: [IdKind; 3] = [IdKind::Kafka, IdKind::Change, IdKind::File];
+    pub const ALL: [IdKind; 4] = [IdKind::Kafka, IdKind::Change, IdKind::File, IdKind::Poll];
 }
 
 /// A record identity: the kind, the group it belongs to (a topic-partition, a change's op and key, a file), and
@@ -157,6 +160,23 @@ pub(crate) fn push_change_group<'a>(g: &mut String, op: &str, key: impl IntoIter
     }
 }
 
+/// Group text of a polled change's identity: the key values as text (dates as `YYYY-MM-DD`), `|`-separated. The
+/// operation is not part of it: one row version is one change, whether it was landed as an insert or an update.
+pub fn poll_group<'a>(key: impl IntoIterator<Item = &'a str>) -> String {
+    let mut g = String::new();
+    push_poll_group(&mut g, key);
+    g
+}
+
+pub(crate) fn push_poll_group<'a>(g: &mut String, key: impl IntoIterator<Item = &'a str>) {
+    for (i, part) in key.into_iter().enumerate() {
+        if i > 0 {
+            g.push('|');
+        }
+        g.push_str(part);
+    }
+}
+
 /// Formats days since 1970-01-01 as `YYYY-MM-DD`.
 pub fn date_text(days: i32) -> String {
     NaiveDate::from_num_days_from_ce_opt(days.saturating_add(UNIX_EPOCH_DAYS_CE))
@@ -189,6 +209,9 @@ pub enum Lineage<'a> {
     /// The object is not named by the lander (a file dropped by hand): claimed coordinates and `_ingested_at` are
     /// not believed, and the line is identified by the file.
     File,
+    /// The object is named by pg-poller ([`PollName::from_key`]): its `_ingested_at` and `_source.timestamp` (the
+    /// poll's time) are believed, and a line claiming Kafka coordinates is refused.
+    Poll,
     /// Whatever the line says: for tables built from input the caller vouches for (tests, benchmarks).
     Vouched,
 }
@@ -197,5 +220,14 @@ impl<'a> Lineage<'a> {
     /// The lineage an object of `batch` (the name its key parses to, if any) may claim.
     pub fn of(batch: Option<&'a BatchName>) -> Self {
         batch.map_or(Lineage::File, Lineage::Batch)
+    }
+
+    /// The lineage an object of `key` may claim, `batch` being the lander batch the key names (if any).
+    pub fn of_key(key: &str, batch: Option<&'a BatchName>) -> Self {
+        match batch {
+            Some(b) => Lineage::Batch(b),
+            None if PollName::from_key(key).is_some() => Lineage::Poll,
+            None => Lineage::File,
+        }
     }
 }

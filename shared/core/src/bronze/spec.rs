@@ -286,11 +286,12 @@ pub enum Zone {
     Bronze,
 }
 
-/// `op`, `ts_ms`, `lsn`: the columns of a change before the row's own.
+/// `op`, `ts_ms`, `lsn`: the columns of a change before the row's own. `lsn` is null for a change pg-poller found
+/// (identified by its key and `ts_ms`, the row's `updated_at`); Debezium's changes always carry one.
 pub const CHANGE_COLUMNS: [Column; 3] = [
     req("op", Kind::Utf8, Check::OneOf(&["c", "u", "d", "r"])),
     req("ts_ms", Kind::EpochMillis, Check::EventTime),
-    req("lsn", Kind::Int64, Check::None),
+    col("lsn", Kind::Int64),
 ];
 
 /// `_extra`: the unknown fields, as a JSON object (null when there were none).
@@ -524,7 +525,7 @@ pub fn identity_columns(spec: &TableSpec) -> Vec<&'static str> {
             vec!["_source_topic", "_source_partition", "_source_offset", "_source_key", "_source_etag", "_line"]
         }
         Layout::Change { key } => {
-            let mut cols = vec!["op", "lsn"];
+            let mut cols = vec!["op", "ts_ms", "lsn"];
             cols.extend_from_slice(key);
             cols
         }

@@ -1,0 +1,437 @@
+//! The PostgreSQL side: credentials from Secrets Manager, a TLS connection (rustls), and one poll of one table in
+//! one read-only `REPEATABLE READ` transaction, so every statement of the poll sees the same snapshot. Rows are
+//! read through server-side cursors (portals) a page at a time: memory is bounded by a page, not by the table.
+
+use std::sync::Arc;
+
+use fleetlake_core::poll::{PollTable, PolledRow, MIN_WALK_US};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
+use tracing::{info, warn};
+
+use crate::config::{Config, Tls};
+
+/// A failure of the database side, split by whether the run could succeed if retried.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PgError {
+    /// The secret could not be read or is not in the RDS format.
+    #[error("reading the database secret {secret}: {message}")]
+    Secret { secret: String, message: String },
+    /// The CA bundle could not be read.
+    #[error("reading the CA bundle {path}: {message}")]
+    CaBundle { path: String, message: String },
+    /// Connecting (TCP, TLS, authentication) failed.
+    #[error("connecting to PostgreSQL at {host}:{port} as {user}: {source}")]
+    Connect {
+        host: String,
+        port: u16,
+        user: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A statement failed (a lost connection, a timeout, a missing table or column).
+    #[error("{what} of {table}: {source}")]
+    Query {
+        what: &'static str,
+        table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The role cannot see other sessions' transactions, so the cursor could pass a transaction still open.
+    #[error(
+        "the role {user} cannot see other sessions' transaction start times: grant it pg_read_all_stats (GRANT pg_read_all_stats TO {user}) so the cursor never passes an open transaction"
+    )]
+    NoStats { user: String },
+    /// The table lacks a column the poll needs.
+    #[error("{table} has no column {column}")]
+    MissingColumn { table: String, column: String },
+}
+
+/// Credentials and address, from the secret and the variables that override it.
+#[derive(Clone, Deserialize)]
+pub(crate) struct Credentials {
+    pub(crate) username: String,
+    pub(crate) password: String,
+    #[serde(default)]
+    pub(crate) host: Option<String>,
+    #[serde(default, deserialize_with = "port_number_or_text")]
+    pub(crate) port: Option<u16>,
+    #[serde(default)]
+    pub(crate) dbname: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// RDS secrets hold the port as a number; hand-made ones often as text.
+fn port_number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Port {
+        Number(u16),
+        Text(String),
+    }
+    match Option::<Port>::deserialize(d)? {
+        None => Ok(None),
+        Some(Port::Number(n)) => Ok(Some(n)),
+        Some(Port::Text(t)) => t.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Reads the secret (`SecretString` JSON in the RDS format).
+pub(crate) async fn credentials(
+    secrets: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+) -> Result<Credentials, PgError> {
+    let err = |message: String| PgError::Secret { secret: secret_id.to_owned(), message };
+    let out = secrets
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| err(aws_sdk_secretsmanager::Error::from(e).to_string()))?;
+    let text = out.secret_string().ok_or_else(|| err("the secret has no SecretString".to_owned()))?;
+    serde_json::from_str(text).map_err(|e| err(format!("not the RDS secret format ({{username, password, …}}): {e}")))
+}
+
+/// A TLS connector trusting only the certificates of the PEM CA bundle `pem` (the RDS bundle in production),
+/// read from `origin` (named in errors).
+pub(crate) fn tls_connector(pem: &[u8], origin: &str) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
+    let err = |message: String| PgError::CaBundle { path: origin.to_owned(), message };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots.add(cert.map_err(|e| err(e.to_string()))?).map_err(|e| err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(err("holds no certificate".to_owned()));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// Connects with the session settings every poll relies on: UTC, ISO dates, a statement timeout, and a name the
+/// database's operators can see in `pg_stat_activity`.
+pub(crate) async fn connect(
+    config: &Config,
+    creds: &Credentials,
+    tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
+) -> Result<Client, PgError> {
+    let host = config.host.clone().or_else(|| creds.host.clone()).unwrap_or_else(|| "localhost".to_owned());
+    let port = config.port.or(creds.port).unwrap_or(5432);
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&host)
+        .port(port)
+        .user(&creds.username)
+        .password(&creds.password)
+        .application_name("fleetlake-pg-poller")
+        .connect_timeout(config.connect_timeout);
+    if let Some(db) = config.database.as_ref().or(creds.dbname.as_ref()) {
+        pg.dbname(db);
+    }
+    let connect_err = |source| PgError::Connect { host: host.clone(), port, user: creds.username.clone(), source };
+    let client = match (tls, &config.tls) {
+        (Some(tls), _) => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, connection) = pg.connect(tls.clone()).await.map_err(connect_err)?;
+            spawn_connection(connection);
+            client
+        }
+        (None, Tls::Disable) => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(connect_err)?;
+            spawn_connection(connection);
+            client
+        }
+        (None, Tls::VerifyFull(_)) => unreachable!("a verify-full configuration always builds its connector"),
+    };
+    let timeout_ms = config.statement_timeout.as_millis().min(i32::MAX as u128);
+    let setup = format!(
+        "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET statement_timeout = {timeout_ms}; \
+         SET idle_in_transaction_session_timeout = {timeout_ms}"
+    );
+    client.batch_execute(&setup).await.map_err(connect_err)?;
+    info!(host = %host, port, "connected to PostgreSQL");
+    Ok(client)
+}
+
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "PostgreSQL connection ended with an error");
+        }
+    });
+}
+
+/// What the poll's snapshot says of time: the database's `now()` and the start of the oldest transaction of this
+/// database still open (another session's), both µs since the epoch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SnapshotTimes {
+    pub(crate) now_us: i64,
+    pub(crate) oldest_open_us: Option<i64>,
+}
+
+impl SnapshotTimes {
+    /// How far the cursor may move: every version with an earlier `updated_at` was committed before the
+    /// snapshot, if `updated_at` is never older than its transaction's start.
+    pub(crate) fn bound_us(&self) -> i64 {
+        self.oldest_open_us.map_or(self.now_us, |o| o.min(self.now_us))
+    }
+}
+
+/// The shape of one polled table as the database holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct TableShape {
+    /// The soft-delete column and whether it is boolean, when the table has one.
+    soft_delete: Option<(String, bool)>,
+}
+
+/// One poll of one table: a read-only `REPEATABLE READ` transaction.
+pub(crate) struct Poll<'a> {
+    tx: Transaction<'a>,
+    table: &'a PollTable,
+    updated_at: &'a str,
+    shape: TableShape,
+}
+
+impl std::fmt::Debug for Poll<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poll").field("table", &self.table.table).finish_non_exhaustive()
+    }
+}
+
+/// `'0001-01-01 …'` style literal of µs since the epoch, as `timestamptz` text PostgreSQL parses exactly.
+pub(crate) fn timestamp_text(us: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        .to_string()
+}
+
+impl<'a> Poll<'a> {
+    /// Starts the transaction, takes the snapshot and reads the table's shape.
+    pub(crate) async fn begin(
+        client: &'a mut Client,
+        table: &'a PollTable,
+        config: &'a Config,
+    ) -> Result<(Poll<'a>, SnapshotTimes), PgError> {
+        let q = |what: &'static str| {
+            let table = table.table.clone();
+            move |source| PgError::Query { what, table, source }
+        };
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(q("starting the poll's transaction"))?;
+        // The first statement takes the snapshot; the activity view is read in the same statement. Background
+        // workers and other databases' sessions cannot write this table's rows.
+        let row = tx
+            .query_one(
+                "SELECT floor(extract(epoch FROM now()) * 1000000)::int8, \
+                        (SELECT floor(extract(epoch FROM min(xact_start)) * 1000000)::int8 FROM pg_stat_activity \
+                          WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() \
+                            AND datname = current_database() AND backend_type = 'client backend'), \
+                        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+                          OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'), \
+                        current_user::text",
+                &[],
+            )
+            .await
+            .map_err(q("taking the snapshot"))?;
+        let times = SnapshotTimes { now_us: row.get(0), oldest_open_us: row.get(1) };
+        let sees_all: bool = row.get::<_, Option<bool>>(2).unwrap_or(false);
+        if !sees_all {
+            return Err(PgError::NoStats { user: row.get(3) });
+        }
+        let (schema, name) = table.table.split_once('.').unwrap_or(("public", &table.table));
+        let columns = tx
+            .query(
+                "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                  WHERE table_schema = $1 AND table_name = $2",
+                &[&schema, &name],
+            )
+            .await
+            .map_err(q("reading the columns"))?;
+        let column = |c: &str| columns.iter().find(|r| r.get::<_, String>(0) == c).map(|r| r.get::<_, String>(1));
+        for c in table.key_columns().iter().copied().chain([config.updated_at.as_str()]) {
+            if column(c).is_none() {
+                return Err(PgError::MissingColumn { table: table.table.clone(), column: c.to_owned() });
+            }
+        }
+        let soft_delete = column(&config.soft_delete).map(|t| (config.soft_delete.clone(), t == "boolean"));
+        let shape = TableShape { soft_delete };
+        Ok((Poll { tx, table, updated_at: &config.updated_at, shape }, times))
+    }
+
+    /// The key columns as text in byte order: how the walk and the key listing order rows.
+    fn key_exprs(&self) -> Vec<String> {
+        self.table.key_columns().iter().map(|k| format!("t.{k}::text COLLATE \"C\"")).collect()
+    }
+
+    fn soft_deleted_expr(&self) -> String {
+        match &self.shape.soft_delete {
+            Some((c, true)) => format!("coalesce(t.{c}, false)"),
+            Some((c, false)) => format!("t.{c} IS NOT NULL"),
+            None => "false".to_owned(),
+        }
+    }
+
+    /// The walk: every version from `start` (inclusive, in `(updated_at, key)` order; an empty key is "every key at
+    /// that time") with `updated_at <= to_us`, in that order, read a page at a time with [`Poll::next_page`].
+    pub(crate) async fn walk(
+        &self,
+        start: &(i64, Vec<String>),
+        to_us: i64,
+        page: usize,
+    ) -> Result<Pages<PolledRow>, PgError> {
+        let u = self.updated_at;
+        let keys = self.key_exprs();
+        let from = if start.1.is_empty() {
+            format!("t.{u} >= $1::text::timestamptz")
+        } else {
+            let params: Vec<String> = (0..keys.len()).map(|i| format!("${}::text COLLATE \"C\"", i + 3)).collect();
+            format!("(t.{u}, {}) >= ($1::text::timestamptz, {})", keys.join(", "), params.join(", "))
+        };
+        let sql = format!(
+            "SELECT {keys}, floor(extract(epoch FROM t.{u}) * 1000000)::int8, row_to_json(t)::text, {soft} \
+               FROM {table} t \
+              WHERE {from} AND t.{u} <= $2::text::timestamptz \
+              ORDER BY t.{u}, {keys}",
+            keys = keys.join(", "),
+            soft = self.soft_deleted_expr(),
+            table = self.table.table,
+        );
+        let bounds = [timestamp_text(start.0.max(MIN_WALK_US)), timestamp_text(to_us)];
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&bounds[0], &bounds[1]];
+        if !start.1.is_empty() {
+            params.extend(start.1.iter().map(|k| k as &(dyn tokio_postgres::types::ToSql + Sync)));
+        }
+        self.open(&sql, &params, page, "walking", |row| {
+            let n = row.len() - 3;
+            PolledRow {
+                key: (0..n).map(|i| row.get::<_, Option<String>>(i).unwrap_or_default()).collect(),
+                updated_at_us: row.get(n),
+                row_json: row.get(n + 1),
+                soft_deleted: row.get::<_, Option<bool>>(n + 2).unwrap_or(false),
+            }
+        })
+        .await
+    }
+
+    /// Versions outside any walk: `updated_at` null, before the year 1 (BC, `-infinity`) or after `to_us`
+    /// (`infinity`, a clock far ahead), at most `limit`: `(key, updated_at as text, row JSON)`.
+    pub(crate) async fn outside(
+        &self,
+        to_us: i64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<String>, String, String)>, PgError> {
+        let u = self.updated_at;
+        let keys = self.key_exprs();
+        let sql = format!(
+            "SELECT {keys}, t.{u}::text, row_to_json(t)::text FROM {table} t \
+              WHERE t.{u} IS NULL OR t.{u} < $1::text::timestamptz OR t.{u} > $2::text::timestamptz \
+              ORDER BY {keys} LIMIT {limit}",
+            keys = keys.join(", "),
+            table = self.table.table,
+        );
+        let n = keys.len();
+        let rows =
+            self.tx.query(&sql, &[&timestamp_text(MIN_WALK_US), &timestamp_text(to_us)]).await.map_err(|source| {
+                PgError::Query { what: "reading versions outside the walk", table: self.table.table.clone(), source }
+            })?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let key = (0..n).map(|i| r.get::<_, Option<String>>(i).unwrap_or_default()).collect();
+                (key, r.get::<_, Option<String>>(n).unwrap_or_else(|| "null".to_owned()), r.get(n + 1))
+            })
+            .collect())
+    }
+
+    /// Every key of a row that is not soft-deleted, in byte order, read a page at a time with
+    /// [`Poll::next_page`].
+    pub(crate) async fn keys(&self, page: usize) -> Result<Pages<Vec<String>>, PgError> {
+        let keys = self.key_exprs();
+        let sql = format!(
+            "SELECT {keys} FROM {table} t WHERE NOT ({soft}) ORDER BY {keys}",
+            keys = keys.join(", "),
+            soft = self.soft_deleted_expr(),
+            table = self.table.table,
+        );
+        self.open(&sql, &[], page, "listing the keys", |row| {
+            (0..row.len()).map(|i| row.get::<_, Option<String>>(i).unwrap_or_default()).collect()
+        })
+        .await
+    }
+
+    /// Opens a portal (a server-side cursor) on `sql`.
+    async fn open<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        page: usize,
+        what: &'static str,
+        map: fn(&Row) -> T,
+    ) -> Result<Pages<T>, PgError> {
+        let err = |source| PgError::Query { what, table: self.table.table.clone(), source };
+        let statement = self.tx.prepare(sql).await.map_err(err)?;
+        let portal = self.tx.bind(&statement, params).await.map_err(err)?;
+        Ok(Pages { portal, page: i32::try_from(page).unwrap_or(i32::MAX), what, map, done: false })
+    }
+
+    /// The next page of `pages`; `None` once every row was read.
+    pub(crate) async fn next_page<T>(&self, pages: &mut Pages<T>) -> Result<Option<Vec<T>>, PgError> {
+        if pages.done {
+            return Ok(None);
+        }
+        let rows = self.tx.query_portal(&pages.portal, pages.page).await.map_err(|source| PgError::Query {
+            what: pages.what,
+            table: self.table.table.clone(),
+            source,
+        })?;
+        pages.done = rows.len() < usize::try_from(pages.page).unwrap_or(usize::MAX);
+        Ok((!rows.is_empty()).then(|| rows.iter().map(pages.map).collect()))
+    }
+
+    /// Ends the read-only transaction.
+    pub(crate) async fn finish(self) -> Result<(), PgError> {
+        let table = self.table.table.clone();
+        self.tx.commit().await.map_err(|source| PgError::Query { what: "ending the poll's transaction", table, source })
+    }
+}
+
+/// A statement read through a portal, a page at a time.
+pub(crate) struct Pages<T> {
+    portal: tokio_postgres::Portal,
+    page: i32,
+    what: &'static str,
+    map: fn(&Row) -> T,
+    done: bool,
+}
+
+impl<T> std::fmt::Debug for Pages<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pages").field("what", &self.what).field("done", &self.done).finish_non_exhaustive()
+    }
+}

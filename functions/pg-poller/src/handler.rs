@@ -6,7 +6,7 @@
 //! twice (a run that died before recording, two runs at once) is one row in bronze; two runs that start from the
 //! same state cannot both record the next one, and the one that loses records nothing.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,8 @@ use fleetlake_core::cdc::Op;
 use fleetlake_core::fault::{Classify, Fault};
 use fleetlake_core::lake::landing_key_named;
 use fleetlake_core::poll::{
-    advance, change_line, key_row, key_text, object_name, quarantine, record_version, row_object, KnownKeys,
-    PollContext, PollSource, PollState, PollTable, MAX_KEYS_SINCE,
+    advance, change_line, delete_ts_ms, key_row, key_text, object_name, quarantine, record_version, row_object,
+    KnownKeys, PollContext, PollSource, PollState, PollTable, MAX_KEYS_SINCE,
 };
 use fleetlake_runner::Invocation;
 use serde_json::{json, Value};
@@ -69,9 +69,7 @@ pub(crate) enum PollError {
 impl Classify for PollError {
     fn fault(&self) -> Fault {
         match self {
-            PollError::Pg(PgError::NoStats { .. } | PgError::MissingColumn { .. } | PgError::CaBundle { .. }) => {
-                Fault::Permanent
-            }
+            PollError::Pg(e) if e.is_permanent() => Fault::Permanent,
             PollError::State(StateError::Corrupt { .. }) => Fault::Permanent,
             PollError::Tables { retry: false, .. } => Fault::Permanent,
             _ => Fault::Retryable,
@@ -236,86 +234,99 @@ impl Deps {
         drop(pages);
 
         // Versions no walk reads: reported once each.
-        let outside = poll.outside(ctx.walk_to_us(), MAX_OUTSIDE + 1).await?;
-        if outside.len() > MAX_OUTSIDE {
-            warn!(table = %table.table, "more than {MAX_OUTSIDE} versions outside the walk; the rest are reported later");
-        }
         let mut still_outside = std::collections::BTreeSet::new();
-        for (key, updated_at, row) in outside.into_iter().take(MAX_OUTSIDE) {
-            let id = (key_text(&key), updated_at.clone());
-            if !prev.quarantined_outside.contains(&id) {
-                let reason = format!(
-                    "{}: {updated_at} is not a time from the year 1 to {} h after the poll; the version is never walked",
-                    cfg.updated_at,
-                    ctx.window.max_ahead_s / 3600
-                );
-                let source = PollSource { table: &table.table, key: &key, updated_at, poll: out.name() };
-                quarantined.push(quarantine(reason, &source, Some(row)));
-                quarantined.flush_if_full().await?;
-                n.quarantined += 1;
+        let mut pages = poll.outside(ctx.walk_to_us(), cfg.page_rows).await?;
+        'outside: while let Some(rows) = poll.next_page(&mut pages).await? {
+            for (key, updated_at, row) in rows {
+                if still_outside.len() >= MAX_OUTSIDE {
+                    warn!(table = %table.table, "more than {MAX_OUTSIDE} versions outside the walk; the rest are reported later");
+                    break 'outside;
+                }
+                let id = (key_text(&key), updated_at.clone());
+                if !prev.quarantined_outside.contains(&id) {
+                    let reason = format!(
+                        "{}: {updated_at} is not a time from the year 1 to {} h after the poll; the version is never walked",
+                        cfg.updated_at,
+                        ctx.window.max_ahead_s / 3600
+                    );
+                    let source = PollSource { table: &table.table, key: &key, updated_at, poll: out.name() };
+                    quarantined.push(quarantine(reason, &source, Some(row)));
+                    quarantined.flush_if_full().await?;
+                    n.quarantined += 1;
+                }
+                still_outside.insert(id);
             }
-            still_outside.insert(id);
         }
+        drop(pages);
         next.quarantined_outside = still_outside;
 
-        // Deletes: every known key the table no longer holds, when the comparison is due (never after a walk cut
-        // short: it would run out of time too).
-        let compared =
-            cut.is_none() && next.keys_due(times.now_us, i64::try_from(cfg.key_check.as_micros()).unwrap_or(i64::MAX));
-        if compared {
+        // Deletes: every known key the table no longer holds, when the comparison is due, after a complete walk,
+        // and while the invocation has time (a comparison that runs short is dropped whole and tried again).
+        let due = next.keys_due(times.now_us, i64::try_from(cfg.key_check.as_micros()).unwrap_or(i64::MAX));
+        let mut compared = false;
+        if due && cut.is_none() {
             let mut alive = known.all(&next).await?;
             let mut snapshot = GzLines::new();
             let mut pages = poll.keys(cfg.page_rows).await?;
+            let mut complete = true;
             while let Some(keys) = poll.next_page(&mut pages).await? {
-                for parts in keys {
+                for (parts, updated_at_us) in keys {
                     let key = key_text(&parts);
                     alive.remove(&key);
-                    snapshot.push(key.as_bytes()).map_err(S3Error::Encode)?;
+                    snapshot.push(format!("{key}\t{updated_at_us}").as_bytes()).map_err(S3Error::Encode)?;
                     n.keys_listed += 1;
+                }
+                if invocation.deadline().saturating_duration_since(Instant::now()) < TIME_MARGIN {
+                    warn!(table = %table.table, listed = n.keys_listed, "the invocation is running out of time: the key comparison is left for a later run");
+                    invocation.add("key_comparisons_cut", 1);
+                    complete = false;
+                    break;
                 }
             }
             drop(pages);
-            let mut gone: Vec<String> = alive.into_iter().collect();
-            gone.sort();
-            let ts_ms = times.now_us.div_euclid(1000);
-            for key in gone {
-                let parts: Vec<String> = serde_json::from_str(&key).unwrap_or_default();
-                let object_key = out.object_key();
-                match change_line(table.spec, Op::Delete, ts_ms, key_row(table, &parts), &object_key, &ctx) {
-                    Ok(line) => {
-                        out.push(&line).await?;
-                        n.landed += 1;
-                        n.deletes += 1;
-                    }
-                    Err(reason) => {
-                        let source = PollSource {
-                            table: &table.table,
-                            key: &parts,
-                            updated_at: String::new(),
-                            poll: out.name(),
-                        };
-                        quarantined.push(quarantine(reason, &source, None));
-                        n.quarantined += 1;
+            if complete {
+                let mut gone: Vec<(String, i64)> = alive.into_iter().collect();
+                gone.sort();
+                for (key, last_us) in gone {
+                    let parts: Vec<String> = serde_json::from_str(&key).unwrap_or_default();
+                    let object_key = out.object_key();
+                    let ts_ms = delete_ts_ms(&next, last_us);
+                    match change_line(table.spec, Op::Delete, ts_ms, key_row(table, &parts), &object_key, &ctx) {
+                        Ok(line) => {
+                            out.push(&line).await?;
+                            n.landed += 1;
+                            n.deletes += 1;
+                        }
+                        Err(reason) => {
+                            let source = PollSource {
+                                table: &table.table,
+                                key: &parts,
+                                updated_at: String::new(),
+                                poll: out.name(),
+                            };
+                            quarantined.push(quarantine(reason, &source, None));
+                            n.quarantined += 1;
+                        }
                     }
                 }
+                let snapshot_key = states.key_snapshot_key(next.seq, &run);
+                states.write_keys(&snapshot_key, snapshot.finish().map_err(S3Error::Encode)?).await?;
+                next.key_snapshot = Some(snapshot_key);
+                next.keys_since.clear();
+                next.deleted_since.clear();
+                next.keys_compared_us = Some(times.now_us);
+                compared = true;
             }
-            let snapshot_key = states.key_snapshot_key(next.seq, &run);
-            states.write_keys(&snapshot_key, snapshot.finish().map_err(S3Error::Encode)?).await?;
-            next.key_snapshot = Some(snapshot_key);
-            next.keys_since.clear();
-            next.deleted_since.clear();
-            next.keys_compared_us = Some(times.now_us);
         }
         poll.finish().await?;
 
         // A state that would carry too many keys folds them into a snapshot of its own.
         if next.keys_since.len() + next.deleted_since.len() > MAX_KEYS_SINCE {
-            let merged = known.all(&next).await?;
-            let mut sorted: Vec<String> = merged.into_iter().collect();
+            let mut sorted: Vec<(String, i64)> = known.all(&next).await?.into_iter().collect();
             sorted.sort();
             let mut snapshot = GzLines::new();
-            for key in &sorted {
-                snapshot.push(key.as_bytes()).map_err(S3Error::Encode)?;
+            for (key, us) in &sorted {
+                snapshot.push(format!("{key}\t{us}").as_bytes()).map_err(S3Error::Encode)?;
             }
             let snapshot_key = states.key_snapshot_key(next.seq, &run);
             states.write_keys(&snapshot_key, snapshot.finish().map_err(S3Error::Encode)?).await?;
@@ -394,7 +405,7 @@ impl Known<'_> {
         if self.keys.is_none() {
             let snapshot = match &state.key_snapshot {
                 Some(key) => self.states.read_keys(key).await?,
-                None => HashSet::new(),
+                None => HashMap::new(),
             };
             self.keys = Some(KnownKeys { snapshot });
         }
@@ -403,7 +414,7 @@ impl Known<'_> {
 
     /// Whether `key` was landed before and not deleted since (`u` rather than `c`).
     async fn alive(&mut self, state: &PollState, key: &str) -> Result<bool, StateError> {
-        if state.keys_since.contains(key) {
+        if state.keys_since.contains_key(key) {
             return Ok(true);
         }
         if state.deleted_since.contains(key) || state.key_snapshot.is_none() {
@@ -412,13 +423,9 @@ impl Known<'_> {
         Ok(self.load(state).await?.alive(state, key))
     }
 
-    /// Every key known alive.
-    async fn all(&mut self, state: &PollState) -> Result<HashSet<String>, StateError> {
-        let known = self.load(state).await?;
-        let mut all: HashSet<String> =
-            known.snapshot.iter().filter(|k| !state.deleted_since.contains(*k)).cloned().collect();
-        all.extend(state.keys_since.iter().cloned());
-        Ok(all)
+    /// Every key known alive, with the last `updated_at` known of it.
+    async fn all(&mut self, state: &PollState) -> Result<HashMap<String, i64>, StateError> {
+        Ok(self.load(state).await?.all(state))
     }
 }
 

@@ -16,9 +16,9 @@ use crate::config::{Config, Tls};
 /// A failure of the database side, split by whether the run could succeed if retried.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PgError {
-    /// The secret could not be read or is not in the RDS format.
+    /// The secret could not be read (`format`: it was read and is not in the RDS format).
     #[error("reading the database secret {secret}: {message}")]
-    Secret { secret: String, message: String },
+    Secret { secret: String, message: String, format: bool },
     /// The CA bundle could not be read.
     #[error("reading the CA bundle {path}: {message}")]
     CaBundle { path: String, message: String },
@@ -44,9 +44,30 @@ pub(crate) enum PgError {
         "the role {user} cannot see other sessions' transaction start times: grant it pg_read_all_stats (GRANT pg_read_all_stats TO {user}) so the cursor never passes an open transaction"
     )]
     NoStats { user: String },
+    /// The role may not read the table.
+    #[error("the role {user} may not SELECT from {table}: GRANT SELECT ON {table} TO {user}")]
+    NoSelect { user: String, table: String },
     /// The table lacks a column the poll needs.
     #[error("{table} has no column {column}")]
     MissingColumn { table: String, column: String },
+}
+
+impl PgError {
+    /// Whether running again cannot help: a missing privilege, table, column or operator (SQLSTATE classes 42 and
+    /// 3F), a secret in another format, a role that cannot see open transactions, an unreadable CA bundle.
+    pub(crate) fn is_permanent(&self) -> bool {
+        match self {
+            PgError::NoStats { .. }
+            | PgError::NoSelect { .. }
+            | PgError::MissingColumn { .. }
+            | PgError::CaBundle { .. } => true,
+            PgError::Secret { format, .. } => *format,
+            PgError::Query { source, .. } => {
+                source.code().is_some_and(|c| c.code().starts_with("42") || c.code().starts_with("3F"))
+            }
+            PgError::Connect { .. } => false,
+        }
+    }
 }
 
 /// Credentials and address, from the secret and the variables that override it.
@@ -93,15 +114,16 @@ pub(crate) async fn credentials(
     secrets: &aws_sdk_secretsmanager::Client,
     secret_id: &str,
 ) -> Result<Credentials, PgError> {
-    let err = |message: String| PgError::Secret { secret: secret_id.to_owned(), message };
+    let err = |message: String, format: bool| PgError::Secret { secret: secret_id.to_owned(), message, format };
     let out = secrets
         .get_secret_value()
         .secret_id(secret_id)
         .send()
         .await
-        .map_err(|e| err(aws_sdk_secretsmanager::Error::from(e).to_string()))?;
-    let text = out.secret_string().ok_or_else(|| err("the secret has no SecretString".to_owned()))?;
-    serde_json::from_str(text).map_err(|e| err(format!("not the RDS secret format ({{username, password, …}}): {e}")))
+        .map_err(|e| err(aws_sdk_secretsmanager::Error::from(e).to_string(), false))?;
+    let text = out.secret_string().ok_or_else(|| err("the secret has no SecretString".to_owned(), true))?;
+    serde_json::from_str(text)
+        .map_err(|e| err(format!("not the RDS secret format ({{username, password, …}}): {e}"), true))
 }
 
 /// A TLS connector trusting only the certificates of the PEM CA bundle `pem` (the RDS bundle in production),
@@ -181,11 +203,14 @@ where
     });
 }
 
-/// What the poll's snapshot says of time: the database's `now()` and the start of the oldest transaction of this
-/// database still open (another session's), both µs since the epoch.
+/// What the poll knows of time, µs since the epoch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SnapshotTimes {
+    /// The snapshot's `now()`.
     pub(crate) now_us: i64,
+    /// When the open transactions were read, just before the snapshot was taken.
+    pub(crate) seen_at_us: i64,
+    /// The start of the oldest transaction open then (another session's, or a prepared one).
     pub(crate) oldest_open_us: Option<i64>,
 }
 
@@ -193,7 +218,8 @@ impl SnapshotTimes {
     /// How far the cursor may move: every version with an earlier `updated_at` was committed before the
     /// snapshot, if `updated_at` is never older than its transaction's start.
     pub(crate) fn bound_us(&self) -> i64 {
-        self.oldest_open_us.map_or(self.now_us, |o| o.min(self.now_us))
+        let bound = self.seen_at_us.min(self.now_us);
+        self.oldest_open_us.map_or(bound, |o| o.min(bound))
     }
 }
 
@@ -237,6 +263,36 @@ impl<'a> Poll<'a> {
             let table = table.table.clone();
             move |source| PgError::Query { what, table, source }
         };
+        // Before the snapshot: the time, and the start of the oldest transaction of this database still open in
+        // another session (a prepared one counts from its PREPARE, the latest its start can be known). Read
+        // first, so a transaction that commits between this read and the snapshot is one the snapshot sees, and
+        // every transaction the snapshot cannot see either started after `seen_at` or is among those counted.
+        // Background workers and other databases' sessions cannot write this table's rows.
+        let row = client
+            .query_one(
+                "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::int8, \
+                        floor(extract(epoch FROM least( \
+                          (SELECT min(xact_start) FROM pg_stat_activity \
+                            WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() \
+                              AND datname = current_database() AND backend_type = 'client backend'), \
+                          (SELECT min(prepared) FROM pg_prepared_xacts WHERE database = current_database()) \
+                        )) * 1000000)::int8, \
+                        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+                          OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'), \
+                        current_user::text, \
+                        has_table_privilege(current_user, $1::text, 'SELECT')",
+                &[&table.table],
+            )
+            .await
+            .map_err(q("reading the open transactions"))?;
+        let (seen_at_us, oldest_open_us): (i64, Option<i64>) = (row.get(0), row.get(1));
+        let user: String = row.get(3);
+        if !row.get::<_, Option<bool>>(2).unwrap_or(false) {
+            return Err(PgError::NoStats { user });
+        }
+        if !row.get::<_, Option<bool>>(4).unwrap_or(false) {
+            return Err(PgError::NoSelect { user, table: table.table.clone() });
+        }
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -244,26 +300,12 @@ impl<'a> Poll<'a> {
             .start()
             .await
             .map_err(q("starting the poll's transaction"))?;
-        // The first statement takes the snapshot; the activity view is read in the same statement. Background
-        // workers and other databases' sessions cannot write this table's rows.
+        // The first statement takes the snapshot.
         let row = tx
-            .query_one(
-                "SELECT floor(extract(epoch FROM now()) * 1000000)::int8, \
-                        (SELECT floor(extract(epoch FROM min(xact_start)) * 1000000)::int8 FROM pg_stat_activity \
-                          WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() \
-                            AND datname = current_database() AND backend_type = 'client backend'), \
-                        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
-                          OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'), \
-                        current_user::text",
-                &[],
-            )
+            .query_one("SELECT floor(extract(epoch FROM now()) * 1000000)::int8", &[])
             .await
             .map_err(q("taking the snapshot"))?;
-        let times = SnapshotTimes { now_us: row.get(0), oldest_open_us: row.get(1) };
-        let sees_all: bool = row.get::<_, Option<bool>>(2).unwrap_or(false);
-        if !sees_all {
-            return Err(PgError::NoStats { user: row.get(3) });
-        }
+        let times = SnapshotTimes { now_us: row.get(0), seen_at_us, oldest_open_us };
         let (schema, name) = table.table.split_once('.').unwrap_or(("public", &table.table));
         let columns = tx
             .query(
@@ -340,47 +382,46 @@ impl<'a> Poll<'a> {
     }
 
     /// Versions outside any walk: `updated_at` null, before the year 1 (BC, `-infinity`) or after `to_us`
-    /// (`infinity`, a clock far ahead), at most `limit`: `(key, updated_at as text, row JSON)`.
+    /// (`infinity`, a clock far ahead): `(key, updated_at as text, row JSON)`, read a page at a time.
     pub(crate) async fn outside(
         &self,
         to_us: i64,
-        limit: usize,
-    ) -> Result<Vec<(Vec<String>, String, String)>, PgError> {
+        page: usize,
+    ) -> Result<Pages<(Vec<String>, String, String)>, PgError> {
         let u = self.updated_at;
         let keys = self.key_exprs();
         let sql = format!(
             "SELECT {keys}, t.{u}::text, row_to_json(t)::text FROM {table} t \
               WHERE t.{u} IS NULL OR t.{u} < $1::text::timestamptz OR t.{u} > $2::text::timestamptz \
-              ORDER BY {keys} LIMIT {limit}",
+              ORDER BY {keys}",
             keys = keys.join(", "),
             table = self.table.table,
         );
-        let n = keys.len();
-        let rows =
-            self.tx.query(&sql, &[&timestamp_text(MIN_WALK_US), &timestamp_text(to_us)]).await.map_err(|source| {
-                PgError::Query { what: "reading versions outside the walk", table: self.table.table.clone(), source }
-            })?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let key = (0..n).map(|i| r.get::<_, Option<String>>(i).unwrap_or_default()).collect();
-                (key, r.get::<_, Option<String>>(n).unwrap_or_else(|| "null".to_owned()), r.get(n + 1))
-            })
-            .collect())
+        let bounds = [timestamp_text(MIN_WALK_US), timestamp_text(to_us)];
+        self.open(&sql, &[&bounds[0], &bounds[1]], page, "reading versions outside the walk", |row| {
+            let n = row.len() - 2;
+            let key = (0..n).map(|i| row.get::<_, Option<String>>(i).unwrap_or_default()).collect();
+            (key, row.get::<_, Option<String>>(n).unwrap_or_else(|| "null".to_owned()), row.get(n + 1))
+        })
+        .await
     }
 
-    /// Every key of a row that is not soft-deleted, in byte order, read a page at a time with
-    /// [`Poll::next_page`].
-    pub(crate) async fn keys(&self, page: usize) -> Result<Pages<Vec<String>>, PgError> {
+    /// Every key of a row that is not soft-deleted, in byte order, with its `updated_at` (µs; 0 when it is not a
+    /// finite time), read a page at a time with [`Poll::next_page`].
+    pub(crate) async fn keys(&self, page: usize) -> Result<Pages<(Vec<String>, i64)>, PgError> {
+        let u = self.updated_at;
         let keys = self.key_exprs();
         let sql = format!(
-            "SELECT {keys} FROM {table} t WHERE NOT ({soft}) ORDER BY {keys}",
+            "SELECT {keys}, CASE WHEN isfinite(t.{u}) THEN floor(extract(epoch FROM t.{u}) * 1000000)::int8 END \
+               FROM {table} t WHERE NOT ({soft}) ORDER BY {keys}",
             keys = keys.join(", "),
             soft = self.soft_deleted_expr(),
             table = self.table.table,
         );
         self.open(&sql, &[], page, "listing the keys", |row| {
-            (0..row.len()).map(|i| row.get::<_, Option<String>>(i).unwrap_or_default()).collect()
+            let n = row.len() - 1;
+            let key = (0..n).map(|i| row.get::<_, Option<String>>(i).unwrap_or_default()).collect();
+            (key, row.get::<_, Option<i64>>(n).unwrap_or(0))
         })
         .await
     }

@@ -1,7 +1,7 @@
 //! The S3 side: cursor states written create-only (two runs from one state cannot both record the next), key
 //! snapshots, and the landed objects of a run.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 
 use flate2::write::GzEncoder;
@@ -153,20 +153,23 @@ impl StateStore {
         Ok(())
     }
 
-    /// The keys of a snapshot.
-    pub(crate) async fn read_keys(&self, key: &str) -> Result<HashSet<String>, StateError> {
+    /// The keys of a snapshot, each with its `updated_at` (µs) when it was listed.
+    pub(crate) async fn read_keys(&self, key: &str) -> Result<HashMap<String, i64>, StateError> {
         let bytes = self.store.get_bytes(key).await?;
         let corrupt = |message: String| StateError::Corrupt {
             bucket: self.store.bucket().to_owned(),
             key: key.to_owned(),
             message,
         };
-        let mut keys = HashSet::new();
+        let mut keys = HashMap::new();
         for line in std::io::BufReader::new(flate2::read::GzDecoder::new(&bytes[..])).lines() {
             let line = line.map_err(|e| corrupt(e.to_string()))?;
-            if !line.is_empty() {
-                keys.insert(line);
+            if line.is_empty() {
+                continue;
             }
+            let (k, us) =
+                line.rsplit_once('\t').ok_or_else(|| corrupt(format!("a line without its time: {line:?}")))?;
+            keys.insert(k.to_owned(), us.parse().map_err(|_| corrupt(format!("not a time: {us:?}")))?);
         }
         Ok(keys)
     }

@@ -134,6 +134,26 @@ fn changes(rows: &[Value], value: &str) -> Vec<(String, String, String, Value)> 
     out.into_iter().map(|(_, u, d, op, v)| (u, d, op, v)).collect()
 }
 
+/// Waits until `n` poller sessions wait on a lock.
+async fn wait_for_pollers_on_the_lock(db: &tokio_postgres::Client, n: i64) {
+    for _ in 0..400 {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name = 'fleetlake-pg-poller' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{n} pollers never waited on the lock");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_version_visible_at_a_poll_lands_in_bronze_once_and_a_quiet_poll_writes_nothing() {
     let s = Stack::new().await;
@@ -171,6 +191,12 @@ async fn every_version_visible_at_a_poll_lands_in_bronze_once_and_a_quiet_poll_w
     let third = poll(&mut f).await;
     assert_eq!(report(&third, "public.performance_stats")["deletes_landed"], 1, "{third}");
     assert_eq!(s.append_new(&PERFORMANCE_STATS, &mut stats_seen).await, 1);
+    // The run that found the delete dies before recording: the next run finds it again, with the same identity.
+    let newest = s.keys("state/pg-poller/public.performance_stats/state-").await.pop().unwrap();
+    s.moto.s3().delete_object().bucket(&s.bucket).key(&newest).send().await.unwrap();
+    let again = poll(&mut f).await;
+    assert_eq!(report(&again, "public.performance_stats")["deletes_landed"], 1, "{again}");
+    assert_eq!(s.append_new(&PERFORMANCE_STATS, &mut stats_seen).await, 0, "the delete landed again is one change");
 
     let fuel = changes(&s.bronze("performance_stats"), "fuel_used_l");
     let day = "2026-11-01".to_owned();
@@ -256,16 +282,29 @@ async fn equal_times_across_pages_two_runs_at_once_and_a_run_that_died_before_re
     assert_eq!((r["changes_landed"].as_u64(), r["objects"].as_array().unwrap().len()), (Some(10), 3), "{first}");
     assert_eq!(s.append_new(&PERFORMANCE_STATS, &mut seen).await, 10);
 
-    // Two runs at once: at most one records the next state; bronze holds each version once.
+    // Two runs at once, both from the same recorded state (the table is locked until both wait on it): one
+    // records the next state, the other is superseded; bronze holds each version once.
     s.db.batch_execute(
         "INSERT INTO performance_stats SELECT 'TU-' || i, '2026-11-03', i, i, 1 FROM generate_series(1, 5) i",
     )
     .await
     .unwrap();
     let mut g = s.poller(&env).await;
-    let (a, b) = tokio::join!(poll(&mut f), poll(&mut g));
-    let recorded = [&a, &b].iter().filter(|x| report(x, "public.performance_stats")["recorded"] == true).count();
-    assert_eq!(recorded, 1, "{a}\n{b}");
+    let locker = s.pg.admin("fleet").await;
+    locker.batch_execute("BEGIN; LOCK TABLE performance_stats IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let runs = [tokio::spawn(async move { poll(&mut f).await }), tokio::spawn(async move { poll(&mut g).await })];
+    wait_for_pollers_on_the_lock(&s.db, 2).await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let [a, b] = runs;
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let flags = |x: &Value| {
+        let r = report(x, "public.performance_stats");
+        (r["recorded"].as_bool().unwrap(), r["superseded"].as_bool().unwrap(), r["changes_landed"].as_u64().unwrap())
+    };
+    let mut both = [flags(&a), flags(&b)];
+    both.sort();
+    assert_eq!(both, [(false, true, 5), (true, false, 5)], "{a}\n{b}");
+    let mut f = s.poller(&env).await;
     let states = s.keys("state/pg-poller/public.performance_stats/state-").await;
     assert_eq!(states.len(), 2, "{states:?}");
     s.append_new(&PERFORMANCE_STATS, &mut seen).await;
@@ -377,24 +416,13 @@ async fn failures_land_nothing_and_say_why() {
     let locker = s.pg.admin("fleet").await;
     locker.batch_execute("BEGIN; LOCK TABLE performance_stats IN ACCESS EXCLUSIVE MODE").await.unwrap();
     let run = tokio::spawn(async move { (f.answer(&json!({})).await, f) });
-    let mut killed = false;
-    for _ in 0..200 {
-        let n: i64 =
-            s.db.query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                  WHERE application_name = 'fleetlake-pg-poller' AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n > 0 {
-            killed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(killed, "the poller never waited on the lock");
+    wait_for_pollers_on_the_lock(&s.db, 1).await;
+    s.db.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name = 'fleetlake-pg-poller' AND wait_event_type = 'Lock'",
+    )
+    .await
+    .unwrap();
     let (answer, mut f) = run.await.unwrap();
     let (kind, message) = fail(answer);
     assert!(message.contains("public.performance_stats"), "{message}");

@@ -6,7 +6,7 @@
 //! as one ([`crate::bronze::IdKind::Poll`]), so a version landed twice (a run that died before recording its
 //! cursor, two runs at once) is one row in bronze.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -117,10 +117,11 @@ pub struct PollState {
     /// Versions outside the cursor's walk already quarantined (`updated_at` null, infinite, before the year 1 or
     /// beyond the event-time window): `(key, updated_at as PostgreSQL prints it)`, reported once.
     pub quarantined_outside: BTreeSet<(String, String)>,
-    /// The key snapshot object: every key the table held (not soft-deleted) at the last key comparison.
+    /// The key snapshot object: every key the table held (not soft-deleted) at the last key comparison, with its
+    /// `updated_at` then.
     pub key_snapshot: Option<String>,
-    /// Keys landed as inserts or updates since that snapshot and not in it.
-    pub keys_since: BTreeSet<String>,
+    /// Keys landed as inserts or updates since that snapshot, with the `updated_at` (µs) of the last one landed.
+    pub keys_since: BTreeMap<String, i64>,
     /// Keys landed as deletes since that snapshot.
     pub deleted_since: BTreeSet<String>,
     /// When the keys were last compared, µs since the epoch.
@@ -140,7 +141,7 @@ impl PollState {
             remembered: BTreeSet::new(),
             quarantined_outside: BTreeSet::new(),
             key_snapshot: None,
-            keys_since: BTreeSet::new(),
+            keys_since: BTreeMap::new(),
             deleted_since: BTreeSet::new(),
             keys_compared_us: None,
         }
@@ -279,15 +280,38 @@ pub fn quarantine(reason: String, source: &PollSource<'_>, raw: Option<String>) 
 /// (`c` or `u`) and "which known keys are gone" (deletes).
 #[derive(Debug, Default)]
 pub struct KnownKeys {
-    /// The snapshot's keys.
-    pub snapshot: HashSet<String>,
+    /// The snapshot's keys, with their `updated_at` (µs; 0 when it was not a time) when listed.
+    pub snapshot: HashMap<String, i64>,
 }
 
 impl KnownKeys {
     /// Whether `key` is known alive: in the snapshot or landed since, and not deleted since.
     pub fn alive(&self, state: &PollState, key: &str) -> bool {
-        !state.deleted_since.contains(key) && (state.keys_since.contains(key) || self.snapshot.contains(key))
+        !state.deleted_since.contains(key) && (state.keys_since.contains_key(key) || self.snapshot.contains_key(key))
     }
+
+    /// Every key known alive, with the last `updated_at` known of it.
+    pub fn all(&self, state: &PollState) -> HashMap<String, i64> {
+        let mut all: HashMap<String, i64> = self
+            .snapshot
+            .iter()
+            .filter(|(k, _)| !state.deleted_since.contains(*k))
+            .map(|(k, us)| (k.clone(), *us))
+            .collect();
+        for (k, us) in &state.keys_since {
+            let e = all.entry(k.clone()).or_insert(*us);
+            *e = (*e).max(*us);
+        }
+        all
+    }
+}
+
+/// The time (ms) a delete found by the key comparison lands with: a millisecond after the later of the last
+/// comparison (the key was there then, or landed since) and the key's last known `updated_at`. The same for every
+/// run that starts from the same state, so a delete landed twice is one change; never before the version it ends.
+pub fn delete_ts_ms(state: &PollState, last_updated_us: i64) -> i64 {
+    let seen_us = state.keys_compared_us.unwrap_or(i64::MIN).max(last_updated_us);
+    seen_us.div_euclid(1000).saturating_add(1)
 }
 
 /// Records a landed (or refused) version in the state being built: remembered, and its key among the keys landed
@@ -301,7 +325,8 @@ pub fn record_version(state: &mut PollState, key_parts: &[String], key: &str, up
         }
         Some(_) => {
             state.deleted_since.remove(key);
-            state.keys_since.insert(key.to_owned());
+            let e = state.keys_since.entry(key.to_owned()).or_insert(updated_at_us);
+            *e = (*e).max(updated_at_us);
         }
         None => {}
     }
@@ -387,6 +412,22 @@ mod tests {
     }
 
     #[test]
+    fn only_the_pollers_objects_hold_changes_without_an_lsn_and_they_hold_no_other() {
+        let line =
+            change_line(&PERFORMANCE_STATS, Op::Create, 1_795_999_000_000, stat(json!(1.0)), KEY, &ctx()).unwrap();
+        let dropped = "landing/performance_stats/dt=2026-12-01/drop.ndjson.gz";
+        let mut c = Converter::new(&PERFORMANCE_STATS);
+        let err =
+            c.push(&line, LineOrigin { key: dropped, etag: "e", line: 1, lineage: Lineage::of_key(dropped, None) });
+        assert!(err.unwrap_err().0.contains("lsn"));
+        let mut with_lsn: Value = serde_json::from_slice(&line).unwrap();
+        with_lsn["lsn"] = json!(7);
+        let err = c
+            .push(with_lsn.to_string().as_bytes(), LineOrigin { key: KEY, etag: "e", line: 1, lineage: Lineage::Poll });
+        assert!(err.unwrap_err().0.contains("lsn"));
+    }
+
+    #[test]
     fn an_old_version_is_a_real_row_but_a_future_one_is_refused() {
         // A row last changed five years before the poll: the table holds it now.
         let old = 1_796_000_000_000 - 5 * 365 * 86_400_000;
@@ -416,9 +457,16 @@ mod tests {
         assert_eq!(s.cursor.as_ref().unwrap().updated_at_us, 1000, "an older bound never moves it back");
         assert_eq!(s.walk_start(50), (950, vec![]));
         record_version(&mut s, &k("a"), "[\"a\"]", 2000, Some(Op::Delete));
-        assert!(s.deleted_since.contains("[\"a\"]") && !s.keys_since.contains("[\"a\"]"));
-        let known = KnownKeys::default();
-        assert!(!known.alive(&s, "[\"a\"]") && known.alive(&s, "[\"b\"]"));
+        assert!(s.deleted_since.contains("[\"a\"]") && !s.keys_since.contains_key("[\"a\"]"));
+        let known = KnownKeys { snapshot: HashMap::from([("[\"c\"]".to_owned(), 5), ("[\"a\"]".to_owned(), 7)]) };
+        assert!(!known.alive(&s, "[\"a\"]") && known.alive(&s, "[\"b\"]") && known.alive(&s, "[\"c\"]"));
+        let all = known.all(&s);
+        assert_eq!(all.len(), 2);
+        assert_eq!((all["[\"b\"]"], all["[\"c\"]"]), (900, 5));
+        // A delete lands a millisecond after the later of the last comparison and the key's last version.
+        assert_eq!(delete_ts_ms(&s, 900_000), 901);
+        s.keys_compared_us = Some(2_000_000);
+        assert_eq!(delete_ts_ms(&s, 900_000), 2001);
     }
 
     #[test]

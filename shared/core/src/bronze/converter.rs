@@ -255,10 +255,22 @@ impl Converter {
             }
             Lineage::Batch(_) | Lineage::Poll | Lineage::Vouched => {}
         }
-        // A change without an LSN was found by a poll: its `ts_ms` is the row's `updated_at`, which may be as old as
-        // the row (a poll sees what the table holds, however long ago it changed). Only the window's "not ahead of
-        // ingestion" side applies to it.
+        // A change without an LSN was found by a poll, and only pg-poller's objects hold them (a change of any other
+        // object needs its LSN; one of pg-poller's may not have one). Its `ts_ms` is the row's `updated_at`, which
+        // may be as old as the row (a poll sees what the table holds, however long ago it changed): only the
+        // window's "not ahead of ingestion" side applies to it.
         let polled = matches!(self.spec.layout, Layout::Change { .. }) && matches!(cells.get(2), Some(Cell::Null));
+        if matches!(self.spec.layout, Layout::Change { .. }) {
+            match (origin.lineage, polled) {
+                (Lineage::Batch(_) | Lineage::File, true) => {
+                    return Err(invalid("lsn", "required (a change without one must come from a pg-poller object)"))
+                }
+                (Lineage::Poll, false) => {
+                    return Err(invalid("lsn", "must be absent from a change pg-poller landed"));
+                }
+                _ => {}
+            }
+        }
         let partition = match source.partition {
             Some(p) => Some(i32::try_from(p).map_err(|_| invalid("_source.partition", "does not fit in 32 bits"))?),
             None => None,

@@ -174,6 +174,8 @@ impl Deps {
 
         // The walk.
         let start = prev.walk_start(overlap_us);
+        // Versions before this are never read again once the cursor moves (see `advance`): not kept in memory.
+        let remember_from = times.bound_us().saturating_sub(overlap_us);
         let mut pages = poll.walk(&start, ctx.walk_to_us(), cfg.page_rows).await?;
         let mut cut = None;
         let mut last = None;
@@ -205,7 +207,7 @@ impl Deps {
                 match landed {
                     Ok((op, line)) => {
                         out.push(&line).await?;
-                        record_version(&mut next, &row.key, &key, row.updated_at_us, Some(op));
+                        record_version(&mut next, &row.key, &key, row.updated_at_us, Some(op), remember_from);
                         n.landed += 1;
                         if op == Op::Delete {
                             n.deletes += 1;
@@ -220,7 +222,7 @@ impl Deps {
                         };
                         quarantined.push(quarantine(reason, &source, Some(row.row_json)));
                         quarantined.flush_if_full().await?;
-                        record_version(&mut next, &row.key, &key, row.updated_at_us, None);
+                        record_version(&mut next, &row.key, &key, row.updated_at_us, None, remember_from);
                         n.quarantined += 1;
                     }
                 }
@@ -265,7 +267,7 @@ impl Deps {
         let due = next.keys_due(times.now_us, i64::try_from(cfg.key_check.as_micros()).unwrap_or(i64::MAX));
         let mut compared = false;
         if due && cut.is_none() {
-            let mut alive = known.all(&next).await?;
+            let mut alive = known.take_all(&next).await?;
             let mut snapshot = GzLines::new();
             let mut pages = poll.keys(cfg.page_rows).await?;
             let mut complete = true;
@@ -426,6 +428,12 @@ impl Known<'_> {
     /// Every key known alive, with the last `updated_at` known of it.
     async fn all(&mut self, state: &PollState) -> Result<HashMap<String, i64>, StateError> {
         Ok(self.load(state).await?.all(state))
+    }
+
+    /// [`Known::all`], handing over the snapshot's keys instead of copying them (nothing asks afterwards).
+    async fn take_all(&mut self, state: &PollState) -> Result<HashMap<String, i64>, StateError> {
+        self.load(state).await?;
+        Ok(self.keys.take().unwrap_or_default().into_all(state))
     }
 }
 

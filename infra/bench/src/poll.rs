@@ -90,9 +90,9 @@ async fn main() {
     let load = Instant::now();
     db.execute(
         "INSERT INTO performance_stats
-           SELECT 'TU-' || lpad((i % $1)::text, 6, '0'), date '2024-01-01' + (i / $1), 100 + i % 700,
-                  20 + (i % 97) * 1.5, 8 + i % 9
-             FROM generate_series(0, $2 - 1) i",
+           SELECT 'TU-' || lpad((i % $1::int8)::text, 6, '0'), date '2024-01-01' + (i / $1::int8)::int4,
+                  100 + i % 700, 20 + (i % 97) * 1.5, 8 + i % 9
+             FROM generate_series(0::int8, $2::int8 - 1) i",
         &[&(args.units as i64), &(args.rows as i64)],
     )
     .await

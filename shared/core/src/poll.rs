@@ -292,12 +292,13 @@ impl KnownKeys {
 
     /// Every key known alive, with the last `updated_at` known of it.
     pub fn all(&self, state: &PollState) -> HashMap<String, i64> {
-        let mut all: HashMap<String, i64> = self
-            .snapshot
-            .iter()
-            .filter(|(k, _)| !state.deleted_since.contains(*k))
-            .map(|(k, us)| (k.clone(), *us))
-            .collect();
+        KnownKeys { snapshot: self.snapshot.clone() }.into_all(state)
+    }
+
+    /// [`KnownKeys::all`], reusing the snapshot's map.
+    pub fn into_all(self, state: &PollState) -> HashMap<String, i64> {
+        let mut all = self.snapshot;
+        all.retain(|k, _| !state.deleted_since.contains(k));
         for (k, us) in &state.keys_since {
             let e = all.entry(k.clone()).or_insert(*us);
             *e = (*e).max(*us);
@@ -314,10 +315,20 @@ pub fn delete_ts_ms(state: &PollState, last_updated_us: i64) -> i64 {
     seen_us.div_euclid(1000).saturating_add(1)
 }
 
-/// Records a landed (or refused) version in the state being built: remembered, and its key among the keys landed
-/// since the snapshot (or deleted since).
-pub fn record_version(state: &mut PollState, key_parts: &[String], key: &str, updated_at_us: i64, landed: Option<Op>) {
-    state.remembered.insert((updated_at_us, key_parts.to_vec()));
+/// Records a landed (or refused) version in the state being built: remembered when its `updated_at` is at least
+/// `remember_from_us` (the bound less the overlap: no later walk reads an earlier version again; see [`advance`]),
+/// and its key among the keys landed since the snapshot (or deleted since).
+pub fn record_version(
+    state: &mut PollState,
+    key_parts: &[String],
+    key: &str,
+    updated_at_us: i64,
+    landed: Option<Op>,
+    remember_from_us: i64,
+) {
+    if updated_at_us >= remember_from_us {
+        state.remembered.insert((updated_at_us, key_parts.to_vec()));
+    }
     match landed {
         Some(Op::Delete) => {
             state.keys_since.remove(key);
@@ -336,6 +347,10 @@ pub fn record_version(state: &mut PollState, key_parts: &[String], key: &str, up
 /// the snapshot itself) after a complete walk, or to the last version walked (`cut`) when the walk was cut short,
 /// whichever is earlier; never backwards. Then forgets the remembered versions before where the next walk starts.
 pub fn advance(state: &mut PollState, bound_us: i64, cut: Option<(i64, Vec<String>)>, overlap_us: i64) {
+    if let Some(last) = &cut {
+        // The next walk starts at the cut, inclusive: the version there is read again.
+        state.remembered.insert(last.clone());
+    }
     let at_bound = (bound_us, Vec::new());
     let target = match cut {
         Some(last) if last < at_bound => last,
@@ -448,15 +463,15 @@ mod tests {
         let k = |s: &str| vec![s.to_owned()];
         let mut s = PollState::initial("public.t");
         assert_eq!(s.walk_start(5), (MIN_WALK_US, vec![]));
-        record_version(&mut s, &k("a"), "[\"a\"]", 100, Some(Op::Create));
-        record_version(&mut s, &k("b"), "[\"b\"]", 900, Some(Op::Create));
+        record_version(&mut s, &k("a"), "[\"a\"]", 100, Some(Op::Create), i64::MIN);
+        record_version(&mut s, &k("b"), "[\"b\"]", 900, Some(Op::Create), i64::MIN);
         advance(&mut s, 1000, None, 200);
         assert_eq!(s.cursor, Some(Cursor { updated_at_us: 1000, key: vec![] }));
         assert_eq!(s.remembered.iter().map(|(_, k)| k[0].as_str()).collect::<Vec<_>>(), ["b"]);
         advance(&mut s, 400, None, 200);
         assert_eq!(s.cursor.as_ref().unwrap().updated_at_us, 1000, "an older bound never moves it back");
         assert_eq!(s.walk_start(50), (950, vec![]));
-        record_version(&mut s, &k("a"), "[\"a\"]", 2000, Some(Op::Delete));
+        record_version(&mut s, &k("a"), "[\"a\"]", 2000, Some(Op::Delete), i64::MIN);
         assert!(s.deleted_since.contains("[\"a\"]") && !s.keys_since.contains_key("[\"a\"]"));
         let known = KnownKeys { snapshot: HashMap::from([("[\"c\"]".to_owned(), 5), ("[\"a\"]".to_owned(), 7)]) };
         assert!(!known.alive(&s, "[\"a\"]") && known.alive(&s, "[\"b\"]") && known.alive(&s, "[\"c\"]"));
@@ -475,7 +490,7 @@ mod tests {
         let mut s = PollState::initial("public.t");
         // A bulk load: every row of one transaction has the same updated_at.
         for key in ["a", "b", "c"] {
-            record_version(&mut s, &k(key), &key_text(&k(key)), 500, Some(Op::Create));
+            record_version(&mut s, &k(key), &key_text(&k(key)), 500, Some(Op::Create), i64::MIN);
         }
         advance(&mut s, 10_000, Some((500, k("c"))), 50);
         assert_eq!(s.cursor, Some(Cursor { updated_at_us: 500, key: k("c") }));

@@ -21,7 +21,7 @@ FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv browser audit-tools schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-compact bench-poll bench-init bench-latency bench-memory bench-api redrive build sam-build test-sam sam-local package clean-local
+.PHONY: help toolchain venv browser postgres audit-tools schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-compact bench-poll bench-init bench-latency bench-memory bench-api redrive build sam-build test-sam sam-local package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
@@ -91,7 +91,7 @@ test:
 # lint alone.
 CLIPPY_BUILD = RUSTC_WORKSPACE_WRAPPER="$$(rustup which clippy-driver)" CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 
-test-rust: toolchain venv
+test-rust: toolchain venv postgres
 	$(CLIPPY_BUILD) cargo test --workspace
 
 # Headless Chromium for the dashboard test (infra/e2e): Debian's package, installed once when missing.
@@ -99,6 +99,13 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
 	@command -v chromium >/dev/null || { echo "installing chromium (Debian's package)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+# PostgreSQL 15's server programs and openssl for pg-poller's tests, which start their own throwaway cluster with a
+# CA they make (infra/testkit/src/postgres.rs): Debian's packages, installed once when missing.
+postgres:
+	@{ command -v pg_config >/dev/null && test -x "$$(pg_config --bindir)/initdb" && command -v openssl >/dev/null; } || \
+	  { echo "installing postgresql-15 and openssl (Debian's packages)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql-15 openssl; }
 
 # The whole pipeline at smoke size (infra/e2e): the synthetic fleet through every function, chained by the router;
 # the analysts' SQL (infra/athena) on DuckDB over the lake it builds, and the dashboard in Chromium.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fleetlake_core::config::{ConfigError, Env, LakeConfig, Prefix};
+use fleetlake_core::lake::is_identifier;
 use fleetlake_core::poll::{parse_poll_tables, PollTable, DEFAULT_POLL_TABLES};
 
 /// Where the CA bundle is read from at init.
@@ -95,10 +96,7 @@ impl Config {
         };
         let ident = |var: &str, default: &str| -> Result<String, ConfigError> {
             let v = env.get(var).unwrap_or(default);
-            let ok = (1..=63).contains(&v.len())
-                && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                && !v.as_bytes()[0].is_ascii_digit();
-            if ok {
+            if is_identifier(v) {
                 Ok(v.to_owned())
             } else {
                 Err(ConfigError::new(var, format!("{v:?} is not a lowercase unquoted column name")))

@@ -275,7 +275,7 @@ impl Deps {
                 for (parts, updated_at_us) in keys {
                     let key = key_text(&parts);
                     alive.remove(&key);
-                    snapshot.push(format!("{key}\t{updated_at_us}").as_bytes()).map_err(S3Error::Encode)?;
+                    snapshot.push_key(&key, updated_at_us).map_err(S3Error::Encode)?;
                     n.keys_listed += 1;
                 }
                 if invocation.deadline().saturating_duration_since(Instant::now()) < TIME_MARGIN {
@@ -311,11 +311,7 @@ impl Deps {
                         }
                     }
                 }
-                let snapshot_key = states.key_snapshot_key(next.seq, &run);
-                states.write_keys(&snapshot_key, snapshot.finish().map_err(S3Error::Encode)?).await?;
-                next.key_snapshot = Some(snapshot_key);
-                next.keys_since.clear();
-                next.deleted_since.clear();
+                states.record_keys(&mut next, snapshot).await?;
                 next.keys_compared_us = Some(times.now_us);
                 compared = true;
             }
@@ -328,13 +324,9 @@ impl Deps {
             sorted.sort();
             let mut snapshot = GzLines::new();
             for (key, us) in &sorted {
-                snapshot.push(format!("{key}\t{us}").as_bytes()).map_err(S3Error::Encode)?;
+                snapshot.push_key(key, *us).map_err(S3Error::Encode)?;
             }
-            let snapshot_key = states.key_snapshot_key(next.seq, &run);
-            states.write_keys(&snapshot_key, snapshot.finish().map_err(S3Error::Encode)?).await?;
-            next.key_snapshot = Some(snapshot_key);
-            next.keys_since.clear();
-            next.deleted_since.clear();
+            states.record_keys(&mut next, snapshot).await?;
         }
 
         let objects = out.finish().await?;

@@ -1,7 +1,7 @@
 //! The S3 side: cursor states written create-only (two runs from one state cannot both record the next), key
 //! snapshots, and the landed objects of a run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
 use flate2::write::GzEncoder;
@@ -37,11 +37,6 @@ impl StateStore {
 
     fn state_key(&self, seq: u64) -> String {
         format!("{}state-{seq:016}.json", self.folder)
-    }
-
-    /// The key of a new key snapshot recorded with state `seq` by `run`.
-    pub(crate) fn key_snapshot_key(&self, seq: u64, run: &str) -> String {
-        format!("{}keys-{seq:016}-{run}.ndjson.gz", self.folder)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StateError> {
@@ -100,39 +95,41 @@ impl StateStore {
         }
     }
 
-    /// Deletes states older than the newest `keep`, and key snapshots none of the kept states names. Best effort:
-    /// a failure is logged, and the next run tries again.
+    /// The sequence number in a state's or a key snapshot's name (`state-<seq>.json`, `keys-<seq>-<run>…`).
+    fn seq_of(&self, key: &str) -> Option<u64> {
+        let name = key.strip_prefix(&self.folder)?;
+        let digits = name.strip_prefix("state-").or_else(|| name.strip_prefix("keys-"))?;
+        digits.get(..16)?.parse().ok()
+    }
+
+    /// Deletes states older than the newest `keep`, and the key snapshots older than the one the oldest kept state
+    /// names (each state names its table's latest snapshot, so no kept state names an older one); a snapshot newer
+    /// than `newest` may belong to a run still going and is left alone. Best effort: a failure is logged, and the
+    /// next run tries again.
     pub(crate) async fn prune(&self, newest: &PollState, keep: u64) {
         let result: Result<usize, StateError> = async {
-            let mut deleted = 0;
             let keys = self.list(&self.folder).await?;
             let oldest_kept = newest.seq.saturating_sub(keep - 1);
-            let mut named = HashSet::new();
-            for key in keys.iter().filter(|k| k.starts_with(&format!("{}state-", self.folder))) {
-                let seq = key
-                    .rsplit('-')
-                    .next()
-                    .and_then(|s| s.strip_suffix(".json"))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(u64::MAX);
-                if seq < oldest_kept {
-                    self.delete(key).await?;
-                    deleted += 1;
-                } else if let Ok(bytes) = self.store.get_bytes(key).await {
-                    if let Ok(s) = serde_json::from_slice::<PollState>(&bytes) {
-                        named.extend(s.key_snapshot);
-                    }
-                }
+            let states = keys.iter().filter(|k| k.starts_with(&format!("{}state-", self.folder)));
+            let (old, kept): (Vec<&String>, Vec<&String>) =
+                states.partition(|k| self.seq_of(k).is_some_and(|seq| seq < oldest_kept));
+            let Some(oldest) = kept.iter().min_by_key(|k| self.seq_of(k)) else { return Ok(0) };
+            let oldest: PollState =
+                serde_json::from_slice(&self.store.get_bytes(oldest).await?).map_err(|e| StateError::Corrupt {
+                    bucket: self.store.bucket().to_owned(),
+                    key: (*oldest).clone(),
+                    message: e.to_string(),
+                })?;
+            let floor = oldest.key_snapshot.as_deref().and_then(|k| self.seq_of(k)).unwrap_or(oldest.seq);
+            let snapshots = keys.iter().filter(|k| {
+                k.starts_with(&format!("{}keys-", self.folder))
+                    && self.seq_of(k).is_some_and(|seq| seq < floor && seq <= newest.seq)
+            });
+            let doomed: Vec<&String> = old.into_iter().chain(snapshots).collect();
+            for key in &doomed {
+                self.delete(key).await?;
             }
-            for key in keys.iter().filter(|k| k.starts_with(&format!("{}keys-", self.folder))) {
-                // A snapshot newer than the newest state may belong to a run still going: left alone.
-                let newer = key.get(self.folder.len() + 5..self.folder.len() + 21).and_then(|s| s.parse::<u64>().ok());
-                if !named.contains(key) && newer.is_some_and(|seq| seq <= newest.seq) {
-                    self.delete(key).await?;
-                    deleted += 1;
-                }
-            }
-            Ok(deleted)
+            Ok(doomed.len())
         }
         .await;
         match result {
@@ -174,9 +171,15 @@ impl StateStore {
         Ok(keys)
     }
 
-    /// Writes a key snapshot (create-only).
-    pub(crate) async fn write_keys(&self, key: &str, body: Vec<u8>) -> Result<(), StateError> {
-        self.store.put_if_absent(key, body, "application/gzip").await?;
+    /// Writes `keys` (create-only) as the key snapshot of the state `next` will record
+    /// (`keys-<seq>-<run>.ndjson.gz`), and folds the keys landed or deleted since the last one into it.
+    pub(crate) async fn record_keys(&self, next: &mut PollState, keys: GzLines) -> Result<(), StateError> {
+        let key = format!("{}keys-{:016}-{}.ndjson.gz", self.folder, next.seq, next.run);
+        let body = keys.finish().map_err(S3Error::Encode)?;
+        self.store.put_if_absent(&key, body, "application/gzip").await?;
+        next.key_snapshot = Some(key);
+        next.keys_since.clear();
+        next.deleted_since.clear();
         Ok(())
     }
 }
@@ -198,6 +201,12 @@ impl GzLines {
         self.gz.write_all(b"\n")?;
         self.lines += 1;
         Ok(())
+    }
+
+    /// A key snapshot's line: the key (a JSON array, which never holds a raw tab) and its `updated_at` in µs, as
+    /// [`StateStore::read_keys`] reads it.
+    pub(crate) fn push_key(&mut self, key: &str, updated_at_us: i64) -> std::io::Result<()> {
+        self.push(format!("{key}\t{updated_at_us}").as_bytes())
     }
 
     pub(crate) fn finish(self) -> std::io::Result<Vec<u8>> {

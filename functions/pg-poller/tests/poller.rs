@@ -1,7 +1,7 @@
 //! pg-poller against a real PostgreSQL 15 (a throwaway cluster per test, TLS on with a CA made for it) and moto's
 //! S3 and Secrets Manager: the real binary behind a Lambda runtime API, real transactions, and what it lands
 //! appended to bronze as delta-writer appends it, read back with the Python `deltalake` package.
-#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test helpers, like the tests themselves, fail loudly
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used, clippy::string_slice)] // test helpers, like the tests themselves, fail loudly
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -157,7 +157,7 @@ async fn wait_for_pollers_on_the_lock(db: &tokio_postgres::Client, n: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_version_visible_at_a_poll_lands_in_bronze_once_and_a_quiet_poll_writes_nothing() {
     let s = Stack::new().await;
-    let mut f = s.poller(&[("POLL_KEY_CHECK_HOURS", "0")]).await;
+    let mut f = s.poller(&[("POLL_KEY_CHECK_HOURS", "0"), ("POLL_KEEP_STATES", "2")]).await;
     let (mut stats_seen, mut units_seen) = (Vec::new(), Vec::new());
 
     s.db.batch_execute(
@@ -215,6 +215,19 @@ async fn every_version_visible_at_a_poll_lands_in_bronze_once_and_a_quiet_poll_w
     let names = changes(&s.bronze("transport_units"), "name");
     let u = |id: &str, op: &str, name: &str| (id.to_owned(), String::new(), op.to_owned(), json!(name));
     assert_eq!(names, [u("TU-1", "c", "Ada"), u("TU-2", "c", "Bo"), u("TU-2", "d", "Bo")]);
+
+    // Two states are kept, and no key snapshot older than the one the older of them names.
+    let folder = "state/pg-poller/public.performance_stats/";
+    let states = s.keys(&format!("{folder}state-")).await;
+    assert_eq!(
+        states.iter().map(|k| &k[folder.len()..]).collect::<Vec<_>>(),
+        ["state-0000000000000002.json", "state-0000000000000003.json"]
+    );
+    let snapshots = s.keys(&format!("{folder}keys-")).await;
+    assert!(
+        !snapshots.is_empty() && snapshots.iter().all(|k| k[folder.len()..] >= *"keys-0000000000000002"),
+        "{snapshots:?}"
+    );
 
     // Redelivering every landed object adds nothing.
     let all = s.keys("landing/performance_stats/").await;

@@ -198,12 +198,15 @@ fn dated_name(key: &str) -> Option<&str> {
 /// Whether `name` is `<schema>.<table>` of lowercase unquoted PostgreSQL identifiers (letters, digits, `_`, not
 /// starting with a digit, at most 63 bytes each): safe in an S3 key and in SQL without quoting.
 pub fn is_qualified_table(name: &str) -> bool {
-    let ident = |s: &str| {
-        (1..=63).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && !s.as_bytes()[0].is_ascii_digit()
-    };
-    name.split_once('.').is_some_and(|(schema, table)| ident(schema) && ident(table))
+    name.split_once('.').is_some_and(|(schema, table)| is_identifier(schema) && is_identifier(table))
+}
+
+/// Whether `name` is a lowercase unquoted PostgreSQL identifier: letters, digits and `_`, not starting with a
+/// digit, 1 to 63 bytes.
+pub fn is_identifier(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
 }
 
 /// Whether `topic` is a legal Kafka topic name (and therefore safe inside an S3 key).

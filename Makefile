@@ -13,6 +13,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 MOTO_PORT ?= 5000
 WEATHER_PORT ?= 8089
 LAMBDA_PORT ?= 9000
+POSTGRES_PORT ?= 5433
 
 # The Lambda functions: one crate each under functions/.
 FUNCTIONS := $(notdir $(wildcard functions/*))
@@ -109,21 +110,22 @@ postgres:
 
 # The whole pipeline at smoke size (infra/e2e): the synthetic fleet through every function, chained by the router;
 # the analysts' SQL (infra/athena) on DuckDB over the lake it builds, and the dashboard in Chromium.
-test-e2e: toolchain venv browser
+test-e2e: toolchain venv browser postgres
 	$(CLIPPY_BUILD) cargo build --workspace --bins
 	FLEETLAKE_BIN_DIR=$(TARGET_DIR)/debug $(PY) -m unittest discover -s infra/e2e -v
 
 # `sam local invoke` of every function with its sample event on the Docker engine, answers compared with the
 # runtime-API harness's (infra/sam-local); the image is built offline by infra/sam-local/image.sh.
-test-sam: toolchain venv
+test-sam: toolchain venv postgres
 	$(CLIPPY_BUILD) cargo build --workspace --bins
 	FLEETLAKE_BIN_DIR=$(TARGET_DIR)/debug $(PY) -m unittest discover -s infra/sam-local -v
 
-# A local stack that containers reach (moto and the stub on 0.0.0.0), the offline image, and .local/sam/ (a template
+# A local stack that containers reach (moto, the stub and PostgreSQL on 0.0.0.0), the offline image, and .local/sam/ (a template
 # of x86_64 functions on the debug binaries, the env-vars file): then `sam local invoke` as docs/local-stack.md shows.
-sam-local: toolchain venv
+sam-local: toolchain venv postgres
 	cargo build --workspace --bins
-	$(PY) infra/local/stack.py up --host 0.0.0.0 --moto-port $(MOTO_PORT) --weather-port $(WEATHER_PORT) --weather-stub $(TARGET_DIR)/debug/weather-stub
+	$(PY) infra/local/stack.py up --host 0.0.0.0 --moto-port $(MOTO_PORT) --weather-port $(WEATHER_PORT) --weather-stub $(TARGET_DIR)/debug/weather-stub \
+	  --postgres --postgres-port $(POSTGRES_PORT)
 	infra/sam-local/image.sh
 	$(PY) infra/sam-local/prepare.py --bin-dir $(TARGET_DIR)/debug --stack-env .local/stack.env --out .local/sam
 	@echo "try: SAM_CLI_TELEMETRY=0 sam local invoke MskLanderFunction -t .local/sam/template.json -e events/msk-lander/batch.json --env-vars .local/sam/env.json --skip-pull-image --add-host host.docker.internal:host-gateway"
@@ -149,11 +151,14 @@ template-check: venv audit-tools
 
 # DEMO_RUNTIME=watch (default): functions run under `cargo lambda watch`; DEMO_RUNTIME=binaries: the router serves
 # the runtime API to the debug binaries itself. FLEET_UNITS / FLEET_HOURS / FLEET_SEED size the synthetic fleet.
-demo: toolchain venv
+# DEMO_STATS=postgres: the performance statistics go through a local PostgreSQL and pg-poller instead of MSK.
+DEMO_STATS ?= msk
+demo: toolchain venv $(if $(filter postgres,$(DEMO_STATS)),postgres)
 	@echo "==> building the functions, the weather stub and the router"
 	cargo build --workspace --bins
-	$(PY) infra/local/stack.py up --moto-port $(MOTO_PORT) --weather-port $(WEATHER_PORT) --weather-stub $(TARGET_DIR)/debug/weather-stub
-	LAMBDA_PORT=$(LAMBDA_PORT) TARGET_DIR=$(TARGET_DIR) infra/local/demo.sh
+	$(PY) infra/local/stack.py up --moto-port $(MOTO_PORT) --weather-port $(WEATHER_PORT) --weather-stub $(TARGET_DIR)/debug/weather-stub \
+	  $(if $(filter postgres,$(DEMO_STATS)),--postgres --postgres-port $(POSTGRES_PORT))
+	LAMBDA_PORT=$(LAMBDA_PORT) TARGET_DIR=$(TARGET_DIR) DEMO_STATS=$(DEMO_STATS) infra/local/demo.sh
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 

@@ -33,15 +33,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def stack_up(prefix, weather=True, host="127.0.0.1", enforce_iam=False):
+def stack_up(prefix, weather=True, host="127.0.0.1", enforce_iam=False, postgres=False):
     """A local stack on free ports with its own state folder: (folder, environment for stack.py, stack.env path,
     the settings in it). With `enforce_iam`, moto enforces IAM and each function runs under an identity holding
-    exactly its template policy (infra/policy/identities.py); the settings' credentials are an administrator's."""
+    exactly its template policy (infra/policy/identities.py); the settings' credentials are an administrator's.
+    With `postgres`, a throwaway PostgreSQL for pg-poller (infra/local/pg_source.py)."""
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     env = dict(os.environ, FLEETLAKE_STATE=str(tmp / "state"))
     cmd = [PY, ROOT / "infra/local/stack.py", "up", "--host", host, "--moto-port", str(free_port())]
     if enforce_iam:
         cmd.append("--enforce-iam")
+    if postgres:
+        cmd += ["--postgres", "--postgres-port", str(free_port())]
     if weather:
         cmd += ["--weather-port", str(free_port()), "--weather-stub", str(BIN / "weather-stub")]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -55,18 +58,9 @@ def stack_client(names, service):
                         aws_access_key_id=names["AWS_ACCESS_KEY_ID"], aws_secret_access_key=names["AWS_SECRET_ACCESS_KEY"])
 
 
-class Pipeline(AnalystQueries, DashboardChecks, unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp, cls.env, cls.stack_env, cls.names = stack_up("fleetlake-e2e-", enforce_iam=True)
-        day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
-        subprocess.run([PY, ROOT / "infra/local/fleet.py", "--out", cls.tmp / "fleet", "--units", "24", "--day", day],
-                       check=True, stdout=subprocess.DEVNULL)
-        cls.expected = json.loads((cls.tmp / "fleet" / "expected.json").read_text())
-        cls.first = cls.route("--msk-dir", cls.tmp / "fleet" / "msk", "--record", cls.tmp / "events.jsonl")
-        cls.before = cls.state()
-        cls.second = cls.route("--msk-dir", cls.tmp / "fleet" / "msk", "--replay", cls.tmp / "events.jsonl")
-        cls.after = cls.state()
+class OnStack:
+    """A test class's own local stack (`stack_up` in setUpClass sets tmp, env, stack_env, names): routing through
+    it, its clients and its bronze tables, and stopping it."""
 
     @classmethod
     def tearDownClass(cls):
@@ -90,6 +84,21 @@ class Pipeline(AnalystQueries, DashboardChecks, unittest.TestCase):
         options = {"AWS_ENDPOINT_URL": cls.names["AWS_ENDPOINT_URL"], "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
                    "AWS_ACCESS_KEY_ID": cls.names["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": cls.names["AWS_SECRET_ACCESS_KEY"]}
         return DeltaTable(f"s3://{cls.names['LAKE_BUCKET']}/bronze/{name}", storage_options=options)
+
+
+class Pipeline(OnStack, AnalystQueries, DashboardChecks, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp, cls.env, cls.stack_env, cls.names = stack_up("fleetlake-e2e-", enforce_iam=True)
+        day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).strftime("%Y-%m-%d")
+        subprocess.run([PY, ROOT / "infra/local/fleet.py", "--out", cls.tmp / "fleet", "--units", "24", "--day", day],
+                       check=True, stdout=subprocess.DEVNULL)
+        cls.expected = json.loads((cls.tmp / "fleet" / "expected.json").read_text())
+        cls.first = cls.route("--msk-dir", cls.tmp / "fleet" / "msk", "--record", cls.tmp / "events.jsonl")
+        cls.before = cls.state()
+        cls.second = cls.route("--msk-dir", cls.tmp / "fleet" / "msk", "--replay", cls.tmp / "events.jsonl")
+        cls.after = cls.state()
+
 
     @classmethod
     def state(cls):

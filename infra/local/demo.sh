@@ -4,17 +4,23 @@
 # each function through the Lambda runtime emulator `cargo lambda watch` (DEMO_RUNTIME=watch, the default) or
 # through a runtime API it serves to the built binaries itself (DEMO_RUNTIME=binaries). Then it reports.
 #   FLEET_UNITS (30), FLEET_HOURS (24), FLEET_SEED (7): the fleet's size and seed.
+#   DEMO_STATS=postgres: the performance statistics are written to the stack's PostgreSQL (`stack.py up --postgres`)
+#   hour by hour and polled by pg-poller after each hour, instead of arriving as Debezium events on MSK.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 port=${LAMBDA_PORT:-9000}
 runtime=${DEMO_RUNTIME:-watch}
+stats=${DEMO_STATS:-msk}
+case "$stats" in msk|postgres) ;; *) echo "DEMO_STATS=$stats: msk or postgres" >&2; exit 1 ;; esac
+functions=(msk-lander weather-enricher delta-writer partition-sync predictor)
+[ "$stats" = postgres ] && functions+=(pg-poller)
 bin=${TARGET_DIR:-target}/debug
 started=$(date +%s)
 
 echo "==> generating the fleet: ${FLEET_UNITS:-30} units, ${FLEET_HOURS:-24} h (seed ${FLEET_SEED:-7})"
 day=$(date -u -d yesterday +%Y-%m-%d)
 .venv/bin/python infra/local/fleet.py --out .local/fleet --units "${FLEET_UNITS:-30}" --hours "${FLEET_HOURS:-24}" \
-  --seed "${FLEET_SEED:-7}" --day "$day"
+  --seed "${FLEET_SEED:-7}" --day "$day" --stats-from "$stats"
 
 if [ "$runtime" = watch ]; then
   if ! .venv/bin/python -c 'import socket, sys
@@ -35,7 +41,7 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.
     kill -0 $watch_pid 2>/dev/null || { echo "cargo lambda watch stopped; see $log"; tail -20 "$log"; exit 1; }
     sleep 1
   done
-  for f in msk-lander weather-enricher delta-writer partition-sync predictor; do
+  for f in "${functions[@]}"; do
     echo "    compiling and starting $f (first time: a few minutes)"
     code=$(curl -s -o /dev/null -m 900 -w '%{http_code}' -X POST -H 'content-type: application/json' \
       "http://127.0.0.1:$port/2015-03-31/functions/$f/invocations" -d '{"Records": []}' || true)
@@ -45,6 +51,12 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.
   invoke=(--invoke-url "http://127.0.0.1:$port")
 else
   invoke=(--binaries "$bin")
+fi
+
+if [ "$stats" = postgres ]; then
+  echo "==> performance_stats through PostgreSQL: each hour's writes, then a pg-poller poll"
+  .venv/bin/python infra/local/pg_source.py replay --fleet .local/fleet --stack-env .local/stack.env \
+    --router "$bin/fleetlake-router" "${invoke[@]}" | tee .local/polls.json
 fi
 
 echo "==> routing until the pipeline is idle (progress every 5 s)"

@@ -2,7 +2,7 @@
 """A synthetic fleet, deterministic by seed, as the MSK event source mapping would hand it to msk-lander.
 
 usage: fleet.py --out DIR [--units 30] [--hours 24] [--day 2026-11-24] [--seed 7] [--batch-minutes 60]
-                [--partitions 3] [--malformed-rate 0.01]
+                [--partitions 3] [--malformed-rate 0.01] [--stats-from msk|postgres]
 
 Units of the three transport types move along plausible paths: ships at sea in the North Atlantic, trucks on
 European roads, aircraft at cruising altitude. Every unit reports its position every 15 minutes on
@@ -14,6 +14,9 @@ latitude out of range, no timestamp).
 
 Writes DIR/msk/batch-NNNNN.json (Lambda MSK events, one per --batch-minutes of data, records of all topics) and
 DIR/expected.json: what the pipeline must end with (valid positions, malformed messages and why, the CDC rows).
+With --stats-from postgres the performance_stats changes are not Debezium events: they go to DIR/postgres.json,
+the writes a PostgreSQL database receives (time, op, key, row), which infra/local/pg_source.py applies hour by
+hour, polling with pg-poller after each hour; expected.json is the same.
 Sizes: the default is a smoke run (30 units, 2,880 positions); --units 10000 --hours 24 is 960,000 positions.
 """
 import argparse
@@ -147,8 +150,12 @@ def generate(args):
     events = []  # (time, topic, key, value bytes, expectation)
     expected = {"positions": [], "malformed": [], "performance_stats": [], "transport_units": [], "units": {}}
     lsn = [24_000_000]
+    database = []  # the performance_stats writes, with --stats-from postgres
 
     def change(topic, key, before, after, op, t):
+        if topic == "pg.public.performance_stats" and args.stats_from == "postgres":
+            database.append({"at": t.isoformat(timespec="milliseconds"), "op": op, "key": key, "row": after})
+            return None
         lsn[0] += 1
         source = {"version": "2.7.3.Final", "connector": "postgresql", "name": "pg", "ts_ms": ms(t) - 500,
                   "snapshot": "true" if op == "r" else "false", "db": "fleet", "schema": "public",
@@ -246,7 +253,13 @@ def generate(args):
         (out / "msk" / f"batch-{n:05d}.json").write_text(json.dumps(event))
     expected["day"] = args.day
     expected["batches"] = len(batches)
+    expected["stats_from"] = args.stats_from
     (out / "expected.json").write_text(json.dumps(expected))
+    database.sort(key=lambda c: c["at"])
+    if args.stats_from == "postgres":
+        (out / "postgres.json").write_text(json.dumps({"day": args.day, "hours": args.hours, "changes": database}))
+    else:
+        (out / "postgres.json").unlink(missing_ok=True)
     return expected
 
 
@@ -260,11 +273,14 @@ def main():
     ap.add_argument("--batch-minutes", type=int, default=60)
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--malformed-rate", type=float, default=0.01)
+    ap.add_argument("--stats-from", choices=("msk", "postgres"), default="msk",
+                    help="performance_stats as Debezium events on MSK, or as writes to PostgreSQL (postgres.json)")
     args = ap.parse_args()
     e = generate(args)
     print(f"fleet: {args.units} units, {len(e['positions'])} valid positions, {len(e['malformed'])} malformed, "
           f"{len(e['performance_stats'])} performance_stats and {len(e['transport_units'])} transport_units changes "
-          f"in {e['batches']} MSK batches under {args.out}/msk")
+          f"in {e['batches']} MSK batches under {args.out}/msk"
+          + (" (performance_stats as PostgreSQL writes in postgres.json)" if args.stats_from == "postgres" else ""))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 """fleetlake's local stack: moto server + the weather stub on loopback, and the lake's resources created from
 the one definition in infra/local/stack.json.
 
-    stack.py up [--moto-port 5000] [--weather-port 8089] [--weather-stub BIN] [--enforce-iam]
+    stack.py up [--moto-port 5000] [--weather-port 8089] [--weather-stub BIN] [--enforce-iam] [--postgres]
                                                                                 start, bootstrap, write .local/stack.env
     stack.py bootstrap --endpoint URL                                           create the resources on a running moto
     stack.py down                                                               stop what `up` started
@@ -50,7 +50,7 @@ def clients(endpoint):
     import boto3
     kw = dict(endpoint_url=endpoint, region_name=CREDENTIALS["AWS_REGION"],
               aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
-    return {name: boto3.client(name, **kw) for name in ("s3", "sqs", "sns", "dynamodb", "glue")}
+    return {name: boto3.client(name, **kw) for name in ("s3", "sqs", "sns", "dynamodb", "glue", "secretsmanager")}
 
 
 def key_filter(n):
@@ -211,13 +211,14 @@ def port_free(port):
             return False
 
 
-def start(cmd, log, port, env=None):
-    """Starts a server in its own session and records its pid at once, so `down` finds it whatever happens next."""
+def start(cmd, log, port, env=None, **popen):
+    """Starts a server in its own session and records its pid at once, so `down` finds it whatever happens next
+    (`popen`: more of subprocess.Popen's arguments, such as the user to run as)."""
     if not port_free(port):
         raise SystemExit(f"port {port} is already taken (a local stack still up? `make down`, or choose another port)")
     STATE.mkdir(exist_ok=True)
     out = open(STATE / log, "ab")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env, **popen)
     with open(STATE / "pids", "a") as pids:
         pids.write(f"{proc.pid}\n")
     return proc
@@ -270,6 +271,14 @@ def up(args):
         weather_url = f"http://127.0.0.1:{args.weather_port}"
         wait_http(weather_url + "/health", "weather stub", proc=stub, log="weather-stub.log")
     names = bootstrap(endpoint)
+    if args.postgres:
+        # PostgreSQL for pg-poller (infra/local/pg_source.py): its secret and CA bundle join the settings.
+        import pg_source
+        settings = pg_source.start(STATE, args.postgres_port, start, host=args.host)
+        (STATE / "postgres.json").write_text(json.dumps(settings))  # its passwords: for this machine's user only
+        (STATE / "postgres.json").chmod(0o600)
+        names.update(pg_source.register(settings, clients(endpoint), names["LAKE_BUCKET"],
+                                        resolve("${NamePrefix}-pg-poller", definition()["locals"])))
     if args.enforce_iam:
         names.update(function_identities(endpoint, names))
     # What every function gets (template.yaml Globals): cargo lambda watch reads this file for the demo.
@@ -281,7 +290,8 @@ def up(args):
     (STATE / "stack.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     # The same for cargo lambda's --env-file (dotenv syntax): values quoted, as GLIBC_TUNABLES holds a second `=`.
     (STATE / "lambda.env").write_text("".join(f'{k}="{v}"\n' for k, v in env.items()))
-    print(f"local stack up: moto {endpoint}" + (f", weather stub {weather_url}" if weather_url else ""))
+    print(f"local stack up: moto {endpoint}" + (f", weather stub {weather_url}" if weather_url else "")
+          + (f", PostgreSQL on 127.0.0.1:{args.postgres_port}" if args.postgres else ""))
     print(f"  bucket s3://{names['LAKE_BUCKET']}, Glue database {names['GLUE_DATABASE']}; settings in .local/stack.env")
 
 
@@ -309,6 +319,8 @@ def down(quiet=False):
             except (ProcessLookupError, PermissionError):
                 pass
     pid_file.unlink()
+    import pg_source
+    pg_source.remove(STATE)
     if not quiet:
         print("local stack stopped")
 
@@ -425,6 +437,9 @@ def check_template(args):
         env = p.get("Environment", {}).get("Variables", {})
         for k, v in f["environment"].items():
             expect(f"{f['logical_id']} {k}", env.get(k), v)
+        if bool(r.get("Condition")) != bool(f.get("enabled_by")):
+            problems.append(f"{f['logical_id']}: the template's condition is {r.get('Condition')!r}, stack.json's "
+                            f"enabled_by is {f.get('enabled_by')!r} (a conditional function needs both)")
         if f.get("function_url"):
             url = resource(f"{f['logical_id']}Url", "AWS::Lambda::Url")
             expect(f"{f['logical_id']} URL target", url.get("TargetFunctionArn"), {"Fn::GetAtt": [f["logical_id"], "Arn"]})
@@ -599,6 +614,10 @@ def main():
     p.add_argument("--enforce-iam", action="store_true",
                    help="moto's IAM enforcement on: each function gets an IAM user holding exactly its template "
                         "policy (FUNCTION_CREDENTIALS_<logical id> in stack.env), everything else an administrator")
+    p.add_argument("--postgres", action="store_true",
+                   help="a throwaway PostgreSQL with TLS for pg-poller (infra/local/pg_source.py), its secret and CA "
+                        "bundle in the stack")
+    p.add_argument("--postgres-port", type=int, default=int(os.environ.get("POSTGRES_PORT", 5433)))
     p = sub.add_parser("bootstrap")
     p.add_argument("--endpoint", required=True)
     sub.add_parser("down")

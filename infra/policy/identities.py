@@ -40,6 +40,8 @@ class Resolver:
         self.params = {k: v.get("Default") for k, v in cfn.get("Parameters", {}).items()}
         self.params.update(LOCAL_PARAMETERS)
         self.params.update({k: v for k, v in loc.items()})
+        # Parameters the local stack sets itself (`stack.py up --postgres`: pg-poller's secret and CA bundle).
+        self.params.update({k[len("PARAMETER_"):]: v for k, v in names.items() if k.startswith("PARAMETER_")})
         region, account = loc["AWS::Region"], loc["AWS::AccountId"]
         self.refs = {}   # logical id -> what Ref gives
         self.arns = {}   # logical id -> its Arn
@@ -61,7 +63,7 @@ class Resolver:
         self.refs["GlueDatabase"] = names.get("GLUE_DATABASE")
         self.conditions = cfn.get("Conditions", {})
         for lid, res in cfn.get("Resources", {}).items():
-            if res.get("Type") == "AWS::Logs::LogGroup" and "Condition" not in res:
+            if res.get("Type") == "AWS::Logs::LogGroup":
                 name = self.value(res["Properties"]["LogGroupName"])
                 self.refs[lid] = name
                 self.arns[lid] = f"arn:aws:logs:{region}:{account}:log-group:{name}:*"
@@ -147,11 +149,15 @@ NO_VALUE = _NoValue()
 
 
 def function_statements(cfn, definition, names):
-    """{function logical id: [statement, ...]} as the template grants them, resolved for the local stack."""
+    """{function logical id: [statement, ...]} as the template grants them, resolved for the local stack; a
+    function whose template condition is false with the local stack's parameters (pg-poller without `stack.py up
+    --postgres`) has none: it does not exist there."""
     r = Resolver(cfn, definition, names)
     out = {}
     for f in definition["functions"]:
         fn = cfn["Resources"][f["logical_id"]]
+        if "Condition" in fn and not r.condition(fn["Condition"]):
+            continue
         role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
         # AWS-managed policies are refused by check_template.py: the template's documents are all there is.
         statements = []

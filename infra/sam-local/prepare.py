@@ -7,9 +7,10 @@ already builds: no second build of any function.
   `<bin-dir>/../sam-local/<LogicalId>/bootstrap` (a hard link to the debug binary, or a copy across file systems),
   its events dropped (they are the deployment's wiring), and every variable of the local stack declared (SAM only
   overrides declared variables).
-- `<out>/env.json`: the `--env-vars` file, per function: the stack's settings with the AWS endpoint and the weather
-  stub addressed as `host.docker.internal` (the container reaches the host through `--add-host
-  host.docker.internal:host-gateway`; the services must listen beyond 127.0.0.1: `stack.py up --host 0.0.0.0`).
+- `<out>/env.json`: the `--env-vars` file, per function: the stack's settings with the AWS endpoint, the weather
+  stub and PostgreSQL (`stack.py up --postgres`: `PG_HOST` overrides the secret's 127.0.0.1) addressed as
+  `host.docker.internal` (the container reaches the host through `--add-host host.docker.internal:host-gateway`;
+  the services must listen beyond 127.0.0.1: `stack.py up --host 0.0.0.0`).
 """
 import argparse
 import json
@@ -25,7 +26,7 @@ import stack  # noqa: E402  (the template loader and stack.json)
 
 # Variables of the stack every function may read; the rest of stack.env (queue and topic names) is the router's.
 SHARED = ("AWS_ENDPOINT_URL", "AWS_REGION", "LAKE_BUCKET", "GLUE_DATABASE", "PREDICTIONS_TABLE", "WEATHER_API_URL",
-          "PAGINATION_KEY")
+          "PAGINATION_KEY", "PG_SECRET_ARN", "PG_CA_BUNDLE", "POLL_TABLES")
 CONTAINER_HOST = "host.docker.internal"
 
 
@@ -67,6 +68,8 @@ def main():
     for k in ("AWS_ENDPOINT_URL", "WEATHER_API_URL"):
         if k in shared:
             shared[k] = in_container(shared[k])
+    if "PG_SECRET_ARN" in shared:
+        shared["PG_HOST"] = CONTAINER_HOST  # the certificate names it too (infra/local/pg_source.py)
     shared.update(definition.get("function_environment", {}))
     own = {f["logical_id"]: f["environment"] for f in definition["functions"]}
 

@@ -9,8 +9,10 @@ stack. Both answers must be the same, and say that the work was done.
 
 Needs Docker, the venv (SAM CLI) and FLEETLAKE_BIN_DIR (default target/debug).
 """
+import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +27,8 @@ BIN = Path(os.environ.get("FLEETLAKE_BIN_DIR") or ROOT / "target" / "debug")
 PY = sys.executable
 SAM = ROOT / ".venv" / "bin" / "sam"
 sys.path.insert(0, str(ROOT / "infra" / "e2e"))
+sys.path.insert(0, str(ROOT / "infra" / "local"))
+import pg_source  # noqa: E402
 from test_pipeline import stack_up  # noqa: E402
 
 # In pipeline order: (binary, logical id, sample event).
@@ -35,16 +39,24 @@ STEPS = [
     ("partition-sync", "PartitionSyncFunction", "events/partition-sync/sqs.json"),
     ("predictor", "PredictorFunction", "events/predictor/schedule.json"),
     ("lake-maintainer", "LakeMaintainerFunction", "events/lake-maintainer/schedule.json"),
+    ("pg-poller", "PgPollerFunction", "events/pg-poller/schedule.json"),
     ("predictions-api", "PredictionsApiFunction", "events/predictions-api/function-url.json"),
     ("predictions-api", "PredictionsApiFunction", "events/predictions-api/http-api.json"),
 ]
 # Metrics that are timings, not results.
-TIMINGS = {"duration_ms"}
+TIMINGS = {"duration_ms", "cursor_lag_s"}
+# The rows both stacks' PostgreSQL hold when pg-poller polls (updated_at a day ago: inside the event-time window).
+POLLED_AT = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).replace(microsecond=0).isoformat()
+POLLED_ROWS = "".join(
+    f"INSERT INTO performance_stats VALUES ('TU-{i:06d}', '{POLLED_AT[:10]}', {100 + i}, {40 + i}, 8, '{POLLED_AT}');\n"
+    for i in range(3))
 
 
 class Stack:
     def __init__(self, name, host):
-        self.dir, self.env, self.stack_env, self.names = stack_up(f"fleetlake-sam-{name}-", host=host)
+        self.dir, self.env, self.stack_env, self.names = stack_up(f"fleetlake-sam-{name}-", host=host, postgres=True)
+        settings = json.loads((self.dir / "state" / "postgres.json").read_text())
+        pg_source.psql(settings, POLLED_ROWS)
         self.s3 = boto3.client("s3", endpoint_url=self.names["AWS_ENDPOINT_URL"], region_name="us-east-1",
                                aws_access_key_id="testing", aws_secret_access_key="testing")
 
@@ -82,9 +94,13 @@ class Stack:
 
 
 def comparable(answer):
-    """An answer without its timings."""
+    """An answer without its timings, and pg-poller's object names without their run id (each run draws its own)."""
     if isinstance(answer, dict):
         return {k: comparable(v) for k, v in answer.items() if k not in TIMINGS}
+    if isinstance(answer, list):
+        return [comparable(v) for v in answer]
+    if isinstance(answer, str) and answer.endswith(".ndjson.gz"):
+        return re.sub(r"-r[0-9a-f]{8,32}-(\d+)\.ndjson\.gz$", r"-r<run>-\1.ndjson.gz", answer)
     return answer
 
 
@@ -149,6 +165,9 @@ class SamLocalInvoke(unittest.TestCase):
             json.loads(answer["body"])
         self.assertEqual(a["partition-sync"], {"batchItemFailures": []})
         self.assertGreater(a["predictor"].get("predictions", 0), 0, a["predictor"])
+        # pg-poller reached the host's PostgreSQL from the container, over TLS checked against the stack's CA.
+        polled = self.answers["events/pg-poller/schedule.json"][0]["tables"]
+        self.assertEqual([(t["changes_landed"], len(t["objects"])) for t in polled], [(3, 1)], polled)
 
 
 if __name__ == "__main__":

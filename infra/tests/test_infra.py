@@ -19,6 +19,7 @@ import audit  # noqa: E402
 import check_template  # noqa: E402
 import identities  # noqa: E402
 import stack  # noqa: E402
+import pg_source  # noqa: E402
 
 
 class TemplateAgreement(unittest.TestCase):
@@ -434,12 +435,42 @@ class EnforcedIdentities(unittest.TestCase):
              **{f"QUEUE_{q['logical_id']}": stack.resolve(q["name"], stack.definition()["locals"])
                 for q in stack.definition()["queues"]},
              **{f"QUEUE_{q['dead_letter']['logical_id']}": stack.resolve(q["dead_letter"]["name"], stack.definition()["locals"])
-                for q in stack.definition()["queues"] if "dead_letter" in q}}
+                for q in stack.definition()["queues"] if "dead_letter" in q},
+             # `stack.py up --postgres` sets pg-poller's parameters (infra/local/pg_source.py).
+             "PARAMETER_PgPollerSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:fleetlake-pg-poller-Ab12Cd",
+             "PARAMETER_PgPollerCaBundle": "s3://fleetlake-config-123456789012/pg-poller/ca.pem"}
 
     @classmethod
     def setUpClass(cls):
         cls.cfn = check_template.translate(ROOT / "template.yaml")
         cls.statements = identities.function_statements(cls.cfn, stack.definition(), cls.NAMES)
+
+    def test_a_function_the_template_leaves_out_gets_no_identity(self):
+        """Without pg-poller's parameters its condition is false: the stack has no pg-poller to run."""
+        names = {k: v for k, v in self.NAMES.items() if not k.startswith("PARAMETER_")}
+        statements = identities.function_statements(self.cfn, stack.definition(), names)
+        self.assertEqual(set(self.statements) - set(statements), {"PgPollerFunction"})
+
+    def test_with_iam_authentication_the_poller_may_connect_as_its_user_and_read_no_secret(self):
+        names = dict(self.NAMES, PARAMETER_PgPollerAuth="iam", PARAMETER_PgPollerDbUser="fleetlake_poller",
+                     PARAMETER_PgPollerDbiResourceId="db-ABCDEFGHIJKLMNOPQRSTUVWXY1", PARAMETER_PgPollerHost="db.local")
+        sts = identities.function_statements(self.cfn, stack.definition(), names)["PgPollerFunction"]
+        grants = {(a, r) for st in sts for a in check_template.as_list(st["Action"])
+                  for r in check_template.as_list(st["Resource"]) if a.split(":")[0] in ("rds-db", "secretsmanager")}
+        self.assertEqual(grants, {("rds-db:connect", "arn:aws:rds-db:us-east-1:123456789012:dbuser:"
+                                                     "db-ABCDEFGHIJKLMNOPQRSTUVWXY1/fleetlake_poller")})
+        del names["PARAMETER_PgPollerSecretArn"]
+        self.assertIn("PgPollerFunction", identities.function_statements(self.cfn, stack.definition(), names),
+                      "IAM authentication enables pg-poller without a secret")
+
+    def test_the_poller_reads_only_its_secret_and_its_ca_bundle(self):
+        sts = self.statements["PgPollerFunction"]
+        reads = {(a, r) for st in sts for a in check_template.as_list(st["Action"])
+                 for r in check_template.as_list(st["Resource"]) if a in ("secretsmanager:GetSecretValue", "s3:GetObject")}
+        self.assertEqual(reads, {
+            ("secretsmanager:GetSecretValue", self.NAMES["PARAMETER_PgPollerSecretArn"]),
+            ("s3:GetObject", "arn:aws:s3:::fleetlake-config-123456789012/pg-poller/ca.pem"),
+            ("s3:GetObject", "arn:aws:s3:::fleetlake-lake-123456789012-us-east-1/state/pg-poller/*")})
 
     def test_every_function_gets_its_own_resolved_statements(self):
         self.assertEqual(set(self.statements), {f["logical_id"] for f in stack.definition()["functions"]})
@@ -460,9 +491,10 @@ class EnforcedIdentities(unittest.TestCase):
             "kafka": None,
             "ec2": None,  # the MSK mapping's network interfaces: unscopable, control plane
             "xray": None,  # PutTraceSegments takes no resource
+            "secretsmanager": {self.NAMES["PARAMETER_PgPollerSecretArn"]},
             "logs": {f"arn:aws:logs:{region_account}:log-group:/aws/lambda/fleetlake-{name}:*" for name in
                      ("msk-lander", "weather-enricher", "delta-writer", "partition-sync", "predictor", "predictions-api",
-                      "lake-maintainer")},
+                      "lake-maintainer", "pg-poller")},
             "ssm": None,  # only with WeatherApiKeyParameter set (a parameter ARN)
         }
         seen = set()
@@ -476,7 +508,7 @@ class EnforcedIdentities(unittest.TestCase):
                     if own[service] is not None:
                         seen.add(service)
                         self.assertTrue(set(check_template.as_list(st["Resource"])) <= own[service], (lid, st))
-        self.assertEqual(seen, {"dynamodb", "glue", "logs"})
+        self.assertEqual(seen, {"dynamodb", "glue", "logs", "secretsmanager"})
 
     def test_the_moto_copy_widens_only_what_moto_cannot_scope(self):
         policy = identities.for_moto([
@@ -539,6 +571,33 @@ class EnforcedStack(unittest.TestCase):
         finally:
             subprocess.run([sys.executable, ROOT / "infra/local/stack.py", "down"], env=env, check=False,
                            stdout=subprocess.DEVNULL)
+
+
+class PgSource(unittest.TestCase):
+    """infra/local/pg_source.py: what the demo writes to PostgreSQL and how many versions its polls can see."""
+
+    PLAN = {"day": "2026-11-24", "changes": [
+        {"at": "2026-11-24T00:05:00.000+00:00", "op": "c", "key": {"transport_unit_id": "TU-1", "stat_date": "2026-11-23"},
+         "row": {"transport_unit_id": "TU-1", "stat_date": "2026-11-23", "fuel_used_l": 10.5}},
+        {"at": "2026-11-24T00:40:00.000+00:00", "op": "u", "key": {"transport_unit_id": "TU-1", "stat_date": "2026-11-23"},
+         "row": {"transport_unit_id": "TU-1", "stat_date": "2026-11-23", "fuel_used_l": 11.0}},
+        {"at": "2026-11-24T03:00:00.000+00:00", "op": "c", "key": {"transport_unit_id": "TU-'2", "stat_date": "2026-11-24"},
+         "row": {"transport_unit_id": "TU-'2", "stat_date": "2026-11-24", "fuel_used_l": None}},
+    ]}
+
+    def test_every_hour_is_polled_and_a_version_replaced_within_the_hour_is_never_seen(self):
+        hours = pg_source.hours_of(self.PLAN)
+        self.assertEqual([(h, len(c)) for h, c in hours], [(0, 2), (1, 0), (2, 0), (3, 1)])
+        self.assertEqual([pg_source.visible(c) for _, c in hours], [1, 0, 0, 1])
+
+    def test_writes_set_updated_at_and_quote_what_they_carry(self):
+        insert, update, other = (pg_source.statement(c) for c in self.PLAN["changes"])
+        self.assertIn("'2026-11-24T00:05:00.000+00:00'", insert)
+        self.assertTrue(update.startswith("UPDATE performance_stats SET fuel_used_l = 11.0, updated_at = '2026-11-24T00:40"))
+        self.assertIn("WHERE stat_date = '2026-11-23' AND transport_unit_id = 'TU-1'", update)
+        self.assertIn("'TU-''2'", other)
+        self.assertIn("NULL", other)
+        self.assertEqual(pg_source.hours_of({"day": "2026-11-24", "changes": []}), [])
 
 
 class Ports(unittest.TestCase):

@@ -26,6 +26,18 @@ pub(crate) enum Tls {
     Disable,
 }
 
+/// How pg-poller authenticates to the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// `PG_AUTH=secret` (the default): user name and password from the Secrets Manager secret `PG_SECRET_ARN`, in
+    /// the RDS format (`username`, `password`, and optionally `host`, `port`, `dbname`).
+    Secret(String),
+    /// `PG_AUTH=iam`: an RDS IAM authentication token for the database user `PG_USER`, made with the function's
+    /// own credentials for each connection (RDS accepts it for 15 minutes); no password anywhere. Needs `PG_HOST`,
+    /// TLS, and the region (`AWS_REGION`, which Lambda sets).
+    Iam { user: String, region: String },
+}
+
 /// Everything pg-poller reads from its environment.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -35,9 +47,8 @@ pub(crate) struct Config {
     pub(crate) state_prefix: Prefix,
     /// `POLL_TABLES` (default `public.performance_stats=performance_stats,public.transport_units=transport_units`).
     pub(crate) tables: Vec<PollTable>,
-    /// `PG_SECRET_ARN` (required): a Secrets Manager secret in the RDS format (`username`, `password`, and
-    /// optionally `host`, `port`, `dbname`).
-    pub(crate) secret_id: String,
+    /// `PG_AUTH` and what it needs: the secret, or the user of IAM authentication.
+    pub(crate) auth: Auth,
     /// `PG_HOST`, `PG_PORT`, `PG_DATABASE`: override the secret's.
     pub(crate) host: Option<String>,
     pub(crate) port: Option<u16>,
@@ -115,7 +126,20 @@ impl Config {
             lake: LakeConfig::from_env(env)?,
             state_prefix: Prefix::parse("STATE_PREFIX", env.get("STATE_PREFIX").unwrap_or("state/pg-poller/"))?,
             tables,
-            secret_id: env.required("PG_SECRET_ARN")?.to_owned(),
+            auth: match env.get("PG_AUTH").unwrap_or("secret") {
+                "secret" => Auth::Secret(env.required("PG_SECRET_ARN")?.to_owned()),
+                "iam" => {
+                    if tls == Tls::Disable {
+                        return Err(ConfigError::new("PG_TLS", "IAM authentication (PG_AUTH=iam) needs TLS"));
+                    }
+                    env.required("PG_HOST")?;
+                    Auth::Iam {
+                        user: env.required("PG_USER")?.to_owned(),
+                        region: env.required("AWS_REGION")?.to_owned(),
+                    }
+                }
+                other => return Err(ConfigError::new("PG_AUTH", format!("{other:?} is not secret or iam"))),
+            },
             host: env.get("PG_HOST").filter(|h| !h.is_empty()).map(str::to_owned),
             port: match env.get("PG_PORT").filter(|p| !p.is_empty()) {
                 Some(p) => Some(p.parse().map_err(|_| ConfigError::new("PG_PORT", format!("{p:?} is not a port")))?),
@@ -171,5 +195,28 @@ mod tests {
         assert_eq!(err.var, "PG_CA_BUNDLE");
         let off = [("LAKE_BUCKET", "lake"), ("PG_SECRET_ARN", "s"), ("PG_TLS", "disable")];
         assert_eq!(Config::from_env(&Env::from_pairs(off)).unwrap().tls, Tls::Disable);
+        assert_eq!(Config::from_env(&Env::from_pairs(base)).unwrap().auth, Auth::Secret("arn:s".into()));
+    }
+
+    #[test]
+    fn iam_authentication_needs_a_user_a_host_a_region_and_tls_but_no_secret() {
+        let iam = [
+            ("LAKE_BUCKET", "lake"),
+            ("PG_AUTH", "iam"),
+            ("PG_USER", "fleetlake_poller"),
+            ("PG_HOST", "db.abc.eu-west-1.rds.amazonaws.com"),
+            ("AWS_REGION", "eu-west-1"),
+            ("PG_CA_BUNDLE", "s3://certs/global-bundle.pem"),
+        ];
+        let cfg = Config::from_env(&Env::from_pairs(iam)).unwrap();
+        assert_eq!(cfg.auth, Auth::Iam { user: "fleetlake_poller".into(), region: "eu-west-1".into() });
+        for missing in ["PG_USER", "PG_HOST", "AWS_REGION"] {
+            let err = Config::from_env(&Env::from_pairs(iam.into_iter().filter(|(k, _)| *k != missing))).unwrap_err();
+            assert_eq!(err.var, missing);
+        }
+        let plain = Config::from_env(&Env::from_pairs(iam.into_iter().chain([("PG_TLS", "disable")]))).unwrap_err();
+        assert_eq!(plain.var, "PG_TLS", "IAM authentication is refused without TLS");
+        let other = Config::from_env(&Env::from_pairs(iam.into_iter().chain([("PG_AUTH", "kerberos")]))).unwrap_err();
+        assert_eq!(other.var, "PG_AUTH");
     }
 }

@@ -25,9 +25,10 @@ use fleetlake_runner::Invocation;
 use serde_json::{json, Value};
 use tracing::{error, info, warn};
 
-use crate::config::{CaSource, Config, Tls};
+use crate::config::{Auth, CaSource, Config, Tls};
 use crate::pg::{self, PgError, Poll};
 use crate::store::{GzLines, StateError, StateStore};
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
 /// The stage name in logs, metrics and quarantine keys.
 pub(crate) const STAGE: &str = fleetlake_core::poll::STAGE;
@@ -43,6 +44,8 @@ pub(crate) struct Deps {
     pub(crate) config: Config,
     store: S3Store,
     secrets: aws_sdk_secretsmanager::Client,
+    /// The function's own AWS credentials, for RDS IAM authentication tokens.
+    aws_credentials: Option<SharedCredentialsProvider>,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     quarantine: QuarantineWriter,
 }
@@ -83,6 +86,7 @@ impl Deps {
         config: Config,
         store: S3Store,
         secrets: aws_sdk_secretsmanager::Client,
+        aws_credentials: Option<SharedCredentialsProvider>,
     ) -> Result<Self, PgError> {
         let tls = match &config.tls {
             Tls::VerifyFull(CaSource::File(path)) => {
@@ -102,18 +106,37 @@ impl Deps {
             Tls::Disable => None,
         };
         let quarantine = QuarantineWriter::new(store.clone(), config.lake.quarantine_prefix.clone(), STAGE);
-        Ok(Self { config, store, secrets, tls, quarantine })
+        Ok(Self { config, store, secrets, aws_credentials, tls, quarantine })
+    }
+
+    /// The user and password of this run's connections: the secret's, or the IAM user with a new token.
+    async fn credentials(&self) -> Result<pg::Credentials, PgError> {
+        match &self.config.auth {
+            Auth::Secret(secret_id) => pg::credentials(&self.secrets, secret_id).await,
+            Auth::Iam { user, region } => {
+                let err = |message: String| PgError::IamToken { user: user.clone(), message };
+                let provider = self.aws_credentials.as_ref().ok_or_else(|| err("no AWS credentials".to_owned()))?;
+                let aws = provider.provide_credentials().await.map_err(|e| err(e.to_string()))?;
+                // Config::from_env requires PG_HOST with IAM authentication.
+                let host = self.config.host.clone().unwrap_or_default();
+                let port = self.config.port.unwrap_or(pg::DEFAULT_PORT);
+                let token = pg::iam_token(&host, port, user, region, aws, std::time::SystemTime::now())?;
+                Ok(pg::Credentials { username: user.clone(), password: token, host: None, port: None, dbname: None })
+            }
+        }
     }
 
     /// One run: every table, each in its own snapshot. A table that fails does not stop the others; the run then
     /// fails (retryable when any failure is) so the schedule's alarm sees it.
     pub(crate) async fn poll(&self, invocation: Arc<Invocation>) -> Result<Value, PollError> {
-        let creds = pg::credentials(&self.secrets, &self.config.secret_id).await?;
+        let creds = self.credentials().await?;
         let mut client = pg::connect(&self.config, &creds, self.tls.as_ref()).await?;
         let mut reports = Vec::new();
         let mut failures: Vec<(String, PollError)> = Vec::new();
         for table in &self.config.tables {
             if client.is_closed() {
+                // New credentials: an IAM token is accepted for new connections for 15 minutes only.
+                let creds = self.credentials().await?;
                 client = pg::connect(&self.config, &creds, self.tls.as_ref()).await?;
             }
             match self.poll_table(&mut client, table, &invocation).await {

@@ -18,7 +18,7 @@ async fn main() -> Result<(), Error> {
     let sdk = fleetlake_aws::sdk::load_sdk_config().await;
     let store = fleetlake_aws::s3::S3Store::new(fleetlake_aws::sdk::s3_client(&sdk), config.lake.bucket.as_str());
     let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
-    let deps = handler::Deps::new(config, store, secrets)
+    let deps = handler::Deps::new(config, store, secrets, sdk.credentials_provider())
         .await
         .inspect_err(|e| tracing::error!(error = %e, "the CA bundle could not be read"))?;
     // Lives as long as the execution environment; 'static so the runner can run the work on a task of its own.

@@ -1,8 +1,10 @@
-//! The PostgreSQL side: credentials from Secrets Manager, a TLS connection (rustls), and one poll of one table in
+//! The PostgreSQL side: credentials from Secrets Manager or an RDS IAM authentication token, a TLS connection
+//! (rustls), and one poll of one table in
 //! one read-only `REPEATABLE READ` transaction, so every statement of the poll sees the same snapshot. Rows are
 //! read through server-side cursors (portals) a page at a time: memory is bounded by a page, not by the table.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use fleetlake_core::poll::{PollTable, PolledRow, MIN_WALK_US};
 use rustls_pki_types::pem::PemObject;
@@ -50,6 +52,9 @@ pub(crate) enum PgError {
     /// The table lacks a column the poll needs.
     #[error("{table} has no column {column}")]
     MissingColumn { table: String, column: String },
+    /// No RDS IAM authentication token could be made (the function's AWS credentials could not be had).
+    #[error("making an RDS IAM authentication token for {user}: {message}")]
+    IamToken { user: String, message: String },
 }
 
 impl PgError {
@@ -65,7 +70,7 @@ impl PgError {
             PgError::Query { source, .. } => {
                 source.code().is_some_and(|c| c.code().starts_with("42") || c.code().starts_with("3F"))
             }
-            PgError::Connect { .. } => false,
+            PgError::Connect { .. } | PgError::IamToken { .. } => false,
         }
     }
 }
@@ -107,6 +112,67 @@ fn port_number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<
         Some(Port::Number(n)) => Ok(Some(n)),
         Some(Port::Text(t)) => t.parse().map(Some).map_err(serde::de::Error::custom),
     }
+}
+
+/// PostgreSQL's port when neither `PG_PORT` nor the secret names one.
+pub(crate) const DEFAULT_PORT: u16 = 5432;
+
+/// How long an RDS IAM authentication token is accepted for a new connection (RDS's limit: 15 minutes).
+const IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
+
+/// An RDS IAM authentication token for `user` at `host:port`: the password of an IAM-authenticated connection
+/// (TLS required). It is a SigV4 presigned request of the `rds-db` service's `connect` action, signed with the
+/// function's credentials at `at`, without its `https://` scheme. No call is made: RDS checks it when the
+/// connection authenticates, against the role's `rds-db:connect` grant.
+pub(crate) fn iam_token(
+    host: &str,
+    port: u16,
+    user: &str,
+    region: &str,
+    credentials: aws_credential_types::Credentials,
+    at: SystemTime,
+) -> Result<String, PgError> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings};
+    let err = |message: String| PgError::IamToken { user: user.to_owned(), message };
+    let address = format!("{host}:{port}/?Action=connect&DBUser={}", sigv4_encode(user));
+    let identity = aws_smithy_runtime_api::client::identity::Identity::from(credentials);
+    let mut settings = SigningSettings::default();
+    settings.signature_location = SignatureLocation::QueryParams;
+    settings.expires_in = Some(IAM_TOKEN_LIFETIME);
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("rds-db")
+        .time(at)
+        .settings(settings)
+        .build()
+        .map_err(|e| err(e.to_string()))?
+        .into();
+    let url = format!("https://{address}");
+    let request = SignableRequest::new("GET", url.as_str(), std::iter::empty(), SignableBody::Bytes(&[]))
+        .map_err(|e| err(e.to_string()))?;
+    let (instructions, _) = sign(request, &params).map_err(|e| err(e.to_string()))?.into_parts();
+    let mut token = address;
+    for (name, value) in instructions.params() {
+        token.push('&');
+        token.push_str(name);
+        token.push('=');
+        token.push_str(&sigv4_encode(value));
+    }
+    Ok(token)
+}
+
+/// Percent-encoding as SigV4 canonicalises a query: every byte but `A-Z a-z 0-9 - _ . ~`.
+fn sigv4_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Reads the secret (`SecretString` JSON in the RDS format).
@@ -154,7 +220,7 @@ pub(crate) async fn connect(
     tls: Option<&tokio_postgres_rustls::MakeRustlsConnect>,
 ) -> Result<Client, PgError> {
     let host = config.host.clone().or_else(|| creds.host.clone()).unwrap_or_else(|| "localhost".to_owned());
-    let port = config.port.or(creds.port).unwrap_or(5432);
+    let port = config.port.or(creds.port).unwrap_or(DEFAULT_PORT);
     let mut pg = tokio_postgres::Config::new();
     pg.host(&host)
         .port(port)
@@ -474,5 +540,80 @@ pub(crate) struct Pages<T> {
 impl<T> std::fmt::Debug for Pages<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pages").field("what", &self.what).field("done", &self.done).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    /// The token botocore (the AWS SDK for Python, a signer written independently of the Rust one) makes for the
+    /// same request, credentials and time.
+    fn botocore_token(host: &str, port: u16, user: &str, region: &str, key: &str, secret: &str, token: &str) -> String {
+        let script = r#"
+import datetime, sys
+from unittest import mock
+import botocore.session
+host, port, user, region, key, secret, token, at = sys.argv[1:]
+fixed = datetime.datetime.fromtimestamp(int(at), datetime.timezone.utc)
+class Frozen(datetime.datetime):
+    @classmethod
+    def utcnow(cls):
+        return fixed.replace(tzinfo=None)
+    @classmethod
+    def now(cls, tz=None):
+        return fixed if tz else fixed.replace(tzinfo=None)
+client = botocore.session.Session().create_client("rds", region_name=region, aws_access_key_id=key,
+                                                   aws_secret_access_key=secret, aws_session_token=token or None)
+with mock.patch.object(datetime, "datetime", Frozen):
+    print(client.generate_db_auth_token(host, int(port), user, region))
+"#;
+        let out = std::process::Command::new(fleetlake_testkit::venv_bin("python"))
+            .args(["-c", script, host, &port.to_string(), user, region, key, secret, token, "1764892800"])
+            .output()
+            .expect("run the venv's python (make venv)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A token as the address and its query parameters, in order of name.
+    fn parts(token: &str) -> (String, Vec<String>) {
+        let (address, query) = token.split_once("/?").expect("a token is an address and a query");
+        let mut params: Vec<String> = query.split('&').map(str::to_owned).collect();
+        params.sort();
+        (address.to_owned(), params)
+    }
+
+    #[test]
+    fn an_iam_token_is_the_signed_connect_request_botocore_makes() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_764_892_800);
+        let (host, region, key, secret) = (
+            "fleet.c9akciq32.eu-west-1.rds.amazonaws.com",
+            "eu-west-1",
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        );
+        for (user, session) in [("fleetlake_poller", ""), ("poller-2", "IQoJb3JpZ2luX2VjEFAaCXVzLWVhc3QtMSJHMEUCIQ+/=")]
+        {
+            let creds = aws_credential_types::Credentials::new(
+                key,
+                secret,
+                (!session.is_empty()).then(|| session.to_owned()),
+                None,
+                "test",
+            );
+            let ours = iam_token(host, 5432, user, region, creds, at).unwrap();
+            let theirs = botocore_token(host, 5432, user, region, key, secret, session);
+            assert_eq!(parts(&ours), parts(&theirs), "ours {ours}\ntheirs {theirs}");
+            assert!(ours.starts_with(&format!("{host}:5432/?Action=connect&DBUser={user}&")), "{ours}");
+            assert!(ours.contains("X-Amz-Expires=900"), "{ours}");
+            assert_eq!(ours.contains("X-Amz-Security-Token="), !session.is_empty(), "{ours}");
+        }
+        // Another time, another signature: a token is not reusable beyond its 15 minutes.
+        let creds = aws_credential_types::Credentials::new(key, secret, None, None, "test");
+        let later = iam_token(host, 5432, "fleetlake_poller", region, creds, at + Duration::from_secs(60)).unwrap();
+        let creds = aws_credential_types::Credentials::new(key, secret, None, None, "test");
+        assert_ne!(later, iam_token(host, 5432, "fleetlake_poller", region, creds, at).unwrap());
     }
 }

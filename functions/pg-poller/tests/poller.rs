@@ -412,6 +412,16 @@ async fn failures_land_nothing_and_say_why() {
     assert!(message.contains("password authentication failed"), "{message}");
     assert_eq!(kind, "fleetlake.Retryable");
 
+    // IAM authentication: the token goes to the server as the password (a PostgreSQL that is not RDS refuses
+    // it), and neither the error nor the logs show it.
+    let port = s.pg.port.to_string();
+    let iam = [("PG_AUTH", "iam"), ("PG_USER", "poller"), ("PG_HOST", "127.0.0.1"), ("PG_PORT", port.as_str())];
+    let mut f = s.poller(&[only_stats, iam[0], iam[1], iam[2], iam[3], ("PG_DATABASE", "fleet")]).await;
+    let (kind, message) = fail(f.answer(&json!({})).await);
+    assert!(message.contains("password authentication failed for user \"poller\""), "{message}");
+    assert_eq!(kind, "fleetlake.Retryable");
+    assert!(!message.contains("X-Amz-") && !f.stderr().contains("X-Amz-"), "the token leaked: {message}");
+
     let other_ca = s.pg.other_ca_file.display().to_string();
     let mut f = s.poller(&[only_stats, ("PG_CA_BUNDLE", &other_ca)]).await;
     let (_, message) = fail(f.answer(&json!({})).await);

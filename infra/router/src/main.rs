@@ -12,6 +12,8 @@
 //!   (`LOCAL_QUEUE_<function>`); each notification is one asynchronous invocation, retried twice with backoff and
 //!   then sent to the function's failure queue (`async_failure_queue`), as Lambda does for S3.
 //!
+//! A function with `enabled_by` in stack.json is started only when the stack's settings hold that value.
+//!
 //! With `--binaries`, a function whose `FUNCTION_CREDENTIALS_<logical id>` is in the stack's settings (`stack.py up
 //! --enforce-iam`) runs with those credentials: an IAM identity holding exactly its template policy.
 //!
@@ -476,6 +478,12 @@ async fn run() -> Fallible<Value> {
         }
         if a.serve_http.is_some() && def.get("function_url").is_none() {
             continue; // only the functions with a URL are served
+        }
+        if let Some(setting) = def["enabled_by"].as_str().filter(|s| !env.contains_key(*s)) {
+            if a.invoke.is_some() {
+                return Err(format!("{binary} is not part of this stack: its settings have no {setting}"));
+            }
+            continue; // not part of this stack (pg-poller without `stack.py up --postgres`)
         }
         let invoker = match (&a.invoke_url, &a.binaries) {
             (Some(url), _) => Invoker::Http { client: reqwest::Client::new(), url: url.clone() },

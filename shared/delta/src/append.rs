@@ -117,6 +117,27 @@ impl Appender {
         Ok(w)
     }
 
+    /// The Kafka watermarks of `groups` not known yet, looked up together: each lookup replays the log's entries
+    /// since its checkpoint, so one after another they cost a replay per partition of the batch.
+    pub(crate) async fn load_watermarks(&mut self, groups: impl IntoIterator<Item = u32>) -> Result<(), DeltaError> {
+        let mut missing: Vec<u32> = groups.into_iter().filter(|g| !self.watermarks.contains_key(g)).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let snapshot = self.table.snapshot().map_err(self.err())?;
+        let log_store = self.table.log_store();
+        let lookups = missing.iter().map(|&group| {
+            let app_id = txn_app_id(&self.groups.names[group as usize]);
+            let log_store = Arc::clone(&log_store);
+            async move { snapshot.transaction_version(log_store.as_ref(), app_id).await }
+        });
+        let found = futures::future::try_join_all(lookups).await.map_err(self.err())?;
+        self.watermarks.extend(missing.into_iter().zip(found));
+        Ok(())
+    }
+
     /// Appends the rows of `batch` (the table's schema, one identity per row) that are new; returns how many.
     ///
     /// Identities are checked run by run: a run that overlaps neither the table's candidates nor this append is
@@ -136,6 +157,7 @@ impl Appender {
             row += r.len;
         }
         let days = self.partition_days(&batch);
+        self.load_watermarks(runs.iter().filter(|r| r.key.0 == IdKind::Kafka).map(|r| r.key.1)).await?;
 
         // The part of each run the table could already hold: at or below its Kafka watermark, all of it otherwise.
         let mut probe = Probe::default();
@@ -311,12 +333,34 @@ impl Appender {
     ) -> Result<(), DeltaError> {
         // The size is the log's (0 when it says nothing): no HEAD request before the footer's.
         #[allow(deprecated)]
-        let reader = ParquetObjectReader::new(self.table.object_store(), location);
-        let reader = if size > 0 { reader.with_file_size(size) } else { reader };
-        let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| self.data_err(e))?;
+        let reader = ParquetObjectReader::new(self.table.object_store(), location.clone());
+        let mut reader = if size > 0 { reader.with_file_size(size) } else { reader };
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+            .await
+            .map_err(|e| self.data_err(e))?;
+        let metadata = lineage_as_dictionaries(metadata);
         let wanted = identity_columns(self.spec);
-        let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
-        let mut stream = builder.with_projection(mask).build().map_err(|e| self.data_err(e))?;
+        let mask = ProjectionMask::columns(metadata.metadata().file_metadata().schema_descr(), wanted.iter().copied());
+        let ranges = column_ranges(metadata.metadata(), &mask);
+        // A compacted file holds many row groups, sorted by unit: a redelivered slot's rows are spread over all of
+        // them, and reading them one at a time is a round trip to S3 each. Their identity columns are fetched at
+        // once instead (ranges a little apart are coalesced into one request), unless that is a lot of memory.
+        let reader: Box<dyn AsyncFileReader> =
+            if ranges.iter().map(|r| r.end - r.start).sum::<u64>() <= PREFETCH_MAX_BYTES {
+                let chunks =
+                    self.table.object_store().get_ranges(&location, &ranges).await.map_err(|e| self.data_err(e))?;
+                Box::new(Prefetched {
+                    metadata: Arc::clone(metadata.metadata()),
+                    chunks: ranges.into_iter().zip(chunks).collect(),
+                })
+            } else {
+                Box::new(reader)
+            };
+        let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+            .with_batch_size(READ_BATCH_ROWS)
+            .with_projection(mask)
+            .build()
+            .map_err(|e| self.data_err(e))?;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| self.data_err(e))?;
             // Only the rows the probe asks about: before their texts are built, which costs more than reading.
@@ -343,6 +387,83 @@ impl Appender {
     /// [`Appender::prepare`], then [`Prepared::commit`].
     pub async fn commit(self, metadata: Vec<(String, Value)>) -> Result<Committed, DeltaError> {
         Box::pin(self.prepare().await?.commit(metadata)).await
+    }
+}
+
+/// Most bytes of identity columns a duplicate check fetches from one data file at once (more: a row group at a time).
+const PREFETCH_MAX_BYTES: u64 = 64 << 20;
+
+/// Rows per batch when identity columns are read back (parquet's default of 1,024 costs a pass per batch).
+const READ_BATCH_ROWS: usize = 64 * 1024;
+
+/// The lineage columns of record tables: a value per source object, the same for thousands of rows.
+const LINEAGE_TEXT: [&str; 3] = ["_source_topic", "_source_key", "_source_etag"];
+
+/// `metadata` reading the lineage columns as dictionaries: a key per row instead of a copy of the text, which for
+/// an object key and ETag is over a hundred bytes a row (a compacted file holds millions of rows). Unchanged when
+/// the file cannot be read that way.
+fn lineage_as_dictionaries(metadata: ArrowReaderMetadata) -> ArrowReaderMetadata {
+    let schema = metadata.schema();
+    if !schema.fields().iter().any(|f| LINEAGE_TEXT.contains(&f.name().as_str()) && f.data_type() == &ArrowType::Utf8) {
+        return metadata;
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            ArrowType::Utf8 if LINEAGE_TEXT.contains(&f.name().as_str()) => Field::new(
+                f.name(),
+                ArrowType::Dictionary(Box::new(ArrowType::Int32), Box::new(ArrowType::Utf8)),
+                f.is_nullable(),
+            )
+            .with_metadata(f.metadata().clone()),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let hinted = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let options = ArrowReaderOptions::new().with_schema(hinted);
+    ArrowReaderMetadata::try_new(Arc::clone(metadata.metadata()), options).unwrap_or(metadata)
+}
+
+/// The byte ranges of the column chunks `mask` selects, in every row group.
+fn column_ranges(metadata: &ParquetMetaData, mask: &ProjectionMask) -> Vec<std::ops::Range<u64>> {
+    let mut ranges = Vec::new();
+    for rg in metadata.row_groups() {
+        for (i, column) in rg.columns().iter().enumerate() {
+            if mask.leaf_included(i) {
+                let (start, len) = column.byte_range();
+                ranges.push(start..start + len);
+            }
+        }
+    }
+    ranges
+}
+
+/// A data file's footer and the column chunks fetched for it: what parquet's reader asks of them is served from
+/// memory (a range that was not fetched is an error, never a silent request).
+struct Prefetched {
+    metadata: Arc<ParquetMetaData>,
+    chunks: Vec<(std::ops::Range<u64>, Bytes)>,
+}
+
+impl AsyncFileReader for Prefetched {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, deltalake::parquet::errors::Result<Bytes>> {
+        let found = self.chunks.iter().find(|(r, _)| r.start <= range.start && range.end <= r.end).map(|(r, b)| {
+            let from = usize::try_from(range.start - r.start).unwrap_or(usize::MAX);
+            let to = usize::try_from(range.end - r.start).unwrap_or(usize::MAX);
+            b.slice(from..to)
+        });
+        Box::pin(async move {
+            found.ok_or_else(|| ParquetError::General(format!("bytes {range:?} of the data file were not fetched")))
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, deltalake::parquet::errors::Result<Arc<ParquetMetaData>>> {
+        let metadata = Arc::clone(&self.metadata);
+        Box::pin(async move { Ok(metadata) })
     }
 }
 

@@ -86,7 +86,24 @@ struct Small {
     location: deltalake::Path,
     size: u64,
     modified: i64,
+    /// The earliest event time of its rows (µs), from its statistics: see [`first_event_us`].
+    first_event: Option<i64>,
     remove: Remove,
+}
+
+/// Sorts files in event time, then in the order they were written: a bin then holds a stretch of time (and of
+/// offsets), so its file's statistics still rule it out for a duplicate check of another stretch. Files of one
+/// commit have one modification time and random names; their statistics still order them.
+fn in_event_order(files: &mut [Small]) {
+    files.sort_by(|a, b| (a.first_event, a.modified, &a.path).cmp(&(b.first_event, b.modified, &b.path)));
+}
+
+/// The earliest event time (µs since the epoch) a data file's statistics give for `column` (RFC 3339 text, as Delta
+/// writes timestamps, or an integer), if they give one.
+fn first_event_us(stats: Option<&str>, column: Option<&str>) -> Option<i64> {
+    let stats: Value = serde_json::from_str(stats?).ok()?;
+    let v = stats.get("minValues")?.get(column?)?;
+    v.as_i64().or_else(|| chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.timestamp_micros()))
 }
 
 /// Cuts `files` (in the order to keep) into bins of at most `target` bytes; bins of one file are dropped.
@@ -142,6 +159,7 @@ pub async fn compact_partition(
     let mut report = CompactReport::default();
     let files: Vec<Small> = {
         let snapshot = table.snapshot().map_err(err)?;
+        let time = sort_columns(spec).get(1).copied();
         let mut all: Vec<Small> = snapshot
             .log_data()
             .iter()
@@ -151,13 +169,13 @@ pub async fn compact_partition(
                 location: f.object_store_path(),
                 size: u64::try_from(f.size()).unwrap_or(0),
                 modified: f.modification_time(),
+                first_event: first_event_us(f.stats().as_deref(), time),
                 remove: f.remove_action(false),
             })
             .collect();
         report.files_before = all.len();
         all.retain(|f| f.size < target);
-        // The order they were written in: consecutive commits hold consecutive offsets.
-        all.sort_by(|a, b| (a.modified, &a.path).cmp(&(b.modified, &b.path)));
+        in_event_order(&mut all);
         all
     };
     report.small_files = files.len();
@@ -411,8 +429,25 @@ mod tests {
             location: deltalake::Path::from(path),
             size,
             modified: 0,
+            first_event: None,
             remove: Remove { path: path.into(), data_change: false, ..Remove::default() },
         }
+    }
+
+    #[test]
+    fn files_are_binned_in_event_time_as_their_statistics_give_it() {
+        let stats = |ts: &str| format!(r#"{{"numRecords":2,"minValues":{{"ts":"{ts}","_source_offset":7}}}}"#);
+        let early = first_event_us(Some(&stats("2026-01-01T00:00:00.000Z")), Some("ts"));
+        let late = first_event_us(Some(&stats("2026-01-01T00:15:00.000Z")), Some("ts"));
+        assert_eq!(late.zip(early).map(|(l, e)| l - e), Some(15 * 60 * 1_000_000));
+        assert_eq!(first_event_us(Some(&stats("x")), Some("_source_offset")), Some(7), "an integer column");
+        assert_eq!(first_event_us(None, Some("ts")), None);
+        assert_eq!(first_event_us(Some("{}"), Some("ts")), None);
+        // One commit's files: one modification time, names in random order; the statistics order them.
+        let mut files = vec![small("b", 1), small("a", 1), small("c", 1)];
+        (files[0].first_event, files[1].first_event, files[2].first_event) = (early, late, None);
+        in_event_order(&mut files);
+        assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["c", "b", "a"]);
     }
 
     #[test]

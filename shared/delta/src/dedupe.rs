@@ -185,33 +185,38 @@ impl Probe {
                 _ => deltalake::arrow::compute::cast(c, &ArrowType::Int64).ok().map(|a| a.as_primitive().clone()),
             }
         };
-        let inside = |kind: IdKind, seq: Option<i64>| {
-            self.ranges.get(&kind).is_some_and(|(lo, hi)| (*lo..=*hi).contains(&seq.unwrap_or(-1)))
+        // The ranges are looked up once, not per row: a compacted file is a million rows and more.
+        let range = |kind: IdKind| self.ranges.get(&kind).copied();
+        let inside = |range: Option<(i64, i64)>, seq: Option<i64>| {
+            let seq = seq.unwrap_or(-1);
+            range.is_some_and(|(lo, hi)| lo <= seq && seq <= hi)
         };
         let mask: BooleanArray = match spec.layout {
             Layout::Record => {
                 let (offset, line) = (int("_source_offset")?, int("_line")?);
-                let partition = int("_source_partition")?;
+                let partition = batch.column_by_name("_source_partition")?;
                 let topic = batch.column_by_name("_source_topic")?;
+                let (kafka, file) = (range(IdKind::Kafka), range(IdKind::File));
                 (0..batch.num_rows())
                     .map(|i| {
-                        let kafka = offset.is_valid(i) && partition.is_valid(i) && topic.is_valid(i);
-                        Some(if kafka {
-                            inside(IdKind::Kafka, Some(offset.value(i)))
+                        let numbered = offset.is_valid(i) && partition.is_valid(i) && topic.is_valid(i);
+                        Some(if numbered {
+                            inside(kafka, Some(offset.value(i)))
                         } else {
-                            inside(IdKind::File, line.is_valid(i).then(|| line.value(i)))
+                            inside(file, line.is_valid(i).then(|| line.value(i)))
                         })
                     })
                     .collect()
             }
             Layout::Change { .. } => {
                 let (lsn, ts) = (int("lsn")?, int("ts_ms")?);
+                let (change, poll) = (range(IdKind::Change), range(IdKind::Poll));
                 (0..batch.num_rows())
                     .map(|i| {
                         Some(if lsn.is_valid(i) {
-                            inside(IdKind::Change, Some(lsn.value(i)))
+                            inside(change, Some(lsn.value(i)))
                         } else {
-                            inside(IdKind::Poll, ts.is_valid(i).then(|| ts.value(i)))
+                            inside(poll, ts.is_valid(i).then(|| ts.value(i)))
                         })
                     })
                     .collect()
@@ -319,6 +324,14 @@ pub(crate) fn stored_identities(
                 ArrowType::LargeUtf8 => {
                     let a = c.as_string::<i64>();
                     (!a.is_null(i)).then(|| a.value(i).to_owned())
+                }
+                // The lineage columns, read as dictionaries (`lineage_as_dictionaries`).
+                ArrowType::Dictionary(k, v) if **k == ArrowType::Int32 && **v == ArrowType::Utf8 => {
+                    let d = c.as_dictionary::<Int32Type>();
+                    let key = usize::try_from(d.keys().value(i)).ok();
+                    let values = d.values().as_string::<i32>();
+                    key.filter(|&k| !d.keys().is_null(i) && k < values.len() && values.is_valid(k))
+                        .map(|k| values.value(k).to_owned())
                 }
                 ArrowType::Date32 => {
                     let a = c.as_primitive::<Date32Type>();

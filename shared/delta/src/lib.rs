@@ -61,24 +61,30 @@ use std::time::Duration;
 use deltalake::arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray, PrimitiveArray};
 use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::{
-    DataType as ArrowType, Date32Type, Int32Type, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    DataType as ArrowType, Date32Type, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit,
+    TimestampMicrosecondType,
 };
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, DataType, StructField, Transaction};
 // ParquetObjectReader is deprecated in parquet 59 in favour of hand-written readers; it still reads ranged GETs
 // through deltalake's own object store, which is what we want (only the identity columns of a file are fetched).
+use bytes::Bytes;
 use deltalake::kernel::scalars::ScalarExt;
+use deltalake::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 #[allow(deprecated)]
 use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
-use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use deltalake::parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::errors::ParquetError;
+use deltalake::parquet::file::metadata::ParquetMetaData;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use indexmap::IndexMap;
 use serde_json::Value;

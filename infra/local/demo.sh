@@ -35,7 +35,8 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.
   watch_pid=$!
   trap 'kill $watch_pid 2>/dev/null || true' EXIT
   # cargo lambda watch compiles a function on its first invocation and holds the request meanwhile: warm each
-  # one up with an empty S3 notification (no objects), which every function answers without doing anything.
+  # one up with an empty S3 notification (no objects), which every function answers without doing anything
+  # (pg-poller, which takes any event as its schedule, polls the still empty table).
   for attempt in $(seq 1 60); do
     curl -s -o /dev/null "http://127.0.0.1:$port/" && break
     kill -0 $watch_pid 2>/dev/null || { echo "cargo lambda watch stopped; see $log"; tail -20 "$log"; exit 1; }

@@ -11,8 +11,9 @@ an RDS-format secret in the stack's Secrets Manager and the CA bundle in the sta
 connects as in AWS: secret, TLS checked against the bundle, its own IAM identity with `--enforce-iam`.
 
 `replay` applies DIR/postgres.json (written by `fleet.py --stats-from postgres`) one hour of the fleet's day at a
-time, each hour in one transaction with `updated_at` set to the time of each write, as the application or a
-trigger would, and invokes pg-poller once after each hour through infra/router (`--invoke`), with the schedule's
+time, each hour in one transaction with `updated_at` set by the database to the time of the write (`now()`), as the
+application or a trigger would (pg-poller's cursor follows the database's clock: a write dated in the past would be
+behind it), and invokes pg-poller once after each hour through infra/router (`--invoke`), with the schedule's
 event. What the polls landed is then routed like anything else landed (delta-writer's queue).
 """
 import argparse
@@ -92,7 +93,8 @@ def psql(settings, sql, database=DATABASE, transaction=True):
 def start(state, port, start_server, host="127.0.0.1"):
     """Starts the cluster listening on `host` (through `start_server(cmd, log, port, **popen)`, which records its
     pid for `stack.py down`) and creates the database, the table and the poller's role: the settings to keep in
-    the stack's state. Beyond loopback (0.0.0.0, for containers) only TLS connections with a password are let in."""
+    the stack's state. Beyond loopback (0.0.0.0, for containers) only the poller's TLS connections with its password
+    are let in."""
     folder = Path(tempfile.mkdtemp(prefix="fleetlake-local-pg-"))
     make_certificates(folder)
     admin_password, poller_password = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
@@ -110,7 +112,7 @@ def start(state, port, start_server, host="127.0.0.1"):
                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 40\n")
     if host != "127.0.0.1":
         with open(folder / "data" / "pg_hba.conf", "a") as hba:
-            hba.write("hostssl all all 0.0.0.0/0 scram-sha-256\n")
+            hba.write(f"hostssl {DATABASE} {POLLER} 0.0.0.0/0 scram-sha-256\n")
     (state / "postgres.folder").write_text(str(folder))
     start_server([str(bindir() / "postgres"), "-D", str(folder / "data")], "postgres.log", port, **as_owner())
     settings = {"port": port, "folder": str(folder), "admin_password": admin_password,
@@ -165,8 +167,8 @@ def literal(v):
 
 
 def statement(change):
-    """The write of one change: insert, update or delete, `updated_at` set to its time."""
-    key, row, at = change["key"], change["row"], literal(change["at"])
+    """The write of one change: insert, update or delete, `updated_at` set to the time of the write."""
+    key, row, at = change["key"], change["row"], "now()"
     where = " AND ".join(f"{k} = {literal(v)}" for k, v in sorted(key.items()))
     if change["op"] == "d":
         return f"DELETE FROM performance_stats WHERE {where};"

@@ -275,8 +275,10 @@ def up(args):
         # PostgreSQL for pg-poller (infra/local/pg_source.py): its secret and CA bundle join the settings.
         import pg_source
         settings = pg_source.start(STATE, args.postgres_port, start, host=args.host)
-        (STATE / "postgres.json").write_text(json.dumps(settings))  # its passwords: for this machine's user only
-        (STATE / "postgres.json").chmod(0o600)
+        # Its passwords: readable by this user only, from the moment the file exists.
+        fd = os.open(STATE / "postgres.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(settings))
         names.update(pg_source.register(settings, clients(endpoint), names["LAKE_BUCKET"],
                                         resolve("${NamePrefix}-pg-poller", definition()["locals"])))
     if args.enforce_iam:
@@ -296,8 +298,10 @@ def up(args):
 
 
 def down(quiet=False):
+    import pg_source
     pid_file = STATE / "pids"
     if not pid_file.exists():
+        pg_source.remove(STATE)  # a cluster folder left by an `up` that failed early
         return
     pids = [int(p) for p in pid_file.read_text().split()]
     for pid in pids:
@@ -319,7 +323,6 @@ def down(quiet=False):
             except (ProcessLookupError, PermissionError):
                 pass
     pid_file.unlink()
-    import pg_source
     pg_source.remove(STATE)
     if not quiet:
         print("local stack stopped")

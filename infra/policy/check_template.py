@@ -105,22 +105,33 @@ def statements_of(cfn):
         props = res.get("Properties", {})
         kind = res.get("Type")
         if kind == "AWS::IAM::Role":
-            for pol in props.get("Policies", []):
-                for st in as_list(pol["PolicyDocument"].get("Statement", [])):
-                    for b in branches(st):
-                        yield f"{lid}/{pol.get('PolicyName')}", b
+            for item in props.get("Policies", []):
+                # A conditional inline policy: both branches are checked.
+                chosen = item["Fn::If"][1:] if isinstance(item, dict) and "Fn::If" in item else [item]
+                for pol in (p for p in chosen if isinstance(p, dict) and "PolicyDocument" in p):
+                    for st in as_list(pol["PolicyDocument"].get("Statement", [])):
+                        for b in branches(st):
+                            yield f"{lid}/{pol.get('PolicyName')}", b
         elif kind in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
             for st in as_list(props["PolicyDocument"].get("Statement", [])):
                 for b in branches(st):
                     yield lid, b
 
 
-def role_policy_documents(cfn, role):
+def role_policy_documents(cfn, role, condition=None):
     """Every policy document a role holds from the template: its inline policies, the template's managed policies
-    it lists, and AWS::IAM::Policy resources attached to it."""
+    it lists, and AWS::IAM::Policy resources attached to it. An inline policy under `Fn::If` counts with both
+    branches, or with the one `condition(name)` chooses when it is given."""
     resources = cfn.get("Resources", {})
     props = resources.get(role, {}).get("Properties", {})
-    documents = [pol["PolicyDocument"] for pol in props.get("Policies", [])]
+    documents = []
+    for pol in props.get("Policies", []):
+        if isinstance(pol, dict) and "Fn::If" in pol:
+            name, yes, no = pol["Fn::If"]
+            chosen = [yes, no] if condition is None else [yes if condition(name) else no]
+            documents += [c["PolicyDocument"] for c in chosen if isinstance(c, dict) and "PolicyDocument" in c]
+        else:
+            documents.append(pol["PolicyDocument"])
     documents += [resources[_ref_id(arn)]["Properties"]["PolicyDocument"] for arn in props.get("ManagedPolicyArns", [])
                   if _ref_id(arn) in resources]
     documents += [res["Properties"]["PolicyDocument"] for res in resources.values()

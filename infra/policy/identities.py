@@ -161,7 +161,7 @@ def function_statements(cfn, definition, names):
         role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
         # AWS-managed policies are refused by check_template.py: the template's documents are all there is.
         statements = []
-        for document in check_template.role_policy_documents(cfn, role_id):
+        for document in check_template.role_policy_documents(cfn, role_id, r.condition):
             for st in check_template.as_list(document.get("Statement", [])):
                 resolved = r.value(st)
                 if resolved is not NO_VALUE:

@@ -592,8 +592,8 @@ class PgSource(unittest.TestCase):
 
     def test_writes_set_updated_at_and_quote_what_they_carry(self):
         insert, update, other = (pg_source.statement(c) for c in self.PLAN["changes"])
-        self.assertIn("'2026-11-24T00:05:00.000+00:00'", insert)
-        self.assertTrue(update.startswith("UPDATE performance_stats SET fuel_used_l = 11.0, updated_at = '2026-11-24T00:40"))
+        self.assertTrue(insert.endswith("VALUES ('TU-1', '2026-11-23', 10.5, now());"), insert)
+        self.assertTrue(update.startswith("UPDATE performance_stats SET fuel_used_l = 11.0, updated_at = now() WHERE"))
         self.assertIn("WHERE stat_date = '2026-11-23' AND transport_unit_id = 'TU-1'", update)
         self.assertIn("'TU-''2'", other)
         self.assertIn("NULL", other)

@@ -117,8 +117,9 @@ impl Appender {
         Ok(w)
     }
 
-    /// The Kafka watermarks of `groups` not known yet, looked up together: each lookup replays the log's entries
-    /// since its checkpoint, so one after another they cost a replay per partition of the batch.
+    /// The Kafka watermarks of `groups` not known yet, looked up [`WATERMARK_LOOKUPS`] at a time: each lookup
+    /// replays the log's entries since its checkpoint; together they take the time of a few replays instead of
+    /// one per partition of the batch (the work is the same).
     pub(crate) async fn load_watermarks(&mut self, groups: impl IntoIterator<Item = u32>) -> Result<(), DeltaError> {
         let mut missing: Vec<u32> = groups.into_iter().filter(|g| !self.watermarks.contains_key(g)).collect();
         missing.sort_unstable();
@@ -133,7 +134,8 @@ impl Appender {
             let log_store = Arc::clone(&log_store);
             async move { snapshot.transaction_version(log_store.as_ref(), app_id).await }
         });
-        let found = futures::future::try_join_all(lookups).await.map_err(self.err())?;
+        let found: Vec<Option<i64>> =
+            futures::stream::iter(lookups).buffered(WATERMARK_LOOKUPS).try_collect().await.map_err(self.err())?;
         self.watermarks.extend(missing.into_iter().zip(found));
         Ok(())
     }
@@ -389,6 +391,9 @@ impl Appender {
         Box::pin(self.prepare().await?.commit(metadata)).await
     }
 }
+
+/// Watermark lookups (log replays) of one append at once.
+const WATERMARK_LOOKUPS: usize = 4;
 
 /// Most bytes of identity columns a duplicate check fetches from one data file at once (more: a row group at a time).
 const PREFETCH_MAX_BYTES: u64 = 64 << 20;

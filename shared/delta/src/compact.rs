@@ -91,11 +91,12 @@ struct Small {
     remove: Remove,
 }
 
-/// Sorts files in event time, then in the order they were written: a bin then holds a stretch of time (and of
-/// offsets), so its file's statistics still rule it out for a duplicate check of another stretch. Files of one
-/// commit have one modification time and random names; their statistics still order them.
+/// Sorts files in the order they were written, and the files of one commit (one modification time, random
+/// names) by the earliest event time their statistics give: a bin then holds a stretch of offsets, so its file's
+/// statistics still rule it out for a duplicate check of another stretch. Event time alone would put a late file
+/// holding one straggler among files hours older, and stretch its bin's offsets over the day.
 fn in_event_order(files: &mut [Small]) {
-    files.sort_by(|a, b| (a.first_event, a.modified, &a.path).cmp(&(b.first_event, b.modified, &b.path)));
+    files.sort_by(|a, b| (a.modified, a.first_event, &a.path).cmp(&(b.modified, b.first_event, &b.path)));
 }
 
 /// The earliest event time (µs since the epoch) a data file's statistics give for `column` (RFC 3339 text, as Delta

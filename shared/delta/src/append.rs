@@ -129,8 +129,9 @@ impl Appender {
         }
         let snapshot = self.table.snapshot().map_err(self.err())?;
         let log_store = self.table.log_store();
-        let lookups = missing.iter().map(|&group| {
-            let app_id = txn_app_id(&self.groups.names[group as usize]);
+        // Owned ids: a closure over borrowed group numbers would not make a future every task can hold.
+        let app_ids: Vec<String> = missing.iter().map(|&g| txn_app_id(&self.groups.names[g as usize])).collect();
+        let lookups = app_ids.into_iter().map(|app_id| {
             let log_store = Arc::clone(&log_store);
             async move { snapshot.transaction_version(log_store.as_ref(), app_id).await }
         });

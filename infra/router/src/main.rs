@@ -555,7 +555,9 @@ async fn run() -> Fallible<Value> {
     for def in defs {
         let binary = def["binary"].as_str().unwrap_or_default();
         let logical = def["logical_id"].as_str().unwrap_or_default();
-        let f = functions[binary].clone();
+        let Some(f) = functions.get(binary).cloned() else {
+            continue; // not part of this stack (`enabled_by`)
+        };
         if let Some(q) = def["sqs_trigger"]["queue"].as_str() {
             let name = env.get(&format!("QUEUE_{q}")).ok_or(format!("stack.env has no QUEUE_{q}"))?;
             let (url, arn) = queue(&sqs, name).await?;

@@ -22,13 +22,15 @@ FUNCTION_PACKAGES := $(addprefix -p ,$(FUNCTIONS))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help toolchain venv browser postgres audit-tools schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-compact bench-poll bench-init bench-latency bench-memory bench-api redrive build sam-build test-sam sam-local package clean-local
+.PHONY: help toolchain venv browser postgres audit-tools schema lint fmt-check clippy test test-rust test-infra test-e2e template-check demo down model bench bench-enricher bench-delta bench-sync bench-predict bench-compact bench-poll bench-init bench-latency bench-memory bench-api bench-writers bench-scale cost redrive build sam-build test-sam sam-local package clean-local
 
 help:
 	@echo "make demo   - local stack (moto + weather stub), a day of a synthetic fleet through every function (cargo lambda watch + router), report"
 	@echo "make test   - fmt, clippy -D warnings, unit + integration tests, template, IAM, checkov and cfn-guard checks"
 	@echo "make model  - train the fuel-24h model on a synthetic fleet and export it to models/fuel-24h/ (ONNX + test fixture)"
 	@echo "make bench  - weather-enricher and delta-writer on 1,000,000 generated records against moto, beside the Python baselines; partition-sync latency; predictor on 100,000 positions; compaction of 10,000 small files; a pg-poller poll of 1,000,000 changed rows; peak RSS for 50 MB vs 500 MB objects; predictions-api latency beside DynamoDB (release builds)"
+	@echo "make bench-scale - a day of 10,000 units through every function, checked end to end (SCALE_UNITS=1000 for a smaller fleet)"
+	@echo "make cost   - the cost model per day and per million positions at 1k/10k/100k units from the measured scale runs"
 	@echo "make schema - regenerate the Glue columns (stack.json, template.yaml, Athena DDL) from the bronze table specs"
 	@echo "make down   - stop the local stack"
 	@echo "make build  - release Lambda binaries for arm64 (cargo lambda build)"
@@ -162,7 +164,7 @@ demo: toolchain venv $(if $(filter postgres,$(DEMO_STATS)),postgres)
 
 BENCH_ARGS ?= --records 1000000 --files 100 --cells 5000 --latency-ms 20 --runs 3 --batch 10
 
-bench: bench-enricher bench-delta bench-sync bench-predict bench-compact bench-poll bench-init bench-latency bench-memory bench-api
+bench: bench-enricher bench-delta bench-sync bench-predict bench-compact bench-poll bench-init bench-latency bench-memory bench-api bench-writers
 
 bench-enricher: toolchain venv
 	cargo build --release -p weather-enricher
@@ -184,11 +186,41 @@ bench-delta: toolchain venv
 	$(TARGET_DIR)/release/bench-delta --writer $(TARGET_DIR)/release/delta-writer $(BENCH_DELTA_ARGS)
 
 # With BASELINE=<rev>, that commit's predictor runs beside this one in the same run (infra/bench/baseline.sh).
-bench-predict: toolchain venv
+# DynamoDB is dynoxide (a DynamoDB emulator in Rust, from crates.io: moto's Python work per item would be all that is
+# measured) behind a proxy adding DynamoDB's round trip; BENCH_PREDICT_ARGS="--dynamodb moto" measures on moto.
+DYNOXIDE_VERSION := 3.2.0
+DYNOXIDE := $(TARGET_DIR)/bench-tools/dynoxide-$(DYNOXIDE_VERSION)/bin/dynoxide
+BENCH_PREDICT_ARGS ?= --dynamodb-latency-ms 10 --s3-latency-ms 20
+$(DYNOXIDE): | toolchain
+	cargo install dynoxide-rs --version $(DYNOXIDE_VERSION) --locked --no-default-features --features native-sqlite,http-server,cli --root $(TARGET_DIR)/bench-tools/dynoxide-$(DYNOXIDE_VERSION)
+bench-predict: toolchain venv $(DYNOXIDE)
 	$(if $(BASELINE),baseline=$$(infra/bench/baseline.sh $(BASELINE) predictor) &&) \
 	cargo build --release -p predictor && \
 	cargo build --profile tools -p fleetlake-bench && \
-	$(TARGET_DIR)/tools/bench-predict --predictor $(TARGET_DIR)/release/predictor $(if $(BASELINE),--baseline $$baseline) $(BENCH_PREDICT_ARGS)
+	$(TARGET_DIR)/tools/bench-predict --predictor $(TARGET_DIR)/release/predictor --dynoxide $(DYNOXIDE) $(if $(BASELINE),--baseline $$baseline) $(BENCH_PREDICT_ARGS)
+
+# N delta-writers appending to one table at once (N = 1, 2, 4, 8, 16), 20 ms per S3 request, create-only PUTs made
+# atomic by a proxy (checked first): commits/s, lost commit races, latency p50/p99, records/s.
+bench-writers: toolchain venv
+	cargo build --release -p delta-writer
+	cargo build --profile tools -p fleetlake-bench
+	$(TARGET_DIR)/tools/bench-writers --writer $(TARGET_DIR)/release/delta-writer $(BENCH_WRITERS_ARGS)
+
+# A day of a fleet through every function (release binaries under the router, deployed batch sizes and windows, the
+# day played 96 times faster), checked for every position once in bronze and a prediction per unit; the figures go
+# to docs/figures/scale-<units>.json, which `make cost` reads. Not part of `make bench`: about 25 min at 10,000 units.
+SCALE_UNITS ?= 10000
+BENCH_SCALE_ARGS ?= --hours 24 --time-scale 96
+bench-scale: toolchain venv $(DYNOXIDE)
+	cargo build --release $(FUNCTION_PACKAGES)
+	cargo build --profile tools -p fleetlake-router -p weather-stub
+	$(PY) infra/bench/scale.py --bin-dir $(TARGET_DIR)/release --tools-dir $(TARGET_DIR)/tools --dynoxide $(DYNOXIDE) \
+	  --units $(SCALE_UNITS) --out docs/figures/scale-$(SCALE_UNITS).json $(BENCH_SCALE_ARGS)
+
+# The cost model: per day and per million positions at 1k, 10k and 100k units, from the measured scale runs and
+# infra/cost/prices.json; rewrites its table in docs/benchmarks.md and the chart docs/figures/cost.svg.
+cost: venv
+	$(PY) infra/cost/cost.py
 
 # lake-maintainer's compaction of a locations table of 10,000 small files: files, MB/s, peak RSS, a full read with
 # Python deltalake and a redelivery's duplicate check, each before and after.

@@ -2,7 +2,8 @@
 """A synthetic fleet, deterministic by seed, as the MSK event source mapping would hand it to msk-lander.
 
 usage: fleet.py --out DIR [--units 30] [--hours 24] [--day 2026-11-24] [--seed 7] [--batch-minutes 60]
-                [--partitions 3] [--malformed-rate 0.01] [--stats-from msk|postgres]
+                [--batch-seconds N] [--batch-records N] [--partitions 3] [--malformed-rate 0.01]
+                [--stats-from msk|postgres]
 
 Units of the three transport types move along plausible paths: ships at sea in the North Atlantic, trucks on
 European roads, aircraft at cruising altitude. Every unit reports its position every 15 minutes on
@@ -12,7 +13,8 @@ events: `pg.public.transport_units` (a snapshot read of every unit, a few rename
 travelled, fuel by type, one correction per few units). A small share of position messages is malformed (not JSON,
 latitude out of range, no timestamp).
 
-Writes DIR/msk/batch-NNNNN.json (Lambda MSK events, one per --batch-minutes of data, records of all topics) and
+Writes DIR/msk/batch-NNNNN.json (Lambda MSK events, one per --batch-minutes (or --batch-seconds) of data, at most
+--batch-records records each, records of all topics; each written as soon as its time is complete) and
 DIR/expected.json: what the pipeline must end with (valid positions, malformed messages and why, the CDC rows).
 With --stats-from postgres the performance_stats changes are not Debezium events: they go to DIR/postgres.json,
 the writes a PostgreSQL database receives (time, op, key, row), which infra/local/pg_source.py applies hour by
@@ -197,9 +199,70 @@ def generate(args):
             expected["performance_stats"].append({"op": "u", **fixed})
         today[n] = simulate_day(u, rnd)
 
-    # Positions every 15 minutes.
-    for k in range(min(96, args.hours * 4)):
+    # The day itself, reported at its end (after the last position).
+    end = day + dt.timedelta(hours=args.hours)
+    for u, ticks in zip(units, today):
+        row = daily_row(u, args.day, ticks[: args.hours * 4])
+        change("pg.public.performance_stats", {"transport_unit_id": u["id"], "stat_date": args.day}, None, row, "c", end)
+        expected["performance_stats"].append({"op": "c", **row})
+
+    # One MSK event per --batch-minutes, written as soon as its slot is complete: the changes above are few (a few
+    # per unit); the positions, most of the day, are generated slot by slot and never held all at once.
+    out = Path(args.out)
+    (out / "msk").mkdir(parents=True, exist_ok=True)
+    for old in (out / "msk").glob("*.json"):
+        old.unlink()
+    batch_seconds = args.batch_seconds or 60 * args.batch_minutes
+    slot_of = lambda t: int((t - day).total_seconds() // batch_seconds)  # noqa: E731
+    changes = {}
+    for e in events:
+        changes.setdefault(slot_of(e[0]), []).append(e)
+    offsets = {}
+    written = [0]
+
+    def flush(slot, slot_events):
+        """Offsets per topic-partition in time order; the slot's MSK event."""
+        slot_events.sort(key=lambda e: (e[0], e[1], e[2]))
+        records = {}
+        for t, topic, key, value, why in slot_events:
+            partitions = args.partitions if topic == "fleet.locations" else 1
+            p = partition_of(key, partitions)
+            offset = offsets.get((topic, p), 0)
+            offsets[(topic, p)] = offset + 1
+            rec = {"topic": topic, "partition": p, "offset": offset, "timestamp": ms(t), "timestampType": "CREATE_TIME",
+                   "key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value).decode(),
+                   "headers": []}
+            records.setdefault(f"{topic}-{p}", []).append(rec)
+            if topic == "fleet.locations":
+                if why is None:
+                    record = json.loads(value)
+                    expected["positions"].append([record["transport_unit_id"], record["ts"]])
+                else:
+                    expected["malformed"].append({"topic": topic, "partition": p, "offset": offset, "reason": why})
+        if not records:
+            return
+        # At most --batch-records records per event (the mapping's BatchSize), in time order.
+        chunks = [records]
+        if args.batch_records:
+            flat = sorted((r for rs in records.values() for r in rs), key=lambda r: (r["timestamp"], r["topic"], r["key"]))
+            chunks = []
+            for i in range(0, len(flat), args.batch_records):
+                chunk = {}
+                for r in flat[i:i + args.batch_records]:
+                    chunk.setdefault(f"{r['topic']}-{r['partition']}", []).append(r)
+                chunks.append(chunk)
+        for chunk in chunks:
+            event = {"eventSource": "aws:kafka", "eventSourceArn": CLUSTER,
+                     "bootstrapServers": "b-1.fleet-msk.local:9098,b-2.fleet-msk.local:9098", "records": chunk}
+            (out / "msk" / f"batch-{written[0]:05d}.json").write_text(json.dumps(event))
+            written[0] += 1
+
+    # Positions every 15 minutes; after each tick the slots before the next tick are complete.
+    pending = {}
+    ticks_of_day = min(96, args.hours * 4)
+    for k in range(ticks_of_day):
         t = day + dt.timedelta(minutes=15 * k)
+        tick = []
         for u, ticks in zip(units, today):
             lat, lon, speed, heading, alt, *_ = ticks[k]
             record = {"transport_unit_id": u["id"], "ts": iso(t), "lat": round(lat, 5), "lon": round(lon, 5),
@@ -214,45 +277,20 @@ def generate(args):
                 value, why = json.dumps({k: v for k, v in record.items() if k != "ts"}).encode(), "missing required field `ts`"
             else:
                 value, why = json.dumps(record).encode(), None
-            events.append((t + dt.timedelta(milliseconds=rnd.randrange(0, 60_000)), "fleet.locations", u["id"], value, why))
+            tick.append((t + dt.timedelta(milliseconds=rnd.randrange(0, 60_000)), "fleet.locations", u["id"], value, why))
+        for e in tick:
+            pending.setdefault(slot_of(e[0]), []).append(e)
+        complete = slot_of(day + dt.timedelta(minutes=15 * (k + 1))) if k + 1 < ticks_of_day else None
+        for slot in sorted(set(pending) | set(changes)):
+            if complete is not None and slot >= complete:
+                break
+            flush(slot, pending.pop(slot, []) + changes.pop(slot, []))
+    for slot in sorted(set(pending) | set(changes)):
+        flush(slot, pending.pop(slot, []) + changes.pop(slot, []))
+    batches = written[0]
 
-    # The day itself, reported at its end (after the last position).
-    end = day + dt.timedelta(hours=args.hours)
-    for u, ticks in zip(units, today):
-        row = daily_row(u, args.day, ticks[: args.hours * 4])
-        change("pg.public.performance_stats", {"transport_unit_id": u["id"], "stat_date": args.day}, None, row, "c", end)
-        expected["performance_stats"].append({"op": "c", **row})
-
-    # Offsets per topic-partition in time order; one MSK event per --batch-minutes.
-    events.sort(key=lambda e: (e[0], e[1], e[2]))
-    offsets = {}
-    batches = {}
-    for t, topic, key, value, why in events:
-        partitions = args.partitions if topic == "fleet.locations" else 1
-        p = partition_of(key, partitions)
-        offset = offsets.get((topic, p), 0)
-        offsets[(topic, p)] = offset + 1
-        rec = {"topic": topic, "partition": p, "offset": offset, "timestamp": ms(t), "timestampType": "CREATE_TIME",
-               "key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value).decode(), "headers": []}
-        slot = int((t - day).total_seconds() // (60 * args.batch_minutes))
-        batches.setdefault(slot, {}).setdefault(f"{topic}-{p}", []).append(rec)
-        if topic == "fleet.locations":
-            if why is None:
-                record = json.loads(value)
-                expected["positions"].append([record["transport_unit_id"], record["ts"]])
-            else:
-                expected["malformed"].append({"topic": topic, "partition": p, "offset": offset, "reason": why})
-
-    out = Path(args.out)
-    (out / "msk").mkdir(parents=True, exist_ok=True)
-    for old in (out / "msk").glob("*.json"):
-        old.unlink()
-    for n, slot in enumerate(sorted(batches)):
-        event = {"eventSource": "aws:kafka", "eventSourceArn": CLUSTER,
-                 "bootstrapServers": "b-1.fleet-msk.local:9098,b-2.fleet-msk.local:9098", "records": batches[slot]}
-        (out / "msk" / f"batch-{n:05d}.json").write_text(json.dumps(event))
     expected["day"] = args.day
-    expected["batches"] = len(batches)
+    expected["batches"] = batches
     expected["stats_from"] = args.stats_from
     (out / "expected.json").write_text(json.dumps(expected))
     database.sort(key=lambda c: c["at"])
@@ -271,6 +309,9 @@ def main():
     ap.add_argument("--day", default="2026-11-24")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--batch-minutes", type=int, default=60)
+    ap.add_argument("--batch-seconds", type=int, default=0, help="batching window in seconds (overrides minutes)")
+    ap.add_argument("--batch-records", type=int, default=0,
+                    help="most records per MSK event (the mapping's BatchSize; 0: no limit)")
     ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--malformed-rate", type=float, default=0.01)
     ap.add_argument("--stats-from", choices=("msk", "postgres"), default="msk",

@@ -120,11 +120,19 @@ impl Deps {
     }
 }
 
+/// Daily figures read ahead for days `from..=to`.
+#[derive(Debug)]
+struct Prefetched {
+    from: NaiveDate,
+    to: NaiveDate,
+    figures: Arc<Figures>,
+}
+
 /// The active data files of a table at its loaded version.
 fn active_files(table: &deltalake::DeltaTable, spec: &'static TableSpec) -> Result<Vec<DataFile>, DeltaError> {
     Ok(fleetlake_delta::active_files(table, spec)?
         .into_iter()
-        .map(|f| DataFile::new(&f.path, f.partition.as_deref(), f.stats.as_deref()))
+        .map(|f| DataFile::new(&f.path, f.partition.as_deref(), f.stats.as_deref(), f.size))
         .collect())
 }
 
@@ -162,6 +170,8 @@ struct Done {
     unreadable: u64,
     /// Units left without a prediction because a feature or the model's value was not a finite number.
     skipped: u64,
+    /// 1 when the commit's record was found landed: a replay, nothing read or written.
+    replayed: u64,
     written: WriteStats,
 }
 
@@ -178,6 +188,7 @@ impl Done {
             ("commits_missing", self.missing),
             ("commits_unreadable", self.unreadable),
             ("units_skipped_not_finite", self.skipped),
+            ("commits_replayed", self.replayed),
         ] {
             invocation.add(name, n);
         }
@@ -263,9 +274,32 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
     if adds.is_empty() {
         return Ok(done);
     }
-    let table = deps.table(&LOCATIONS).await?.ok_or(PredictError::NoTable)?;
+    if let Some(record) = landed_record(deps, version, &adds).await? {
+        // Landed after every prediction of this commit was in DynamoDB: nothing is left to do, and nothing is read.
+        info!(record, "this commit's predictions were made and landed already; a replay");
+        done.replayed = 1;
+        return Ok(done);
+    }
+    // The daily figures are read while the positions are: the added files' `ts` statistics bound the days the
+    // predictions are made on (`predict` reads again only if they did not cover them).
+    let prefetch = async {
+        let (lo, hi) = adds
+            .iter()
+            .try_fold((i64::MAX, i64::MIN), |(lo, hi), f| f.ts_range.map(|(a, b)| (lo.min(a), hi.max(b))))?;
+        let lookback = chrono::Days::new(u64::from(deps.config.stats_lookback_days));
+        let (first, last) = (date_of(lo), date_of(hi));
+        let from = first.checked_sub_days(lookback).unwrap_or(first);
+        Some(deps.figures(from, last).await.map(|f| Prefetched { from, to: last, figures: f }))
+    };
+    let positions = async {
+        let table = deps.table(&LOCATIONS).await?.ok_or(PredictError::NoTable)?;
+        let tracks = read_tracks(&table.object_store(), &adds, &|_, _| true).await?;
+        Ok::<_, PredictError>((table, tracks))
+    };
+    let (positions, prefetched) = tokio::join!(positions, prefetch);
+    let prefetched = prefetched.transpose()?;
+    let (table, mut tracks) = positions?;
     let store = table.object_store();
-    let mut tracks = read_tracks(&store, &adds, &|_, _| true).await?;
     done.positions = tracks.values().map(|t| t.positions.len() as u64).sum();
 
     // Each unit's window ends at its latest new position; earlier positions in it come from other files.
@@ -288,11 +322,25 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
             }
         }
     }
-    let (units, skipped, written) = predict(deps, tracks, Scope::Commit, version, deadline).await?;
+    let (units, skipped, written) = predict(deps, tracks, prefetched, Scope::Commit, version, deadline).await?;
     done.units = units;
     done.skipped = skipped;
     done.written = written;
     Ok(done)
+}
+
+/// The record of this commit ([`record`]), if it has been landed. Its key is dated by the newest prediction, which
+/// the added files' `ts` statistics give without reading them; when they cannot (no statistics, or the newest unit
+/// got no prediction), the key misses and the commit is predicted again, which writes only what is missing. Any
+/// object under the commit's key was landed by a run of this very commit (the key holds its version), after its
+/// DynamoDB writes: a hit means done.
+async fn landed_record(deps: &Deps, version: u64, adds: &[DataFile]) -> Result<Option<String>, PredictError> {
+    let newest = adds.iter().map(|f| f.ts_range.map(|(_, hi)| hi)).collect::<Option<Vec<i64>>>();
+    // The statistics keep milliseconds and the range is widened to the last microsecond of the newest one.
+    let Some(newest) = newest.and_then(|n| n.into_iter().max()) else { return Ok(None) };
+    let day = date_of(newest).format("%Y-%m-%d").to_string();
+    let key = record::key_of_day(&deps.config.landing_prefix, Scope::Commit, version, &day);
+    Ok(deps.store.head(&key).await?.map(|_| key))
 }
 
 /// Predicts for every unit seen within the window before the table's newest position.
@@ -324,7 +372,7 @@ async fn refresh(deps: &Deps, deadline: Instant) -> Result<(u64, Done), PredictE
     done.positions = tracks.values().map(|t| t.positions.len() as u64).sum();
     done.context_files = files.len() as u64;
     tracks.retain(|_, t| t.latest().is_some_and(|l| l >= active_from));
-    let (units, skipped, written) = predict(deps, tracks, Scope::Refresh, version, deadline).await?;
+    let (units, skipped, written) = predict(deps, tracks, None, Scope::Refresh, version, deadline).await?;
     done.units = units;
     done.skipped = skipped;
     done.written = written;
@@ -349,6 +397,7 @@ fn date_of(ts_us: i64) -> NaiveDate {
 async fn predict(
     deps: &Deps,
     tracks: HashMap<String, Track>,
+    prefetched: Option<Prefetched>,
     scope: Scope,
     source_version: u64,
     deadline: Instant,
@@ -362,7 +411,11 @@ async fn predict(
     let lookback = chrono::Days::new(u64::from(deps.config.stats_lookback_days));
     let first_day = units.iter().map(|u| date_of(u.2)).min().unwrap_or_default();
     let last_day = units.iter().map(|u| date_of(u.2)).max().unwrap_or_default();
-    let figures = deps.figures(first_day.checked_sub_days(lookback).unwrap_or(first_day), last_day).await?;
+    let from = first_day.checked_sub_days(lookback).unwrap_or(first_day);
+    let figures = match prefetched {
+        Some(p) if p.from <= from && p.to >= last_day => p.figures,
+        _ => deps.figures(from, last_day).await?,
+    };
 
     let rows: Vec<Vec<f32>> = units
         .iter()

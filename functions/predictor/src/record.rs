@@ -39,6 +39,11 @@ impl Scope {
 /// computed, so that every attempt names the same object.
 pub(crate) fn record_key(landing: &Prefix, scope: Scope, source_version: u64, computed: &[Prediction]) -> String {
     let day = computed.iter().map(|p| p.predicted_at.get(..10).unwrap_or("0001-01-01")).max().unwrap_or("0001-01-01");
+    key_of_day(landing, scope, source_version, day)
+}
+
+/// The object's key for the UTC day `day` (`YYYY-MM-DD`).
+pub(crate) fn key_of_day(landing: &Prefix, scope: Scope, source_version: u64, day: &str) -> String {
     format!("{landing}predictions/dt={day}/predictor-{}-{source_version:020}.ndjson.gz", scope.as_str())
 }
 

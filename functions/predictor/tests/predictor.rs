@@ -264,11 +264,25 @@ async fn a_commit_predicts_its_units_from_their_window_and_daily_figures_and_a_r
         assert!((got - w).abs() <= 1e-4 * w.abs().max(1.0), "tract {got} vs onnxruntime {w}");
     }
 
-    // The same commit again (SQS redelivery): every item is already there from this version.
+    // The same commit again (SQS redelivery): its record is landed, so every item is in from this version; the
+    // replay reads no position and writes nothing.
     let replay = predictor.invoke(&env.commits_event(&[("locations", latest)])).await;
     assert_eq!(replay.outcome, Ok(json!({"batchItemFailures": []})));
-    assert_eq!((metric(&replay, "predictions_written"), metric(&replay, "predictions_kept")), (0, 2));
+    assert_eq!(metric(&replay, "commits_replayed"), 1);
+    assert_eq!((metric(&replay, "positions_read"), metric(&replay, "predictions_written")), (0, 0));
     assert_eq!(env.items().await, items);
+
+    // Without its record (an attempt that stopped between DynamoDB and the landing), the commit is predicted
+    // again, and every item is found in from this very version.
+    for key in env.records().await.keys() {
+        env.moto.s3().delete_object().bucket(&env.bucket).key(key).send().await.unwrap();
+    }
+    let again = predictor.invoke(&env.commits_event(&[("locations", latest)])).await;
+    assert_eq!(again.outcome, Ok(json!({"batchItemFailures": []})));
+    assert_eq!(metric(&again, "commits_replayed"), 0);
+    assert_eq!((metric(&again, "predictions_written"), metric(&again, "predictions_kept")), (0, 2));
+    assert_eq!(env.items().await, items);
+    assert_eq!(env.records().await.len(), 1, "the record is landed again");
 }
 
 #[tokio::test]

@@ -29,6 +29,13 @@
 //! `--invoke FUNCTION --event FILE` routes nothing: it hands the event once to that function (its binary name) and
 //! prints `{"function", "answer"}` or `{"function", "error"}`: `cargo lambda invoke` for the test harness.
 //!
+//! For a run at scale (`infra/bench/scale.py`): `--mapping FUNCTION=BATCH_SIZE:WINDOW_MS` sets one SQS mapping's
+//! batch size and batching window (the deployed ones, scaled); `--time-scale S` hands each MSK batch at the time of
+//! its first record, S times faster than the records' own clock (1: as it happened); `--count-requests` puts a
+//! proxy between the functions and the stack's endpoint and reports what they asked, by service and operation. The
+//! report then holds each function's durations (p50, p99, max), peak RSS, CPU time and the sums of its metrics, and
+//! when each MSK batch was handed over.
+//!
 //! `--serve-http PORT` routes nothing either: it serves the Lambda Function URLs of the functions that have one
 //! (`function_url` in stack.json) at `http://127.0.0.1:PORT/lambda-url/<function>/<path>` — the address
 //! `cargo lambda watch` uses — turning each request into the Function URL event (payload 2.0) and the function's
@@ -68,6 +75,10 @@ struct Args {
     event: Option<PathBuf>,
     serve_http: Option<u16>,
     serve_address: String,
+    /// Per function binary: (batch size, batching window).
+    mappings: HashMap<String, (usize, Duration)>,
+    time_scale: Option<f64>,
+    count_requests: bool,
 }
 
 fn args() -> Fallible<Args> {
@@ -87,6 +98,9 @@ fn args() -> Fallible<Args> {
         event: None,
         serve_http: None,
         serve_address: "127.0.0.1".into(),
+        mappings: HashMap::new(),
+        time_scale: None,
+        count_requests: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -108,6 +122,25 @@ fn args() -> Fallible<Args> {
             "--event" => a.event = Some(v.into()),
             "--serve-http" => a.serve_http = Some(u16::try_from(n()?).map_err(|_| format!("{flag} {v}: not a port"))?),
             "--serve-address" => a.serve_address = v,
+            "--mapping" => {
+                let bad = || format!("{flag} {v}: FUNCTION=BATCH_SIZE:WINDOW_MS");
+                let (name, rest) = v.split_once('=').ok_or_else(bad)?;
+                let (size, ms) = rest.split_once(':').ok_or_else(bad)?;
+                let size = size.parse::<usize>().map_err(|_| bad())?.clamp(1, 10_000);
+                let ms = ms.parse::<u64>().map_err(|_| bad())?;
+                a.mappings.insert(name.to_owned(), (size, Duration::from_millis(ms)));
+            }
+            "--time-scale" => {
+                a.time_scale =
+                    Some(v.parse::<f64>().ok().filter(|x| *x > 0.0).ok_or(format!("{flag} {v}: a positive number"))?)
+            }
+            "--count-requests" => {
+                a.count_requests = match v.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("{flag} {v}: true or false")),
+                }
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -136,6 +169,22 @@ struct FunctionStats {
     retried: u64,
     sent_to_failure_queue: u64,
     total_ms: u64,
+    /// Each invocation's duration (to the function's answer), in microseconds; reported as percentiles.
+    #[serde(skip)]
+    durations_us: Vec<u64>,
+    /// Sums of the numeric metrics the invocations printed (EMF), with `--binaries`.
+    metrics: BTreeMap<String, f64>,
+}
+
+impl FunctionStats {
+    /// The report's figures of the durations: p50, p99, max and the sum, in milliseconds.
+    fn durations(&self) -> Value {
+        let mut d = self.durations_us.clone();
+        d.sort_unstable();
+        let at = |q: f64| d.get(((d.len() as f64 - 1.0) * q).round() as usize).map(|us| *us as f64 / 1000.0);
+        json!({"p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": at(1.0),
+               "sum_ms": d.iter().sum::<u64>() as f64 / 1000.0})
+    }
 }
 
 enum Invoker {
@@ -164,9 +213,23 @@ impl Function {
                     }
                 }
             }
-            Invoker::Harness(h) => h.lock().await.invoke(event).await.outcome,
+            Invoker::Harness(h) => {
+                let out = h.lock().await.invoke(event).await;
+                let mut s = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.durations_us.push(out.duration.as_micros() as u64);
+                let metrics = out.metrics().unwrap_or(Value::Null);
+                for (k, v) in metrics.as_object().into_iter().flatten() {
+                    if let (false, Some(n)) = (k.starts_with('_'), v.as_f64()) {
+                        *s.metrics.entry(k.clone()).or_insert(0.0) += n;
+                    }
+                }
+                out.outcome
+            }
         };
         let mut s = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(self.invoker, Invoker::Http { .. }) {
+            s.durations_us.push(started.elapsed().as_micros() as u64);
+        }
         s.invocations += 1;
         s.total_ms += started.elapsed().as_millis() as u64;
         if outcome.is_err() {
@@ -188,9 +251,18 @@ struct Router {
     record: Option<Mutex<std::fs::File>>,
     batch_size: usize,
     window: Duration,
+    mappings: HashMap<String, (usize, Duration)>,
+    time_scale: Option<f64>,
+    /// Each MSK batch handed over: file name, when (ms since the epoch), and when it was done.
+    msk_log: Mutex<Vec<Value>>,
 }
 
 impl Router {
+    /// The batch size and batching window of `function`'s SQS mapping.
+    fn mapping(&self, function: &str) -> (usize, Duration) {
+        self.mappings.get(function).copied().unwrap_or((self.batch_size, self.window))
+    }
+
     fn record(&self, function: &str, kind: &str, event: &Value) {
         if let Some(f) = &self.record {
             let line = json!({"function": function, "kind": kind, "event": event});
@@ -323,17 +395,18 @@ async fn settle(r: &Router, f: &Function, url: &str, m: &aws_sdk_sqs::types::Mes
 
 /// An SQS event source mapping.
 async fn sqs_mapping(r: Arc<Router>, f: Arc<Function>, url: String, arn: String) {
+    let (batch_size, window) = r.mapping(&f.binary);
     while !r.stopping.load(Ordering::SeqCst) {
-        let mut batch = receive(&r, &url, r.batch_size, 1).await;
+        let mut batch = receive(&r, &url, batch_size, 1).await;
         if batch.is_empty() {
             continue;
         }
         let _busy = Busy::new(&r.in_flight);
         let started = Instant::now();
-        while batch.len() < r.batch_size && started.elapsed() < r.window {
-            let more = receive(&r, &url, r.batch_size - batch.len(), 0).await;
+        while batch.len() < batch_size && started.elapsed() < window {
+            let more = receive(&r, &url, batch_size - batch.len(), 0).await;
             if more.is_empty() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(window.as_millis().clamp(1, 100) as u64)).await;
             }
             batch.extend(more);
         }
@@ -404,8 +477,8 @@ async fn msk_feeder(r: Arc<Router>, f: Arc<Function>, dir: PathBuf, done: Arc<At
         })
         .unwrap_or_default();
     files.sort();
+    let (started, mut first_record) = (Instant::now(), None);
     for path in files {
-        let _busy = Busy::new(&r.in_flight);
         let Ok(event) = std::fs::read(&path)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
@@ -413,10 +486,25 @@ async fn msk_feeder(r: Arc<Router>, f: Arc<Function>, dir: PathBuf, done: Arc<At
             eprintln!("router: {} is not an MSK event; skipped", path.display());
             continue;
         };
+        if let (Some(scale), Some(at)) = (r.time_scale, earliest_record_ms(&event)) {
+            // As the records arrived, `scale` times faster.
+            let since = (at - *first_record.get_or_insert(at)).max(0) as f64 / scale;
+            let due = started + Duration::from_secs_f64(since / 1000.0);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let _busy = Busy::new(&r.in_flight);
+        let handed = now_ms();
         r.record(&f.binary, "msk", &event);
         for attempt in 1..=10u32 {
             match f.invoke(&event).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    r.msk_log
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(json!({"file": name, "handed_ms": handed, "done_ms": now_ms(), "attempts": attempt}));
+                    break;
+                }
                 Err(error) => {
                     eprintln!("router: {} failed on {} (attempt {attempt}): {error}", f.binary, path.display());
                     f.count(|s| s.retried += 1);
@@ -426,6 +514,22 @@ async fn msk_feeder(r: Arc<Router>, f: Arc<Function>, dir: PathBuf, done: Arc<At
         }
     }
     done.store(true, Ordering::SeqCst);
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The earliest record timestamp (ms) of an MSK event.
+fn earliest_record_ms(event: &Value) -> Option<i64> {
+    event["records"]
+        .as_object()?
+        .values()
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(|r| r["timestamp"].as_i64())
+        .min()
 }
 
 async fn run() -> Fallible<Value> {
@@ -465,7 +569,17 @@ async fn run() -> Fallible<Value> {
         record,
         batch_size: a.batch_size,
         window: a.window,
+        mappings: a.mappings.clone(),
+        time_scale: a.time_scale,
+        msk_log: Mutex::default(),
     });
+    // What the functions ask of the stack's endpoint, counted on the way.
+    if a.count_requests && a.binaries.is_none() {
+        return Err("--count-requests needs --binaries (the functions' endpoints are set here)".into());
+    }
+    // Per function, what it asked of AWS: each endpoint it is given (the stack's, and DynamoDB's own when the stack
+    // names one) gets a counting proxy of its own.
+    let mut counted: BTreeMap<String, Vec<(&str, String, fleetlake_testkit::RequestCounts)>> = BTreeMap::new();
 
     // The functions, each with its invoker.
     let mut functions: HashMap<String, Arc<Function>> = HashMap::new();
@@ -496,6 +610,16 @@ async fn run() -> Fallible<Value> {
                     .collect();
                 for (k, v) in def["environment"].as_object().into_iter().flatten() {
                     vars.push((k.clone(), v.as_str().unwrap_or_default().to_owned()));
+                }
+                if a.count_requests {
+                    for name in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"] {
+                        if let Some(target) = env.get(name) {
+                            let (endpoint, counts) = fleetlake_testkit::counting_proxy(target.clone()).await;
+                            vars.retain(|(k, _)| k != name);
+                            vars.push((name.to_owned(), endpoint.clone()));
+                            counted.entry(binary.clone()).or_default().push((name, endpoint, counts));
+                        }
+                    }
                 }
                 vars.push((
                     "AWS_LAMBDA_LOG_LEVEL".into(),
@@ -635,10 +759,30 @@ async fn run() -> Fallible<Value> {
     }
     let mut per_function = BTreeMap::new();
     for (name, f) in &functions {
-        per_function.insert(name.clone(), f.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
+        let stats = f.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut entry = serde_json::to_value(&stats).map_err(|e| e.to_string())?;
+        entry["durations"] = stats.durations();
+        if let Invoker::Harness(h) = &f.invoker {
+            let h = h.lock().await;
+            entry["peak_rss_bytes"] = json!(h.peak_rss_bytes());
+            entry["cpu_seconds"] = json!(h.cpu_seconds());
+            entry["log_bytes"] = json!(h.log_bytes());
+        }
+        per_function.insert(name.clone(), entry);
+    }
+    let msk = std::mem::take(&mut *router.msk_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let mut requests: Option<BTreeMap<String, BTreeMap<String, u64>>> = a.count_requests.then(BTreeMap::new);
+    for (function, proxies) in &counted {
+        let mine = requests.get_or_insert_default().entry(function.clone()).or_default();
+        for (_, _, counts) in proxies {
+            for (op, n) in counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+                *mine.entry(op.clone()).or_insert(0) += n;
+            }
+        }
     }
     Ok(json!({"idle": !timed_out, "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-              "replayed": replayed, "functions": per_function, "dead_letter_queues": dead_letters}))
+              "replayed": replayed, "functions": per_function, "dead_letter_queues": dead_letters,
+              "msk_batches": msk, "requests": requests}))
 }
 
 /// Serves `/lambda-url/<function>/<path>` as that function's Function URL until the process is stopped.

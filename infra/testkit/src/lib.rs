@@ -12,9 +12,11 @@ mod postgres;
 mod proxy;
 mod runtime;
 
-pub use moto::Moto;
+pub use moto::{config_for, create_predictions_table, Dynoxide, Moto};
 pub use postgres::{pg_bindir, Postgres, PG_ADMIN};
-pub use proxy::{forwarding_proxy, serialising_proxy, through, BeforeForward};
+pub use proxy::{
+    counting_proxy, forwarding_proxy, operation, serialising_proxy, through, BeforeForward, RequestCounts,
+};
 pub use runtime::{Invocation, LambdaHarness};
 
 use std::path::PathBuf;

@@ -40,14 +40,7 @@ impl Moto {
 
     /// SDK configuration for this server (static test credentials, us-east-1).
     pub fn sdk_config(&self) -> SdkConfig {
-        SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(Credentials::new(
-                "testing", "testing", None, None, "testkit",
-            )))
-            .build()
+        config_for(&self.endpoint)
     }
 
     /// A path-style S3 client for this server.
@@ -146,41 +139,7 @@ impl Moto {
 
     /// Creates the predictions table as the local stack does (`tables` of `infra/local/stack.json`) under `name`.
     pub async fn predictions_table(&self, name: &str) -> aws_sdk_dynamodb::Client {
-        use aws_sdk_dynamodb::types::{
-            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
-        };
-        let stack: serde_json::Value =
-            serde_json::from_str(include_str!("../../local/stack.json")).expect("stack.json is JSON");
-        let def = &stack["tables"][0];
-        let (hash, range) =
-            (def["hash_key"].as_str().unwrap_or_default(), def["range_key"].as_str().unwrap_or_default());
-        let attr = |n: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(n)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("attr")
-        };
-        let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build().expect("key");
-        let client = aws_sdk_dynamodb::Client::new(&self.sdk_config());
-        client
-            .create_table()
-            .table_name(name)
-            .attribute_definitions(attr(hash))
-            .attribute_definitions(attr(range))
-            .key_schema(key(hash, KeyType::Hash))
-            .key_schema(key(range, KeyType::Range))
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .expect("create the predictions table");
-        let ttl = TimeToLiveSpecification::builder()
-            .enabled(true)
-            .attribute_name(def["ttl_attribute"].as_str().unwrap_or_default())
-            .build()
-            .expect("ttl");
-        client.update_time_to_live().table_name(name).time_to_live_specification(ttl).send().await.expect("TTL");
-        client
+        create_predictions_table(&self.sdk_config(), name).await
     }
 
     /// Every key in `bucket` under `prefix`, sorted.
@@ -207,4 +166,95 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Creates the predictions table as the local stack does (`tables` of `infra/local/stack.json`) under `name`, on the
+/// DynamoDB that `config` reaches (moto, or [`Dynoxide`](crate::Dynoxide)).
+pub async fn create_predictions_table(config: &SdkConfig, name: &str) -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    };
+    let stack: serde_json::Value =
+        serde_json::from_str(include_str!("../../local/stack.json")).expect("stack.json is JSON");
+    let def = &stack["tables"][0];
+    let (hash, range) = (def["hash_key"].as_str().unwrap_or_default(), def["range_key"].as_str().unwrap_or_default());
+    let attr = |n: &str| {
+        AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().expect("attr")
+    };
+    let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build().expect("key");
+    let client = aws_sdk_dynamodb::Client::new(config);
+    client
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(attr(hash))
+        .attribute_definitions(attr(range))
+        .key_schema(key(hash, KeyType::Hash))
+        .key_schema(key(range, KeyType::Range))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create the predictions table");
+    let ttl = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(def["ttl_attribute"].as_str().unwrap_or_default())
+        .build()
+        .expect("ttl");
+    client.update_time_to_live().table_name(name).time_to_live_specification(ttl).send().await.expect("TTL");
+    client
+}
+
+/// A running dynoxide server (a DynamoDB emulator in Rust backed by SQLite, from crates.io), for benchmarks that
+/// must see the caller's cost and not the emulator's: moto does Python work per item under one interpreter lock.
+/// Killed when dropped.
+#[derive(Debug)]
+pub struct Dynoxide {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl Dynoxide {
+    /// Starts `binary` (`make bench-predict` installs it) in memory on a free port and waits until it answers.
+    pub async fn start(binary: &std::path::Path) -> Dynoxide {
+        assert!(binary.exists(), "{} is missing (make bench-predict installs it)", binary.display());
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--log", "quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start dynoxide");
+        let server = Dynoxide { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let client = aws_sdk_dynamodb::Client::new(&server.sdk_config());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.list_tables().send().await.is_err() {
+            assert!(Instant::now() < deadline, "dynoxide did not answer on {} within 30 s", server.endpoint);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    /// SDK configuration for this server (the test credentials, us-east-1).
+    pub fn sdk_config(&self) -> SdkConfig {
+        config_for(&self.endpoint)
+    }
+}
+
+impl Drop for Dynoxide {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SDK configuration for a local endpoint: static test credentials, us-east-1.
+pub fn config_for(endpoint: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(Credentials::new(
+            "testing", "testing", None, None, "testkit",
+        )))
+        .build()
 }

@@ -53,6 +53,75 @@ pub async fn serialising_proxy(target: String) -> String {
     serve(app).await
 }
 
+/// Requests counted by [`counting_proxy`]: `service:Operation` → how many.
+pub type RequestCounts = Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
+
+/// Starts a proxy on a free loopback port that forwards every request to `target` as it is and counts it by
+/// service and operation ([`operation`]): what a run asks of AWS, for the cost model. An answer of 400 or more is
+/// also counted as `<operation> <status>` (a create-only PUT that lost its race: `s3:PutObject 412`). Returns its
+/// endpoint and the counts.
+pub async fn counting_proxy(target: String) -> (String, RequestCounts) {
+    let http = client();
+    let counts = RequestCounts::default();
+    let counted = counts.clone();
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (http, target, counted) = (http.clone(), target.clone(), counted.clone());
+        async move {
+            let op = operation(&method, &uri, &headers, &body);
+            let response = forward(&http, &target, method, &uri, &headers, body).await;
+            let status = response.status().as_u16();
+            let mut counted = counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if status >= 400 {
+                *counted.entry(format!("{op} {status}")).or_insert(0) += 1;
+            }
+            *counted.entry(op).or_insert(0) += 1;
+            response
+        }
+    });
+    (serve(app).await, counts)
+}
+
+/// `service:Operation` of a signed AWS request: the service from the signature's credential scope, the operation
+/// from `X-Amz-Target` (JSON protocols), `Action=` (query protocols) or, for S3's REST API, the method and query.
+pub fn operation(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let service = header("authorization")
+        .split("Credential=")
+        .nth(1)
+        .and_then(|c| c.split([',', ' ']).next())
+        .and_then(|scope| scope.split('/').nth(3))
+        .unwrap_or("unsigned")
+        .to_owned();
+    if let Some(op) = header("x-amz-target").rsplit('.').next().filter(|op| !op.is_empty()) {
+        return format!("{service}:{op}");
+    }
+    let query = uri.query().unwrap_or_default();
+    let has = |name: &str| query.split('&').any(|kv| kv == name || kv.starts_with(&format!("{name}=")));
+    if service == "s3" {
+        let object = uri.path().trim_start_matches('/').contains('/');
+        let op = match *method {
+            Method::GET if has("list-type") || has("prefix") || !object => "ListObjects",
+            Method::GET => "GetObject",
+            Method::HEAD if object => "HeadObject",
+            Method::HEAD => "HeadBucket",
+            Method::PUT if has("partNumber") => "UploadPart",
+            Method::PUT if headers.contains_key("x-amz-copy-source") => "CopyObject",
+            Method::PUT if object => "PutObject",
+            Method::PUT => "CreateBucket",
+            Method::POST if has("uploads") => "CreateMultipartUpload",
+            Method::POST if has("uploadId") => "CompleteMultipartUpload",
+            Method::POST if has("delete") => "DeleteObjects",
+            Method::DELETE if has("uploadId") => "AbortMultipartUpload",
+            Method::DELETE => "DeleteObject",
+            _ => "Other",
+        };
+        return format!("s3:{op}");
+    }
+    let form = std::str::from_utf8(body).unwrap_or_default();
+    let action = form.split('&').chain(query.split('&')).find_map(|kv| kv.strip_prefix("Action="));
+    format!("{service}:{}", action.unwrap_or("Other"))
+}
+
 /// The proxy's client: redirects are the caller's to follow.
 fn client() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("HTTP client")

@@ -43,6 +43,8 @@ pub struct Invocation {
     pub outcome: Result<Value, Value>,
     /// stdout lines printed during the invocation (EMF metrics lines among them).
     pub stdout: Vec<String>,
+    /// From handing the event over to the function's answer (Lambda's billed `Duration`, near enough).
+    pub duration: Duration,
 }
 
 impl Invocation {
@@ -134,11 +136,13 @@ impl LambdaHarness {
     /// Invokes the function with `event` and waits (up to 120 s) for its response or error.
     pub async fn invoke(&mut self, event: &Value) -> Invocation {
         let seen = self.stdout.lock().expect("lock").len();
+        let started = Instant::now();
         let outcome = self.answer(event).await;
+        let duration = started.elapsed();
         // Give the pipe a moment to deliver what was printed before the response was posted.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let stdout = self.stdout.lock().expect("lock")[seen..].to_vec();
-        Invocation { outcome, stdout }
+        Invocation { outcome, stdout, duration }
     }
 
     /// Invokes the function with `event` and returns its response or error as soon as it is posted, without the
@@ -203,6 +207,15 @@ impl LambdaHarness {
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
         Some(ticks as f64 / 100.0)
+    }
+
+    /// Bytes the function wrote to stdout and stderr so far (what its log group would ingest, the runtime's own
+    /// START/END/REPORT lines aside).
+    pub fn log_bytes(&self) -> u64 {
+        let count = |lines: &Arc<Mutex<Vec<String>>>| {
+            lines.lock().expect("lock").iter().map(|l| l.len() as u64 + 1).sum::<u64>()
+        };
+        count(&self.stdout) + count(&self.stderr)
     }
 
     /// Everything the function wrote to stderr so far (its logs).

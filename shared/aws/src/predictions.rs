@@ -11,18 +11,23 @@
 //! already holds this `source_version` (a replay) or a newer one is left alone. A writer racing between the read
 //! and the write could still replace a newer item; the window is one round trip.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use chrono::{DateTime, Datelike, SecondsFormat};
+use futures::StreamExt as _;
 use tracing::{info, instrument, warn};
 
 /// Most items per BatchWriteItem.
 const WRITE_CHUNK: usize = 25;
 /// Most keys per BatchGetItem.
 const READ_CHUNK: usize = 100;
+/// Batch calls in flight at once by default: 2,000 predictions are 20 reads and 80 writes, which one at a time wait
+/// out 100 round trips (32 at once: 4). A burst of 32 writes is 800 write units, within what an on-demand table
+/// takes at once.
+pub const DEFAULT_CONCURRENCY: usize = 32;
 
 /// The `predicted_at` key of a prediction made at `micros` (µs since the epoch): `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 /// Every key has the same length and layout, so DynamoDB's byte order of keys is time order. `None` outside
@@ -220,12 +225,14 @@ pub struct PredictionStore {
     table: String,
     /// First backoff between retries of unprocessed items; doubles, full jitter, capped at 2 s.
     pub backoff_base: Duration,
+    /// BatchGetItem and BatchWriteItem calls in flight at once ([`DEFAULT_CONCURRENCY`]).
+    pub concurrency: usize,
 }
 
 impl PredictionStore {
     /// An adapter for `table`.
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into(), backoff_base: Duration::from_millis(50) }
+        Self { client, table: table.into(), backoff_base: Duration::from_millis(50), concurrency: DEFAULT_CONCURRENCY }
     }
 
     fn error(&self, op: &'static str, message: impl Into<String>) -> PredictionsError {
@@ -271,7 +278,9 @@ impl PredictionStore {
         Ok(out)
     }
 
-    /// Writes what [`PredictionStore::unstored`] found missing.
+    /// Writes what [`PredictionStore::unstored`] found missing, [`PredictionStore::concurrency`] BatchWriteItem
+    /// calls at a time. The first failure fails the write (the calls still in flight are dropped; a retry writes
+    /// their items again, which changes nothing).
     #[instrument(skip_all, fields(table = %self.table, predictions = unstored.fresh.len()))]
     pub async fn write_unstored(
         &self,
@@ -279,96 +288,129 @@ impl PredictionStore {
         deadline: Instant,
     ) -> Result<WriteStats, PredictionsError> {
         let mut stats = WriteStats { kept: unstored.kept, ..WriteStats::default() };
-        for chunk in unstored.fresh.chunks(WRITE_CHUNK) {
-            let mut pending: Vec<WriteRequest> = chunk
-                .iter()
-                .filter_map(|p| PutRequest::builder().set_item(Some(p.item(unstored.written_by))).build().ok())
-                .map(|put| WriteRequest::builder().put_request(put).build())
-                .collect();
-            let mut attempt = 0u32;
-            while !pending.is_empty() {
-                if attempt > 0 {
-                    let cap = (self.backoff_base.as_millis() as u64).saturating_mul(1 << attempt.min(6)).min(2_000);
-                    let wait = Duration::from_millis(fastrand::u64(0..=cap));
-                    if Instant::now() + wait >= deadline {
-                        return Err(self.error(
-                            "BatchWriteItem",
-                            format!(
-                                "{} item(s) still unprocessed at the deadline after {attempt} attempts",
-                                pending.len()
-                            ),
-                        ));
-                    }
-                    tokio::time::sleep(wait).await;
-                }
-                attempt += 1;
-                stats.batch_calls += 1;
-                let sent = pending.len();
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, std::mem::take(&mut pending))
-                    .send()
-                    .await
-                    .map_err(|e| self.failed("BatchWriteItem", e))?;
-                pending = out.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default();
-                if !pending.is_empty() {
-                    warn!(unprocessed = pending.len(), attempt, "items handed back unprocessed; retrying");
-                    stats.retried_items += pending.len() as u64;
-                }
-                stats.written += (sent - pending.len()) as u64;
-            }
+        // The calls made up front: a stream mapping borrowed chunks through a closure is no future a spawned task can
+        // hold (its closure would have to work for every lifetime).
+        let calls: Vec<_> = unstored
+            .fresh
+            .chunks(WRITE_CHUNK)
+            .map(|chunk| self.write_chunk(chunk, unstored.written_by, deadline))
+            .collect();
+        let mut calls = futures::stream::iter(calls).buffer_unordered(self.concurrency.max(1));
+        while let Some(chunk) = calls.next().await {
+            let chunk = chunk?;
+            stats.written += chunk.written;
+            stats.batch_calls += chunk.batch_calls;
+            stats.retried_items += chunk.retried_items;
         }
         info!(written = stats.written, kept = stats.kept, calls = stats.batch_calls, "predictions written");
         Ok(stats)
     }
 
-    /// The `source_version` of the items that exist already, by key.
+    /// One BatchWriteItem of at most [`WRITE_CHUNK`] items, and its unprocessed items again with backoff until
+    /// `deadline`.
+    async fn write_chunk(
+        &self,
+        chunk: &[&Prediction],
+        written_by: Option<&str>,
+        deadline: Instant,
+    ) -> Result<WriteStats, PredictionsError> {
+        let mut stats = WriteStats::default();
+        let mut pending: Vec<WriteRequest> = chunk
+            .iter()
+            .filter_map(|p| PutRequest::builder().set_item(Some(p.item(written_by))).build().ok())
+            .map(|put| WriteRequest::builder().put_request(put).build())
+            .collect();
+        let mut attempt = 0u32;
+        while !pending.is_empty() {
+            if attempt > 0 {
+                let cap = (self.backoff_base.as_millis() as u64).saturating_mul(1 << attempt.min(6)).min(2_000);
+                let wait = Duration::from_millis(fastrand::u64(0..=cap));
+                if Instant::now() + wait >= deadline {
+                    return Err(self.error(
+                        "BatchWriteItem",
+                        format!("{} item(s) still unprocessed at the deadline after {attempt} attempts", pending.len()),
+                    ));
+                }
+                tokio::time::sleep(wait).await;
+            }
+            attempt += 1;
+            stats.batch_calls += 1;
+            let sent = pending.len();
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, std::mem::take(&mut pending))
+                .send()
+                .await
+                .map_err(|e| self.failed("BatchWriteItem", e))?;
+            pending = out.unprocessed_items().and_then(|u| u.get(&self.table)).cloned().unwrap_or_default();
+            if !pending.is_empty() {
+                warn!(unprocessed = pending.len(), attempt, "items handed back unprocessed; retrying");
+                stats.retried_items += pending.len() as u64;
+            }
+            stats.written += (sent - pending.len()) as u64;
+        }
+        Ok(stats)
+    }
+
+    /// The `source_version` (and `written_by`) of the items that exist already, by key: one BatchGetItem per
+    /// [`READ_CHUNK`] distinct keys, [`PredictionStore::concurrency`] at a time.
     async fn stored_versions(
         &self,
         predictions: &[Prediction],
         deadline: Instant,
     ) -> Result<HashMap<(String, String), (u64, Option<String>)>, PredictionsError> {
+        let mut seen = HashSet::new();
+        let distinct: Vec<&Prediction> =
+            predictions.iter().filter(|p| seen.insert((&p.transport_unit_id, &p.predicted_at))).collect();
+        let reads: Vec<_> = distinct.chunks(READ_CHUNK).map(|chunk| self.read_chunk(chunk, deadline)).collect();
+        let mut reads = futures::stream::iter(reads).buffer_unordered(self.concurrency.max(1));
         let mut found = HashMap::new();
-        for chunk in predictions.chunks(READ_CHUNK) {
-            let mut keys: Vec<HashMap<String, AttributeValue>> = chunk.iter().map(Prediction::key).collect();
-            keys.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-            keys.dedup();
-            let mut attempt = 0u32;
-            while !keys.is_empty() {
-                if attempt > 0 {
-                    if Instant::now() >= deadline {
-                        return Err(self.error("BatchGetItem", "keys still unprocessed at the deadline"));
-                    }
-                    tokio::time::sleep(self.backoff_base * attempt).await;
+        while let Some(items) = reads.next().await {
+            found.extend(items?);
+        }
+        Ok(found)
+    }
+
+    /// One BatchGetItem of at most [`READ_CHUNK`] distinct keys, and its unprocessed keys again until `deadline`.
+    async fn read_chunk(
+        &self,
+        chunk: &[&Prediction],
+        deadline: Instant,
+    ) -> Result<Vec<((String, String), (u64, Option<String>))>, PredictionsError> {
+        let mut found = Vec::with_capacity(chunk.len());
+        let mut keys: Vec<HashMap<String, AttributeValue>> = chunk.iter().map(|p| p.key()).collect();
+        let mut attempt = 0u32;
+        while !keys.is_empty() {
+            if attempt > 0 {
+                if Instant::now() >= deadline {
+                    return Err(self.error("BatchGetItem", "keys still unprocessed at the deadline"));
                 }
-                attempt += 1;
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(std::mem::take(&mut keys)))
-                    .projection_expression("transport_unit_id, predicted_at, source_version, written_by")
-                    .build()
-                    .map_err(|e| self.error("BatchGetItem", e.to_string()))?;
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(|e| self.failed("BatchGetItem", e))?;
-                for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
-                    let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-                    let v = item.get("source_version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok());
-                    let by = item.get("written_by").and_then(|v| v.as_s().ok()).cloned();
-                    if let Some(v) = v {
-                        found.insert((s("transport_unit_id"), s("predicted_at")), (v, by));
-                    }
-                }
-                keys = out
-                    .unprocessed_keys()
-                    .and_then(|u| u.get(&self.table))
-                    .map(|k| k.keys().to_vec())
-                    .unwrap_or_default();
+                tokio::time::sleep(self.backoff_base * attempt).await;
             }
+            attempt += 1;
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut keys)))
+                .projection_expression("transport_unit_id, predicted_at, source_version, written_by")
+                .build()
+                .map_err(|e| self.error("BatchGetItem", e.to_string()))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| self.failed("BatchGetItem", e))?;
+            for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                let v = item.get("source_version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok());
+                let by = item.get("written_by").and_then(|v| v.as_s().ok()).cloned();
+                if let Some(v) = v {
+                    found.push(((s("transport_unit_id"), s("predicted_at")), (v, by)));
+                }
+            }
+            keys =
+                out.unprocessed_keys().and_then(|u| u.get(&self.table)).map(|k| k.keys().to_vec()).unwrap_or_default();
         }
         Ok(found)
     }

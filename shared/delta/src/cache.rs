@@ -2,6 +2,7 @@
 //! instead of being loaded again.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use deltalake::{DeltaTable, DeltaTableError};
 use fleetlake_core::bronze::TableSpec;
@@ -10,17 +11,26 @@ use tracing::warn;
 
 use crate::{open_existing, open_or_create, DeltaError, DeltaSettings};
 
-/// The bronze tables a function has open, by name.
+/// One table's place in the cache: empty while a writer has it out, or before it is first opened.
+type Slot = Arc<Mutex<Option<DeltaTable>>>;
+
+/// The bronze tables a function has open, by name. Each table has a lock of its own: two tables are loaded or
+/// brought up to date at the same time.
 #[derive(Debug)]
 pub struct TableCache {
     settings: DeltaSettings,
-    tables: Mutex<HashMap<&'static str, DeltaTable>>,
+    slots: std::sync::Mutex<HashMap<&'static str, Slot>>,
 }
 
 impl TableCache {
     /// An empty cache of the tables under `settings.bronze_url`.
     pub fn new(settings: DeltaSettings) -> Self {
-        Self { settings, tables: Mutex::new(HashMap::new()) }
+        Self { settings, slots: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    fn slot(&self, spec: &'static TableSpec) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(slots.entry(spec.name).or_default())
     }
 
     /// Where the tables live.
@@ -30,8 +40,9 @@ impl TableCache {
 
     /// The table at its latest version, or `None` when it does not exist (yet). Readers use this.
     pub async fn latest(&self, spec: &'static TableSpec) -> Result<Option<DeltaTable>, DeltaError> {
-        let mut tables = self.tables.lock().await;
-        let table = match tables.remove(spec.name) {
+        let slot = self.slot(spec);
+        let mut kept = slot.lock().await;
+        let table = match kept.take() {
             Some(mut t) => match t.update_incremental(None).await {
                 Ok(()) => t,
                 Err(e) => {
@@ -47,14 +58,14 @@ impl TableCache {
                 None => return Ok(None),
             },
         };
-        tables.insert(spec.name, table.clone());
+        *kept = Some(table.clone());
         Ok(Some(table))
     }
 
     /// The table at its latest version, created (or evolved to the schema) first when needed; taken out of the
     /// cache until [`TableCache::put`] returns it. Writers use this.
     pub async fn take_or_create(&self, spec: &'static TableSpec) -> Result<DeltaTable, DeltaError> {
-        let kept = self.tables.lock().await.remove(spec.name);
+        let kept = self.slot(spec).lock().await.take();
         match kept {
             Some(mut table) => match table.update_incremental(None).await {
                 Ok(()) => Ok(table),
@@ -69,7 +80,7 @@ impl TableCache {
 
     /// Keeps `table` for the next invocation.
     pub async fn put(&self, spec: &'static TableSpec, table: DeltaTable) {
-        self.tables.lock().await.insert(spec.name, table);
+        *self.slot(spec).lock().await = Some(table);
     }
 
     async fn open(&self, spec: &'static TableSpec) -> Result<Option<DeltaTable>, DeltaError> {

@@ -14,6 +14,8 @@ pub struct ActiveFile {
     pub partition: Option<String>,
     /// The file's statistics as JSON (`numRecords`, `minValues`, `maxValues`), when recorded.
     pub stats: Option<String>,
+    /// Its size in bytes, as the log records it (a reader that knows it needs no HEAD request first).
+    pub size: u64,
 }
 
 /// The active data files of `table` at its loaded version.
@@ -27,6 +29,7 @@ pub fn active_files(table: &DeltaTable, spec: &'static TableSpec) -> Result<Vec<
             path: f.object_store_path().to_string(),
             partition: column.and_then(|c| f.partition_values_map().get(c).cloned().flatten()),
             stats: f.stats(),
+            size: u64::try_from(f.size()).unwrap_or(0),
         })
         .collect())
 }

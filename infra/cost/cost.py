@@ -234,8 +234,8 @@ def main():
 
     doc = Path(args.doc)
     text = doc.read_text()
-    new, count = re.subn(r"(<!-- cost:begin -->\n).*?(\n<!-- cost:end -->)", lambda mt: mt[1] + table + mt[2], text,
-                         flags=re.S)
+    new, count = re.subn(r"(<!-- cost:begin -->\n).*?(<!-- cost:end -->)", lambda mt: mt[1] + table + "\n" + mt[2],
+                         text, flags=re.S)
     if count != 1:
         raise SystemExit(f"{doc} has no <!-- cost:begin --> ... <!-- cost:end --> section")
     doc.write_text(new)

@@ -119,7 +119,9 @@ def lake_figures(s3, bucket, storage):
 
 def commit_latencies(s3, bucket, msk_dir, msk_log):
     """For each MSK batch: from being handed to msk-lander to the commit of bronze/locations holding the last of its
-    valid positions (ms). Commit times are the commits' own `commitInfo.timestamp`."""
+    valid positions (ms). Commit times are the commits' own `commitInfo.timestamp`: the writer's clock when it built
+    the commit, which is when it became visible as long as one delta-writer runs (the router runs one process per
+    function); with writers racing, a commit that lost a race and was retried would show earlier than it was."""
     where = {}  # (partition, offset) -> commit time (ms)
     prefix = "bronze/locations/_delta_log/"
     keys = []

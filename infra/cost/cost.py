@@ -72,6 +72,9 @@ class Measured:
     """The measured runs, and any quantity of them at another fleet size."""
 
     def __init__(self, runs):
+        short = [r["units"] for r in runs if r.get("hours", 24) != 24]
+        if short:
+            raise SystemExit(f"runs of {short} units are not a whole day (--hours 24): the model prices days")
         self.runs = sorted(runs, key=lambda r: r["units"])
 
     def at(self, units, get):

@@ -288,6 +288,11 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
             .try_fold((i64::MAX, i64::MIN), |(lo, hi), f| f.ts_range.map(|(a, b)| (lo.min(a), hi.max(b))))?;
         let lookback = chrono::Days::new(u64::from(deps.config.stats_lookback_days));
         let (first, last) = (date_of(lo), date_of(hi));
+        // A backlog of old positions in the commit would widen the days far beyond the predictions' own: read
+        // ahead only for a commit of a day or two; otherwise `predict` reads what its units need.
+        if (last - first).num_days() > 1 {
+            return None;
+        }
         let from = first.checked_sub_days(lookback).unwrap_or(first);
         Some(deps.figures(from, last).await.map(|f| Prefetched { from, to: last, figures: f }))
     };

@@ -217,10 +217,12 @@ impl Function {
                 let out = h.lock().await.invoke(event).await;
                 let mut s = self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.durations_us.push(out.duration.as_micros() as u64);
-                let metrics = out.metrics().unwrap_or(Value::Null);
-                for (k, v) in metrics.as_object().into_iter().flatten() {
-                    if let (false, Some(n)) = (k.starts_with('_'), v.as_f64()) {
-                        *s.metrics.entry(k.clone()).or_insert(0.0) += n;
+                // The metrics the EMF line declares (not its properties, such as a table version).
+                let line = out.metrics().unwrap_or(Value::Null);
+                let declared = line["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().cloned().unwrap_or_default();
+                for name in declared.iter().filter_map(|m| m["Name"].as_str()) {
+                    if let Some(n) = line[name].as_f64() {
+                        *s.metrics.entry(name.to_owned()).or_insert(0.0) += n;
                     }
                 }
                 out.outcome

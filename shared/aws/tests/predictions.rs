@@ -112,6 +112,8 @@ async fn throttled_batch_writes_are_retried_until_every_item_is_in() {
     let config = aws_sdk_dynamodb::config::Builder::from(&moto.sdk_config()).endpoint_url(&proxy).build();
     let mut store = PredictionStore::new(aws_sdk_dynamodb::Client::from_conf(config), TABLE);
     store.backoff_base = Duration::from_millis(5);
+    // One call at a time, so that which calls are throttled is known.
+    store.concurrency = 1;
 
     // GIVEN DynamoDB hands back every item of the first 3 BatchWriteItem calls
     let predictions: Vec<Prediction> = (0..30).map(|u| prediction(u, 1, u as f64)).collect();
@@ -119,6 +121,24 @@ async fn throttled_batch_writes_are_retried_until_every_item_is_in() {
     // THEN the first chunk of 25 went out 4 times, the second once, and every item is in
     assert_eq!((stats.written, stats.batch_calls, stats.retried_items), (30, 5, 75));
     assert_eq!(count(&direct).await, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_batch_writes_in_flight_together_are_each_retried_until_every_item_is_in() {
+    let moto = Moto::start().await;
+    let direct = moto.predictions_table(TABLE).await;
+    let proxy = throttling_proxy(moto.endpoint.clone(), 3).await;
+    let config = aws_sdk_dynamodb::config::Builder::from(&moto.sdk_config()).endpoint_url(&proxy).build();
+    let mut store = PredictionStore::new(aws_sdk_dynamodb::Client::from_conf(config), TABLE);
+    store.backoff_base = Duration::from_millis(5);
+
+    // GIVEN 130 predictions (6 chunks, sent together) and DynamoDB handing back every item of the first 3 calls
+    let predictions: Vec<Prediction> = (0..130).map(|u| prediction(u, 1, u as f64)).collect();
+    let stats = store.write(&predictions, Instant::now() + Duration::from_secs(30)).await.unwrap();
+    // THEN three calls were sent again, whichever they were, and every item is in once
+    assert_eq!((stats.written, stats.batch_calls), (130, 9));
+    assert!(stats.retried_items >= 3 * 5 && stats.retried_items <= 3 * 25, "{stats:?}");
+    assert_eq!(count(&direct).await, 130);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,8 @@ COLOURS = ["#4e79a7", "#a0cbe8", "#f28e2b", "#ffbe7d", "#59a14f", "#8cd17d", "#b
            "#e15759", "#ff9d9a", "#79706e", "#d37295", "#b07aa1"]
 
 
-def memory_mb():
+def template_figures():
+    """Each function's MemorySize (MB), and how many alarms and KMS keys the template has."""
     import stack
     t = stack.load_template(ROOT / "template.yaml")
     default = t.get("Globals", {}).get("Function", {}).get("MemorySize", 128)
@@ -202,7 +203,7 @@ def main():
     prices = json.loads(Path(args.prices).read_text())
     baselines = json.loads(Path(args.baselines).read_text())
     python = {k: v for k, v in baselines.items() if not k.startswith("_")}
-    mem, alarms, keys = memory_mb()
+    mem, alarms, keys = template_figures()
     m = Measured(runs)
 
     rows = []

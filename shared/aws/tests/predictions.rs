@@ -104,14 +104,21 @@ async fn throttling_proxy(moto_endpoint: String, throttle: u32) -> String {
     endpoint
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throttled_batch_writes_are_retried_until_every_item_is_in() {
+/// moto, a client straight to its predictions table, and a store that reaches it through a proxy handing back every
+/// item of the first `throttle` BatchWriteItem calls (backoff 5 ms).
+async fn throttled_store(throttle: u32) -> (Moto, aws_sdk_dynamodb::Client, PredictionStore) {
     let moto = Moto::start().await;
     let direct = moto.predictions_table(TABLE).await;
-    let proxy = throttling_proxy(moto.endpoint.clone(), 3).await;
+    let proxy = throttling_proxy(moto.endpoint.clone(), throttle).await;
     let config = aws_sdk_dynamodb::config::Builder::from(&moto.sdk_config()).endpoint_url(&proxy).build();
     let mut store = PredictionStore::new(aws_sdk_dynamodb::Client::from_conf(config), TABLE);
     store.backoff_base = Duration::from_millis(5);
+    (moto, direct, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_batch_writes_are_retried_until_every_item_is_in() {
+    let (_moto, direct, mut store) = throttled_store(3).await;
     // One call at a time, so that which calls are throttled is known.
     store.concurrency = 1;
 
@@ -125,12 +132,7 @@ async fn throttled_batch_writes_are_retried_until_every_item_is_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_batch_writes_in_flight_together_are_each_retried_until_every_item_is_in() {
-    let moto = Moto::start().await;
-    let direct = moto.predictions_table(TABLE).await;
-    let proxy = throttling_proxy(moto.endpoint.clone(), 3).await;
-    let config = aws_sdk_dynamodb::config::Builder::from(&moto.sdk_config()).endpoint_url(&proxy).build();
-    let mut store = PredictionStore::new(aws_sdk_dynamodb::Client::from_conf(config), TABLE);
-    store.backoff_base = Duration::from_millis(5);
+    let (_moto, direct, store) = throttled_store(3).await;
 
     // GIVEN 130 predictions (6 chunks, sent together) and DynamoDB handing back every item of the first 3 calls
     let predictions: Vec<Prediction> = (0..130).map(|u| prediction(u, 1, u as f64)).collect();

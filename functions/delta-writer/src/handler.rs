@@ -165,8 +165,9 @@ async fn append_table(deps: &'static Deps, spec: &'static TableSpec, objects: &[
 /// One attempt at a table's append. Objects that fail are added to `failed` and left out; an object that fails
 /// after some of its rows were written makes the attempt start over without it.
 ///
-/// Objects are read and converted on a task of their own while this one checks and encodes the previous chunk:
-/// the two CPU-heavy halves run on two cores when the function has them.
+/// Objects are read and converted on tasks of their own (one per core) while this one checks the previous chunk's
+/// identities and hands it to the appender's Parquet writers (`ENCODERS`, one by default), which encode and upload
+/// on tasks of their own.
 async fn try_append(
     deps: &'static Deps,
     spec: &'static TableSpec,
@@ -175,7 +176,7 @@ async fn try_append(
 ) -> Result<TableResult, DeltaError> {
     'attempt: loop {
         let table = deps.tables.take_or_create(spec).await?;
-        let mut appender = Appender::new(spec, table, deps.config.target_file_bytes)?;
+        let mut appender = Appender::with_encoders(spec, table, deps.config.target_file_bytes, deps.config.encoders)?;
         let todo: Vec<ObjectRef> = objects.iter().filter(|o| !failed.contains_key(&o.key)).cloned().collect();
         let (tx, mut rx) = mpsc::channel(PIPELINE_CHUNKS);
         // One converting task per core (objects dealt round-robin), all feeding this one.

@@ -218,6 +218,42 @@ async fn log_versions(env: &Env, table: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The data files of a table's partition, as keys in the bucket.
+async fn data_files(env: &Env, table: &str, partition: &str) -> Vec<String> {
+    env.moto
+        .keys(&env.bucket, &format!("bronze/{table}/{partition}/"))
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(".parquet"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_append_encoded_by_a_writer_per_core_lands_every_row_once() {
+    // 1,000-row chunks: the append's twelve chunks go to as many writers as the process has cores (ENCODERS=0).
+    let env = Env::new(&[("ENCODERS", "0")]).await;
+    let keys = [
+        put_positions(&env, 0, 0..=3_999).await,
+        put_positions(&env, 1, 0..=3_999).await,
+        put_positions(&env, 2, 0..=3_999).await,
+    ];
+    let mut writer = env.writer().await;
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let inv = writer.invoke(&env.sqs(&[("m1", &keys)])).await;
+    assert_eq!(failures(inv.outcome.as_ref().unwrap()), Vec::<String>::new());
+    assert_eq!(metric(&inv, "records_written"), 12_000);
+    let locations = env.read("locations");
+    assert_eq!(kafka_ids(&locations), expected_ids(&[(0, 0..=3_999), (1, 0..=3_999), (2, 0..=3_999)]));
+    // One writer per core (at most four), each with one file of the day: more than one when there are cores.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from).min(4);
+    let files = data_files(&env, "locations", &format!("event_date={DAY}")).await;
+    assert_eq!(files.len(), cores, "{files:?}");
+    // Once more: nothing new, nothing written.
+    let again = writer.invoke(&env.sqs(&[("m2", &keys)])).await;
+    assert_eq!(metric(&again, "records_written"), 0);
+    assert_eq!(data_files(&env, "locations", &format!("event_date={DAY}")).await.len(), cores);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_reordered_and_recut_batches_land_each_record_once() {
     let env = Env::new(&[]).await;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use fleetlake_aws::predictions::{Prediction, PredictionStore, PredictionsError, WriteStats};
+use fleetlake_aws::predictions::{Prediction, PredictionStore, PredictionsError, Stored, WriteStats};
 use fleetlake_aws::s3::S3Store;
 use fleetlake_aws::s3event::ObjectRef;
 use fleetlake_core::bronze::{TableSpec, LOCATIONS, PERFORMANCE_STATS};
@@ -93,16 +93,20 @@ impl Deps {
         })
     }
 
-    /// The table at its latest version (kept open across invocations and brought up to date), or `None` if
+    /// The table as loaded or brought up to date at `since` or later (kept open across invocations), or `None` if
     /// it does not exist yet.
-    async fn table(&self, spec: &'static TableSpec) -> Result<Option<deltalake::DeltaTable>, DeltaError> {
-        self.tables.latest(spec).await
+    async fn table(
+        &self,
+        spec: &'static TableSpec,
+        since: Instant,
+    ) -> Result<Option<deltalake::DeltaTable>, DeltaError> {
+        self.tables.latest_since(spec, since).await
     }
 
-    /// Daily figures of every unit for days `from..=to`, from the latest `performance_stats` (read again only
-    /// when the table has a new version or the days are not covered).
-    async fn figures(&self, from: NaiveDate, to: NaiveDate) -> Result<Arc<Figures>, PredictError> {
-        let Some(table) = self.table(&PERFORMANCE_STATS).await? else {
+    /// Daily figures of every unit for days `from..=to`, from `performance_stats` as of `since` or later (read
+    /// again only when the table has a new version or the days are not covered).
+    async fn figures(&self, from: NaiveDate, to: NaiveDate, since: Instant) -> Result<Arc<Figures>, PredictError> {
+        let Some(table) = self.table(&PERFORMANCE_STATS, since).await? else {
             warn!("bronze/performance_stats does not exist yet: predictions use no daily figures");
             return Ok(Arc::default());
         };
@@ -118,6 +122,13 @@ impl Deps {
         *cache = Some(FiguresCache { version, from, to, figures: figures.clone() });
         Ok(figures)
     }
+}
+
+/// What a commit read ahead of the predictions: daily figures, and what DynamoDB held under their keys.
+#[derive(Debug, Default)]
+struct Ahead {
+    figures: Option<Prefetched>,
+    stored: Option<Stored>,
 }
 
 /// Daily figures read ahead for days `from..=to`.
@@ -250,8 +261,35 @@ fn locations_commit(cfg: &Config, obj: &ObjectRef) -> Option<CommitKey> {
 }
 
 /// Predicts for the units of one `bronze/locations` commit.
+///
+/// The two tables are loaded (or brought up to date) while the commit and the HEAD of its record are read: a first
+/// write does not wait for them before the loads, nor for the loads before reading the files the commit added (their
+/// paths and sizes are in the commit). A replay stops at the HEAD of its record, and the loads are dropped.
 #[instrument(skip(deps, deadline))]
 async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant) -> Result<Done, PredictError> {
+    // The commit was notified before now: tables loaded since hold it.
+    let since = Instant::now();
+    let warm = async {
+        // Errors are left to the calls that need the tables: they load again and report.
+        let _ = tokio::join!(deps.table(&LOCATIONS, since), deps.table(&PERFORMANCE_STATS, since));
+    };
+    let work = predict_commit_with(deps, key, version, deadline, since);
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        biased;
+        done = &mut work => return done,
+        () = warm => {}
+    }
+    work.await
+}
+
+async fn predict_commit_with(
+    deps: &Deps,
+    key: &str,
+    version: u64,
+    deadline: Instant,
+    since: Instant,
+) -> Result<Done, PredictError> {
     let mut done = Done::default();
     let bytes = match deps.store.get_bytes(key).await {
         Ok(b) => b,
@@ -274,12 +312,6 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
     if adds.is_empty() {
         return Ok(done);
     }
-    if let Some(record) = landed_record(deps, version, &adds).await? {
-        // Landed after every prediction of this commit was in DynamoDB: nothing is left to do, and nothing is read.
-        info!(record, "this commit's predictions were made and landed already; a replay");
-        done.replayed = 1;
-        return Ok(done);
-    }
     // The daily figures are read while the positions are: the added files' `ts` statistics bound the days the
     // predictions are made on (`predict` reads again only if they did not cover them).
     let prefetch = async {
@@ -294,16 +326,32 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
             return None;
         }
         let from = first.checked_sub_days(lookback).unwrap_or(first);
-        Some(deps.figures(from, last).await.map(|f| Prefetched { from, to: last, figures: f }))
+        Some(deps.figures(from, last, since).await.map(|f| Prefetched { from, to: last, figures: f }))
     };
+    // The added files are read from the table's storage without waiting for the table. Their units' latest
+    // positions are the predictions' keys: what DynamoDB holds under them is read while the table loads.
     let positions = async {
-        let table = deps.table(&LOCATIONS).await?.ok_or(PredictError::NoTable)?;
-        let tracks = read_tracks(&table.object_store(), &adds, &|_, _| true).await?;
-        Ok::<_, PredictError>((table, tracks))
+        let tracks = read_tracks(&deps.tables.store(&LOCATIONS)?, &adds, &|_, _| true).await?;
+        let keys: Vec<(String, String)> = tracks
+            .iter()
+            .filter_map(|(u, t)| Some((u.clone(), fleetlake_aws::predictions::predicted_at_key(t.latest()?)?)))
+            .collect();
+        let table = async { deps.table(&LOCATIONS, since).await?.ok_or(PredictError::NoTable) };
+        let stored = async { Ok::<_, PredictError>(deps.predictions.stored(keys, deadline).await?) };
+        let (table, stored) = tokio::try_join!(table, stored)?;
+        Ok::<_, PredictError>((table, tracks, stored))
     };
+    // The files are read only once the HEAD of the record missed: a replay reads nothing more (the tables, whose
+    // loads take longer than the HEAD, are what a first write waits for).
+    if let Some(record) = landed_record(deps, version, &adds).await? {
+        // Landed after every prediction of this commit was in DynamoDB: nothing is left to do.
+        info!(record, "this commit's predictions were made and landed already; a replay");
+        done.replayed = 1;
+        return Ok(done);
+    }
     let (positions, prefetched) = tokio::join!(positions, prefetch);
     let prefetched = prefetched.transpose()?;
-    let (table, mut tracks) = positions?;
+    let (table, mut tracks, stored) = positions?;
     let store = table.object_store();
     done.positions = tracks.values().map(|t| t.positions.len() as u64).sum();
 
@@ -327,7 +375,8 @@ async fn predict_commit(deps: &Deps, key: &str, version: u64, deadline: Instant)
             }
         }
     }
-    let (units, skipped, written) = predict(deps, tracks, prefetched, Scope::Commit, version, deadline).await?;
+    let ahead = Ahead { figures: prefetched, stored: Some(stored) };
+    let (units, skipped, written) = predict(deps, tracks, ahead, Scope::Commit, version, deadline, since).await?;
     done.units = units;
     done.skipped = skipped;
     done.written = written;
@@ -352,7 +401,8 @@ async fn landed_record(deps: &Deps, version: u64, adds: &[DataFile]) -> Result<O
 #[instrument(skip_all)]
 async fn refresh(deps: &Deps, deadline: Instant) -> Result<(u64, Done), PredictError> {
     let mut done = Done::default();
-    let Some(table) = deps.table(&LOCATIONS).await? else {
+    let since = Instant::now();
+    let Some(table) = deps.table(&LOCATIONS, since).await? else {
         warn!("bronze/locations does not exist yet: nothing to refresh");
         return Ok((0, done));
     };
@@ -377,7 +427,8 @@ async fn refresh(deps: &Deps, deadline: Instant) -> Result<(u64, Done), PredictE
     done.positions = tracks.values().map(|t| t.positions.len() as u64).sum();
     done.context_files = files.len() as u64;
     tracks.retain(|_, t| t.latest().is_some_and(|l| l >= active_from));
-    let (units, skipped, written) = predict(deps, tracks, None, Scope::Refresh, version, deadline).await?;
+    let (units, skipped, written) =
+        predict(deps, tracks, Ahead::default(), Scope::Refresh, version, deadline, since).await?;
     done.units = units;
     done.skipped = skipped;
     done.written = written;
@@ -402,10 +453,11 @@ fn date_of(ts_us: i64) -> NaiveDate {
 async fn predict(
     deps: &Deps,
     tracks: HashMap<String, Track>,
-    prefetched: Option<Prefetched>,
+    ahead: Ahead,
     scope: Scope,
     source_version: u64,
     deadline: Instant,
+    since: Instant,
 ) -> Result<(u64, u64, WriteStats), PredictError> {
     let mut units: Vec<(String, Track, i64)> =
         tracks.into_iter().filter_map(|(u, t)| t.latest().map(|l| (u, t, l))).collect();
@@ -417,9 +469,9 @@ async fn predict(
     let first_day = units.iter().map(|u| date_of(u.2)).min().unwrap_or_default();
     let last_day = units.iter().map(|u| date_of(u.2)).max().unwrap_or_default();
     let from = first_day.checked_sub_days(lookback).unwrap_or(first_day);
-    let figures = match prefetched {
+    let figures = match ahead.figures {
         Some(p) if p.from <= from && p.to >= last_day => p.figures,
-        _ => deps.figures(from, last_day).await?,
+        _ => deps.figures(from, last_day, since).await?,
     };
 
     let rows: Vec<Vec<f32>> = units
@@ -475,12 +527,18 @@ async fn predict(
         .collect();
     // Items carry the record object they belong in, so that a retry lands its own earlier writes, never another's.
     let record_key = record::record_key(&deps.config.landing_prefix, scope, source_version, &predictions);
-    let unstored = deps.predictions.unstored(&predictions, Some(&record_key), deadline).await?;
-    let stats = deps.predictions.write_unstored(&unstored, deadline).await?;
+    let unstored = match ahead.stored.filter(|s| s.covers(&predictions)) {
+        Some(stored) => stored.unstored(&predictions, Some(&record_key)),
+        None => deps.predictions.unstored(&predictions, Some(&record_key), deadline).await?,
+    };
     // The record of what this run put in DynamoDB: now, or in an earlier attempt that failed before landing it
-    // (its object is then missing; when it is there, the create-only PUT leaves it).
+    // (its object is then missing; when it is there, the create-only PUT leaves it). It is made while the writes
+    // are in flight, and landed only after they all succeeded.
     let served: Vec<&Prediction> = unstored.fresh.iter().chain(&unstored.same_version).copied().collect();
-    record::land(&deps.store, &record_key, &served).await?;
+    let (stats, record) =
+        tokio::join!(deps.predictions.write_unstored(&unstored, deadline), async { record::Record::of(&served) });
+    let stats = stats?;
+    record::land(&deps.store, &record_key, record).await?;
     Ok((predictions.len() as u64, skipped, stats))
 }
 

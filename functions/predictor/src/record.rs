@@ -58,15 +58,25 @@ pub(crate) fn record_body(predictions: &[&Prediction]) -> Vec<u8> {
     gz.finish().unwrap_or_default()
 }
 
-/// Lands `served` at `key` ([`record_key`]; no prediction served: nothing is written). Returns whether this call
-/// created the object.
-pub(crate) async fn land(store: &S3Store, key: &str, served: &[&Prediction]) -> Result<bool, fleetlake_aws::Error> {
-    if served.is_empty() {
-        return Ok(false);
+/// The record of `served`, ready to land: `None` when no prediction was served (nothing is written).
+#[derive(Debug)]
+pub(crate) struct Record {
+    body: Option<Vec<u8>>,
+    predictions: usize,
+}
+
+impl Record {
+    pub(crate) fn of(served: &[&Prediction]) -> Self {
+        Self { body: (!served.is_empty()).then(|| record_body(served)), predictions: served.len() }
     }
-    let outcome = store.put_if_absent(key, record_body(served), "application/x-ndjson").await?;
+}
+
+/// Lands `record` at `key` ([`record_key`]). Returns whether this call created the object.
+pub(crate) async fn land(store: &S3Store, key: &str, record: Record) -> Result<bool, fleetlake_aws::Error> {
+    let Some(body) = record.body else { return Ok(false) };
+    let outcome = store.put_if_absent(key, body, "application/x-ndjson").await?;
     let created = outcome == PutOutcome::Created;
-    info!(key, predictions = served.len(), created, "predictions landed for bronze/predictions");
+    info!(key, predictions = record.predictions, created, "predictions landed for bronze/predictions");
     Ok(created)
 }
 

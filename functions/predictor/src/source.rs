@@ -11,6 +11,7 @@ use deltalake::arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, Ti
 use deltalake::logstore::ObjectStoreRef;
 // ParquetObjectReader is deprecated in parquet 59 in favour of hand-written readers; it still reads ranged GETs
 // through deltalake's own object store, which is what we want (only the projected columns are fetched).
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 #[allow(deprecated)]
 use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
 use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
@@ -23,6 +24,13 @@ use serde_json::Value;
 
 /// Data files read at once.
 const READ_CONCURRENCY: usize = 8;
+
+/// Bytes fetched from a data file's end at once: its footer and metadata (a few to a few tens of KiB in bronze).
+const FOOTER_HINT_BYTES: usize = 64 << 10;
+
+/// Data files up to this size are fetched whole: one request instead of the footer's and the columns' (a 15-minute
+/// batch of 10,000 units is a few hundred KB). At most [`READ_CONCURRENCY`] of them are held at once.
+const WHOLE_FILE_BYTES: u64 = 8 << 20;
 
 /// A data file of a table: where it is, its date partition and the range of `ts` its statistics give.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,18 +158,26 @@ pub(crate) async fn read_tracks(
             Ok::<_, ReadError>(tracks_of(&batches, keep))
         })
         .collect();
-    let per_file: Vec<HashMap<String, Track>> =
-        futures::stream::iter(reads).buffer_unordered(READ_CONCURRENCY).try_collect().await?;
-    let mut out: HashMap<String, Track> = HashMap::new();
-    for tracks in per_file {
-        for (unit, track) in tracks {
-            out.entry(unit).or_default().merge(track);
-        }
-    }
-    Ok(out)
+    // Each file's tracks are merged as soon as it is read: a commit late in the day reads a hundred files or more,
+    // and holding every file's tracks until the last one came in more than doubled the memory they take.
+    futures::stream::iter(reads)
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_fold(HashMap::new(), |mut out: HashMap<String, Track>, tracks| async move {
+            for (unit, track) in tracks {
+                match out.get_mut(&unit) {
+                    Some(t) => t.merge(track),
+                    None => {
+                        out.insert(unit, track);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
 }
 
-/// Reads the named columns of one Parquet file (those the file has).
+/// Reads the named columns of one Parquet file (those the file has). A file of at most [`WHOLE_FILE_BYTES`] (its
+/// size from the log) is fetched whole, in one request; a larger one as its footer, then its columns' ranges.
 async fn read_columns(
     store: &ObjectStoreRef,
     file: &DataFile,
@@ -169,9 +185,23 @@ async fn read_columns(
 ) -> Result<Vec<RecordBatch>, ReadError> {
     let path = &file.path;
     let err = |source: ParquetError| ReadError { path: path.to_string(), source };
+    if file.size > 0 && file.size <= WHOLE_FILE_BYTES {
+        let whole = store
+            .get_ranges(path, &[0..file.size])
+            .await
+            .map_err(|e| err(ParquetError::External(Box::new(e))))?
+            .pop()
+            .unwrap_or_default();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(whole).map_err(err)?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        let reader = builder.with_projection(mask).with_batch_size(16_384).build().map_err(err)?;
+        return reader.collect::<Result<Vec<_>, _>>().map_err(|e| err(ParquetError::ArrowError(e.to_string())));
+    }
     #[allow(deprecated)]
     let reader = ParquetObjectReader::new(store.clone(), path.clone());
-    // The size from the log spares a HEAD request before the footer's.
+    // The size from the log spares a HEAD request before the footer's; the hint fetches the footer and the metadata
+    // in one request instead of two.
+    let reader = reader.with_footer_size_hint(FOOTER_HINT_BYTES);
     let reader = if file.size > 0 { reader.with_file_size(file.size) } else { reader };
     let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(err)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());

@@ -3,6 +3,7 @@
 //! and an in-memory ceiling. Not a test: it measures.
 //!
 //! usage: bench-delta --writer PATH [--records 1000000] [--files 100] [--runs 3] [--peers DIR] [--idioms pyarrow,awswrangler]
+//!                    [--cpu-quotas 0.5,1,2] [--encoders 0,1]
 //!
 //! The measurements run in `--runs` rounds, each round one of every kind in turn (delta-writer, ceiling, each
 //! baseline idiom), so that a slower or faster spell of the machine falls on all of them alike.
@@ -11,6 +12,14 @@
 //!   encoded to Parquet (delta-writer's writer properties) in memory with arrow-rs: no S3, no Delta log.
 //! - baseline: `peer_convert.py` (convert-only mode) from `--peers` (default `../shared/peers` beside the project),
 //!   each idiom in its own process; its peak RSS is read with getrusage.
+//!
+//! - `--cpu-quotas`: delta-writer runs once per quota in each round, in a CPU cgroup of its own limited to that many
+//!   CPUs (cgroup v1 `cpu.cfs_quota_us` or v2 `cpu.max`; root only), as Lambda limits a function to the share of
+//!   CPU its memory size buys (one vCPU at 1,769 MB). Each quota is priced as that memory size: the cost of a million
+//!   records in arm64 GB-seconds and requests, from `infra/cost/prices.json`. Without it, delta-writer runs
+//!   unconstrained.
+//! - `--encoders`: delta-writer's `ENCODERS` settings to run (default 1, the function's default; 0: one Parquet
+//!   writer per CPU it may use), each under every quota.
 //!
 //! Prints one JSON line per measurement and a summary with medians, and ratios of medians.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice)] // a command-line tool that reports on stdout
@@ -34,6 +43,10 @@ struct Args {
     runs: usize,
     peers: PathBuf,
     idioms: Vec<String>,
+    /// CPU quotas to run delta-writer under; empty: unconstrained.
+    quotas: Vec<f64>,
+    /// `ENCODERS` settings to run delta-writer with.
+    encoders: Vec<usize>,
 }
 
 fn args() -> Args {
@@ -44,6 +57,8 @@ fn args() -> Args {
         runs: 3,
         peers: workspace_root().join("../shared/peers"),
         idioms: vec!["pyarrow".into(), "awswrangler".into()],
+        quotas: Vec::new(),
+        encoders: vec![1],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +71,22 @@ fn args() -> Args {
             "--runs" => a.runs = n(),
             "--peers" => a.peers = PathBuf::from(&v),
             "--idioms" => a.idioms = v.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            "--encoders" => {
+                a.encoders =
+                    v.split(',').map(|e| e.parse().unwrap_or_else(|_| panic!("--encoders {e}: not a number"))).collect()
+            }
+            "--cpu-quotas" => {
+                a.quotas = v
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|q| {
+                        q.parse::<f64>()
+                            .ok()
+                            .filter(|q| *q > 0.0)
+                            .unwrap_or_else(|| panic!("--cpu-quotas {q}: not a positive number"))
+                    })
+                    .collect()
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -101,17 +132,96 @@ fn ceiling(objects: &[(String, Vec<u8>)]) -> (usize, f64, usize) {
     (records, started.elapsed().as_secs_f64(), bytes)
 }
 
+/// Lambda's memory size for one vCPU's worth of CPU time.
+const MB_PER_VCPU: f64 = 1769.0;
+
+/// A CPU cgroup limited to `cpus` CPUs, and a script that starts delta-writer in it; removed when dropped.
+struct CpuQuota {
+    cpus: f64,
+    dir: PathBuf,
+    script: PathBuf,
+}
+
+impl CpuQuota {
+    fn new(cpus: f64, writer: &std::path::Path) -> Self {
+        let period = 100_000_u64;
+        let quota = (cpus * period as f64).round() as u64;
+        let name = format!("fleetlake-bench-delta-{}-{quota}", std::process::id());
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let dir = if v2 {
+            PathBuf::from("/sys/fs/cgroup").join(&name)
+        } else {
+            PathBuf::from("/sys/fs/cgroup/cpu").join(&name)
+        };
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| {
+            panic!("--cpu-quotas needs a writable CPU cgroup (root, cgroup v1 cpu or v2): {}: {e}", dir.display())
+        });
+        if v2 {
+            std::fs::write(dir.join("cpu.max"), format!("{quota} {period}")).expect("set cpu.max");
+        } else {
+            std::fs::write(dir.join("cpu.cfs_period_us"), period.to_string()).expect("set cpu.cfs_period_us");
+            std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).expect("set cpu.cfs_quota_us");
+        }
+        let script = std::env::temp_dir().join(format!("{name}.sh"));
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho $$ > '{}' || exit 1\nexec '{}'\n", procs.display(), writer.display()),
+        )
+        .expect("write the cgroup launcher");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        Self { cpus, dir, script }
+    }
+
+    /// Lambda's memory size that buys this much CPU.
+    fn memory_mb(&self) -> f64 {
+        self.cpus * MB_PER_VCPU
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.script);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The US dollars of a million records at `memory_mb`: arm64 GB-seconds for the wall time, and the request.
+fn usd_per_million(memory_mb: f64, wall_s: f64, records: f64) -> f64 {
+    let prices: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace_root().join("infra/cost/prices.json")).unwrap())
+            .unwrap();
+    let price = |item: &str| {
+        let i = &prices["items"][item];
+        i["usd"].as_f64().unwrap() / i["per"].as_f64().unwrap()
+    };
+    let invocation = memory_mb / 1024.0 * wall_s * price("lambda_arm64_gb_second") + price("lambda_request");
+    invocation * 1e6 / records
+}
+
 /// One delta-writer run: a fresh process appends every object to a fresh table. Returns (records/s, peak RSS MiB,
-/// CPU s).
-async fn writer_run(a: &Args, moto: &Moto, bucket: &str, objects: &[(String, Vec<u8>)], run: usize) -> (f64, f64, f64) {
+/// CPU s, wall s).
+async fn writer_run(
+    a: &Args,
+    moto: &Moto,
+    bucket: &str,
+    objects: &[(String, Vec<u8>)],
+    run: usize,
+    quota: Option<&CpuQuota>,
+    encoders: usize,
+) -> (f64, f64, f64, f64) {
     let s3 = moto.s3();
     let records = objects.len() * (a.records / a.files);
-    let prefix = format!("bronze-run{run}/");
+    let prefix = format!("bronze-run{run}-{}-{encoders}/", quota.map_or("all".to_owned(), |q| q.cpus.to_string()));
     let mut env = moto.env();
-    for (k, v) in [("LAKE_BUCKET", bucket), ("BRONZE_PREFIX", prefix.as_str()), ("RUST_LOG", "warn")] {
+    let encoders_var = encoders.to_string();
+    for (k, v) in
+        [("LAKE_BUCKET", bucket), ("BRONZE_PREFIX", prefix.as_str()), ("RUST_LOG", "warn"), ("ENCODERS", &encoders_var)]
+    {
         env.push((k.to_owned(), v.to_owned()));
     }
-    let mut f = LambdaHarness::start(&a.writer, "delta-writer", &env).await;
+    let binary = quota.map_or(&a.writer, |q| &q.script);
+    let mut f = LambdaHarness::start(binary, "delta-writer", &env).await;
     let messages: Vec<Value> = objects
         .iter()
         .enumerate()
@@ -146,11 +256,11 @@ async fn writer_run(a: &Args, moto: &Moto, bucket: &str, objects: &[(String, Vec
     let rate = written as f64 / wall;
     println!(
         "{}",
-        json!({"what": "delta-writer", "run": run, "records": written, "wall_s": round(wall, 3),
+        json!({"what": "delta-writer", "run": run, "cpu_quota": quota.map(|q| q.cpus), "encoders": encoders, "records": written, "wall_s": round(wall, 3),
                "records_per_s": rate.round(), "peak_rss_mib": round(peak, 1), "function_cpu_s": cpu,
                "parquet_files": files.len(), "parquet_bytes": parquet_bytes, "commits": commits})
     );
-    (rate, peak, cpu)
+    (rate, peak, cpu, wall)
 }
 
 /// One run of the Python baseline in `idiom`, in its own process. Returns (records/s, peak RSS MiB), or `None` when
@@ -212,14 +322,26 @@ async fn main() {
         Vec::new()
     };
 
-    let (mut rates, mut rss, mut cpu, mut ceilings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let quotas: Vec<Option<CpuQuota>> = if a.quotas.is_empty() {
+        vec![None]
+    } else {
+        a.quotas.iter().map(|q| Some(CpuQuota::new(*q, &a.writer))).collect()
+    };
+    // Every quota with every encoders setting.
+    let quotas: Vec<(Option<&CpuQuota>, usize)> =
+        quotas.iter().flat_map(|q| a.encoders.iter().map(move |e| (q.as_ref(), *e))).collect();
+    // Per quota: records/s, peak RSS, CPU s, wall s of each round.
+    let mut writers: Vec<[Vec<f64>; 4]> = quotas.iter().map(|_| Default::default()).collect();
+    let mut ceilings = Vec::new();
     let mut peers: Vec<(String, Vec<f64>, Vec<f64>)> =
         idioms.iter().map(|i| (i.clone(), Vec::new(), Vec::new())).collect();
     for run in 0..a.runs {
-        let (rate, peak, cpu_s) = writer_run(&a, &moto, &bucket, &objects, run).await;
-        rates.push(rate);
-        rss.push(peak);
-        cpu.push(cpu_s);
+        for ((quota, encoders), figures) in quotas.iter().zip(&mut writers) {
+            let (rate, peak, cpu_s, wall) = writer_run(&a, &moto, &bucket, &objects, run, *quota, *encoders).await;
+            for (v, x) in figures.iter_mut().zip([rate, peak, cpu_s, wall]) {
+                v.push(x);
+            }
+        }
         let (n, secs, bytes) = ceiling(&objects);
         println!(
             "{}",
@@ -234,14 +356,30 @@ async fn main() {
         }
     }
 
-    let (rate, peak, ceil) = (median(rates), median(rss), median(ceilings));
-    println!(
-        "delta-writer, {records} enriched records in {} objects, one invocation, {} runs (median): {rate:.0} records/s, peak RSS {peak:.1} MiB, function CPU {:.2} s; in-memory ceiling {ceil:.0} records/s (delta-writer at {:.0}% of it)",
-        a.files,
-        a.runs,
-        median(cpu),
-        100.0 * rate / ceil
-    );
+    let ceil = median(ceilings);
+    let mut rate = 0.0;
+    let mut peak = 0.0;
+    for ((quota, encoders), [rates, rss, cpu, walls]) in quotas.iter().zip(writers) {
+        let (r, p, c, w) = (median(rates), median(rss), median(cpu), median(walls));
+        let limit = quota.map_or("no CPU quota".to_owned(), |q| {
+            format!(
+                "CPU quota {} ({:.0} MB on Lambda: {:.7} USD per million records)",
+                q.cpus,
+                q.memory_mb(),
+                usd_per_million(q.memory_mb(), w, records as f64)
+            )
+        });
+        println!(
+            "delta-writer, {records} enriched records in {} objects, one invocation, {limit}, ENCODERS={encoders}, {} runs (median): {r:.0} records/s, peak RSS {p:.1} MiB, function CPU {c:.2} s; in-memory ceiling (one thread) {ceil:.0} records/s: delta-writer at {:.2}x it",
+            a.files,
+            a.runs,
+            r / ceil
+        );
+        // The baselines are compared with the fastest configuration.
+        if r > rate {
+            (rate, peak) = (r, p);
+        }
+    }
     for (idiom, prates, ppeaks) in peers.into_iter().filter(|(_, r, _)| !r.is_empty()) {
         let runs = prates.len();
         let (prate, ppeak) = (median(prates), median(ppeaks));

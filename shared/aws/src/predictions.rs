@@ -75,10 +75,7 @@ pub struct Prediction {
 
 impl Prediction {
     fn key(&self) -> HashMap<String, AttributeValue> {
-        HashMap::from([
-            ("transport_unit_id".to_owned(), AttributeValue::S(self.transport_unit_id.clone())),
-            ("predicted_at".to_owned(), AttributeValue::S(self.predicted_at.clone())),
-        ])
+        item_key(&self.transport_unit_id, &self.predicted_at)
     }
 
     fn item(&self, written_by: Option<&str>) -> HashMap<String, AttributeValue> {
@@ -218,6 +215,50 @@ pub struct Unstored<'a> {
     pub kept: u64,
 }
 
+/// An item's key.
+fn item_key(transport_unit_id: &str, predicted_at: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("transport_unit_id".to_owned(), AttributeValue::S(transport_unit_id.to_owned())),
+        ("predicted_at".to_owned(), AttributeValue::S(predicted_at.to_owned())),
+    ])
+}
+
+/// What the predictions table held under some keys when they were read ([`PredictionStore::stored`]).
+#[derive(Debug, Default, Clone)]
+pub struct Stored {
+    /// The keys read.
+    read: HashSet<(String, String)>,
+    /// `key → (source_version, written_by)` of the items found.
+    found: HashMap<(String, String), (u64, Option<String>)>,
+}
+
+impl Stored {
+    /// Whether every prediction's key was read: otherwise [`Stored::unstored`] would take an unread key for a
+    /// missing item.
+    pub fn covers(&self, predictions: &[Prediction]) -> bool {
+        predictions.iter().all(|p| self.read.contains(&(p.transport_unit_id.clone(), p.predicted_at.clone())))
+    }
+
+    /// The predictions (all of whose keys were read, [`Stored::covers`]) that the table did not hold from this or a
+    /// newer `source_version`.
+    pub fn unstored<'a>(&self, predictions: &'a [Prediction], written_by: Option<&'a str>) -> Unstored<'a> {
+        let mut out = Unstored { written_by, ..Unstored::default() };
+        for p in predictions {
+            match self.found.get(&(p.transport_unit_id.clone(), p.predicted_at.clone())) {
+                Some((v, _)) if *v > p.source_version => out.kept += 1,
+                Some((v, by)) if *v == p.source_version => {
+                    out.kept += 1;
+                    if written_by.is_some() && by.as_deref() == written_by {
+                        out.same_version.push(p);
+                    }
+                }
+                _ => out.fresh.push(p),
+            }
+        }
+        out
+    }
+}
+
 /// The predictions table.
 #[derive(Debug, Clone)]
 pub struct PredictionStore {
@@ -261,21 +302,27 @@ impl PredictionStore {
         written_by: Option<&'a str>,
         deadline: Instant,
     ) -> Result<Unstored<'a>, PredictionsError> {
-        let stored = self.stored_versions(predictions, deadline).await?;
-        let mut out = Unstored { written_by, ..Unstored::default() };
-        for p in predictions {
-            match stored.get(&(p.transport_unit_id.clone(), p.predicted_at.clone())) {
-                Some((v, _)) if *v > p.source_version => out.kept += 1,
-                Some((v, by)) if *v == p.source_version => {
-                    out.kept += 1;
-                    if written_by.is_some() && by.as_deref() == written_by {
-                        out.same_version.push(p);
-                    }
-                }
-                _ => out.fresh.push(p),
-            }
+        let keys = predictions.iter().map(|p| (p.transport_unit_id.clone(), p.predicted_at.clone()));
+        Ok(self.stored(keys, deadline).await?.unstored(predictions, written_by))
+    }
+
+    /// What the table holds under `keys` (`(transport_unit_id, predicted_at)`), [`PredictionStore::concurrency`]
+    /// BatchGetItem calls of 100 keys at a time. The keys of a set of predictions are known before their values:
+    /// reading them while the model runs takes the read off the way.
+    pub async fn stored(
+        &self,
+        keys: impl IntoIterator<Item = (String, String)>,
+        deadline: Instant,
+    ) -> Result<Stored, PredictionsError> {
+        let mut read = HashSet::new();
+        let distinct: Vec<(String, String)> = keys.into_iter().filter(|k| read.insert(k.clone())).collect();
+        let reads: Vec<_> = distinct.chunks(READ_CHUNK).map(|chunk| self.read_chunk(chunk, deadline)).collect();
+        let mut reads = futures::stream::iter(reads).buffer_unordered(self.concurrency.max(1));
+        let mut found = HashMap::new();
+        while let Some(items) = reads.next().await {
+            found.extend(items?);
         }
-        Ok(out)
+        Ok(Stored { read, found })
     }
 
     /// Writes what [`PredictionStore::unstored`] found missing, [`PredictionStore::concurrency`] BatchWriteItem
@@ -355,31 +402,15 @@ impl PredictionStore {
 
     /// The `source_version` (and `written_by`) of the items that exist already, by key: one BatchGetItem per
     /// [`READ_CHUNK`] distinct keys, [`PredictionStore::concurrency`] at a time.
-    async fn stored_versions(
-        &self,
-        predictions: &[Prediction],
-        deadline: Instant,
-    ) -> Result<HashMap<(String, String), (u64, Option<String>)>, PredictionsError> {
-        let mut seen = HashSet::new();
-        let distinct: Vec<&Prediction> =
-            predictions.iter().filter(|p| seen.insert((&p.transport_unit_id, &p.predicted_at))).collect();
-        let reads: Vec<_> = distinct.chunks(READ_CHUNK).map(|chunk| self.read_chunk(chunk, deadline)).collect();
-        let mut reads = futures::stream::iter(reads).buffer_unordered(self.concurrency.max(1));
-        let mut found = HashMap::new();
-        while let Some(items) = reads.next().await {
-            found.extend(items?);
-        }
-        Ok(found)
-    }
-
     /// One BatchGetItem of at most [`READ_CHUNK`] distinct keys, and its unprocessed keys again until `deadline`.
     async fn read_chunk(
         &self,
-        chunk: &[&Prediction],
+        chunk: &[(String, String)],
         deadline: Instant,
     ) -> Result<Vec<((String, String), (u64, Option<String>))>, PredictionsError> {
         let mut found = Vec::with_capacity(chunk.len());
-        let mut keys: Vec<HashMap<String, AttributeValue>> = chunk.iter().map(|p| p.key()).collect();
+        let mut keys: Vec<HashMap<String, AttributeValue>> =
+            chunk.iter().map(|(unit, at)| item_key(unit, at)).collect();
         let mut attempt = 0u32;
         while !keys.is_empty() {
             if attempt > 0 {

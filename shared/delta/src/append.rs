@@ -37,7 +37,8 @@ pub struct Committed {
 pub struct Appender {
     pub(crate) spec: &'static TableSpec,
     pub(crate) table: DeltaTable,
-    pub(crate) writer: RecordBatchWriter,
+    /// The Parquet writers, one per core ([`Encoders`]).
+    pub(crate) writers: Encoders,
     pub(crate) target: SchemaRef,
     pub(crate) groups: Interner,
     pub(crate) ours: IdSet,
@@ -63,17 +64,25 @@ impl std::fmt::Debug for Appender {
 impl Appender {
     /// Starts an append to `table` (opened with [`open_or_create`]).
     pub fn new(spec: &'static TableSpec, table: DeltaTable, target_file_bytes: u64) -> Result<Self, DeltaError> {
+        Self::with_encoders(spec, table, target_file_bytes, 1)
+    }
+
+    /// [`Appender::new`] with `encoders` Parquet writers (0: one per core the process may use, at most four).
+    pub fn with_encoders(
+        spec: &'static TableSpec,
+        table: DeltaTable,
+        target_file_bytes: u64,
+        encoders: usize,
+    ) -> Result<Self, DeltaError> {
         let err = |source| DeltaError::Delta { table: spec.name, source };
-        let writer = RecordBatchWriter::for_table(&table)
-            .map_err(err)?
-            .with_writer_properties(writer_properties())
-            .with_target_file_size(target_file_bytes);
-        let target = writer.arrow_schema();
+        let n = if encoders == 0 { Encoders::per_core() } else { encoders.min(MAX_ENCODERS) };
+        let writers = Encoders::new(spec, &table, target_file_bytes, n).map_err(err)?;
+        let target = Arc::clone(writers.schema());
         let known = table.snapshot().map_err(err)?.log_data().iter().map(|f| f.path().into_owned()).collect();
         Ok(Self {
             spec,
             table,
-            writer,
+            writers,
             target,
             groups: Interner::default(),
             ours: IdSet::default(),
@@ -250,44 +259,9 @@ impl Appender {
             _ => batch,
         };
         let batch = conform(&batch, &self.target).map_err(|e| self.data_err(e))?;
-        self.write_partitions(batch).await?;
+        self.writers.write(batch).await?;
         self.stats.rows_written += kept as u64;
         Ok(kept)
-    }
-
-    /// Writes rows to the data files of their partitions. Rows come grouped by day (a Kafka slice or a file covers
-    /// a day or two), so each stretch of rows of one day goes to its partition as a slice of the batch, without
-    /// deltalake's general split (which sorts the rows and copies every column). Rows of many interleaved days
-    /// take the general split.
-    pub(crate) async fn write_partitions(&mut self, batch: RecordBatch) -> Result<(), DeltaError> {
-        let column = self.spec.partitioning.and_then(|p| Some((p.column, batch.column_by_name(p.column)?.clone())));
-        let Some((name, column)) = column.filter(|(_, c)| c.null_count() == 0) else {
-            return self.writer.write(batch).await.map_err(self.err());
-        };
-        let Some(days) = column.as_primitive_opt::<Date32Type>() else {
-            return self.writer.write(batch).await.map_err(self.err());
-        };
-        let mut stretches: Vec<(usize, usize)> = Vec::new();
-        let mut start = 0;
-        for i in 1..=days.len() {
-            if i == days.len() || days.value(i) != days.value(start) {
-                stretches.push((start, i - start));
-                start = i;
-            }
-        }
-        if stretches.len() > MAX_STRETCHES {
-            return self.writer.write(batch).await.map_err(self.err());
-        }
-        for (start, len) in stretches {
-            let value = ScalarExt::from_array(column.as_ref(), start)
-                .ok_or_else(|| self.data_problem(format!("{name}: not a partition value")))?;
-            let values = IndexMap::from([(name.to_owned(), value)]);
-            self.writer
-                .write_partition(batch.slice(start, len), &values, WriteMode::Default)
-                .await
-                .map_err(self.err())?;
-        }
-        Ok(())
     }
 
     /// The partition column's values (days), or `None` for an unpartitioned table.
@@ -337,6 +311,8 @@ impl Appender {
         // The size is the log's (0 when it says nothing): no HEAD request before the footer's.
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(self.table.object_store(), location.clone());
+        // The footer and the metadata in one request instead of two.
+        let reader = reader.with_footer_size_hint(FOOTER_HINT_BYTES);
         let mut reader = if size > 0 { reader.with_file_size(size) } else { reader };
         let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
             .await
@@ -383,7 +359,7 @@ impl Appender {
     /// Closes the data files written so far and returns them, ready to commit. Nothing is visible to readers
     /// until [`Prepared::commit`]; dropping the result leaves files no version references.
     pub async fn prepare(mut self) -> Result<Prepared, DeltaError> {
-        let adds: Vec<Add> = self.writer.flush().await.map_err(self.err())?;
+        let adds: Vec<Add> = self.writers.flush().await?;
         Ok(Prepared { appender: self, adds })
     }
 
@@ -398,6 +374,9 @@ const WATERMARK_LOOKUPS: usize = 4;
 
 /// Most bytes of identity columns a duplicate check fetches from one data file at once (more: a row group at a time).
 const PREFETCH_MAX_BYTES: u64 = 64 << 20;
+
+/// Bytes fetched from a data file's end at once: its footer and metadata (a few to a few tens of KiB in bronze).
+const FOOTER_HINT_BYTES: usize = 64 << 10;
 
 /// Rows per batch when identity columns are read back (parquet's default of 1,024 costs a pass per batch).
 const READ_BATCH_ROWS: usize = 64 * 1024;

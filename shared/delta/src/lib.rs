@@ -30,6 +30,7 @@ pub mod cache;
 mod commit;
 pub mod compact;
 mod dedupe;
+mod encode;
 pub mod maintain;
 pub mod scan;
 mod settings;
@@ -52,7 +53,7 @@ pub use table::{open_existing, open_or_create};
 
 // Every module's items are in scope here, so each module reaches its siblings' through `use super::*`.
 #[allow(unused_imports)]
-use self::{append::*, commit::*, dedupe::*, settings::*, state::*, table::*};
+use self::{append::*, commit::*, dedupe::*, encode::*, settings::*, state::*, table::*};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

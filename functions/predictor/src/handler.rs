@@ -328,18 +328,21 @@ async fn predict_commit_with(
         let from = first.checked_sub_days(lookback).unwrap_or(first);
         Some(deps.figures(from, last, since).await.map(|f| Prefetched { from, to: last, figures: f }))
     };
-    // The added files are read from the table's storage without waiting for the table. Their units' latest
-    // positions are the predictions' keys: what DynamoDB holds under them is read while the table loads.
+    // The added files are read from the table's storage without waiting for the table, then each unit's earlier
+    // positions in its window from the table's other files (`context`). What DynamoDB holds under the predictions'
+    // keys (the units' latest new positions) is read last, while the daily figures are read and before the model:
+    // a read made earlier would leave more time for the hourly refresh to write between it and the writes.
     let positions = async {
-        let tracks = read_tracks(&deps.tables.store(&LOCATIONS)?, &adds, &|_, _| true).await?;
+        let mut tracks = read_tracks(&deps.tables.store(&LOCATIONS)?, &adds, &|_, _| true).await?;
+        let table = deps.table(&LOCATIONS, since).await?.ok_or(PredictError::NoTable)?;
+        let new_positions: u64 = tracks.values().map(|t| t.positions.len() as u64).sum();
+        let context_files = add_context(&table, &adds, &mut tracks, deps.contract.window_hours).await?;
         let keys: Vec<(String, String)> = tracks
             .iter()
             .filter_map(|(u, t)| Some((u.clone(), fleetlake_aws::predictions::predicted_at_key(t.latest()?)?)))
             .collect();
-        let table = async { deps.table(&LOCATIONS, since).await?.ok_or(PredictError::NoTable) };
-        let stored = async { Ok::<_, PredictError>(deps.predictions.stored(keys, deadline).await?) };
-        let (table, stored) = tokio::try_join!(table, stored)?;
-        Ok::<_, PredictError>((table, tracks, stored))
+        let stored = deps.predictions.stored(keys, deadline).await?;
+        Ok::<_, PredictError>((tracks, new_positions, context_files, stored))
     };
     // The files are read only once the HEAD of the record missed: a replay reads nothing more (the tables, whose
     // loads take longer than the HEAD, are what a first write waits for).
@@ -351,36 +354,45 @@ async fn predict_commit_with(
     }
     let (positions, prefetched) = tokio::join!(positions, prefetch);
     let prefetched = prefetched.transpose()?;
-    let (table, mut tracks, stored) = positions?;
-    let store = table.object_store();
-    done.positions = tracks.values().map(|t| t.positions.len() as u64).sum();
-
-    // Each unit's window ends at its latest new position; earlier positions in it come from other files.
-    let window = i64::from(deps.contract.window_hours) * HOUR_US;
-    let ends: HashMap<String, i64> = tracks.iter().filter_map(|(u, t)| Some((u.clone(), t.latest()?))).collect();
-    let (Some(lo), Some(hi)) = (ends.values().min().map(|e| e - window), ends.values().max().copied()) else {
-        return Ok(done);
-    };
-    let added: HashSet<&str> = adds.iter().map(|f| f.path.as_ref()).collect();
-    let context: Vec<DataFile> = active_files(&table, &LOCATIONS)?
-        .into_iter()
-        .filter(|f| !added.contains(f.path.as_ref()) && f.may_cover(lo, hi))
-        .collect();
-    done.context_files = context.len() as u64;
-    if !context.is_empty() {
-        let in_window = |unit: &str, ts: i64| ends.get(unit).is_some_and(|end| ts <= *end && ts >= end - window);
-        for (unit, track) in read_tracks(&store, &context, &in_window).await? {
-            if let Some(t) = tracks.get_mut(&unit) {
-                t.add_context(track);
-            }
-        }
-    }
+    let (tracks, new_positions, context_files, stored) = positions?;
+    done.positions = new_positions;
+    done.context_files = context_files;
     let ahead = Ahead { figures: prefetched, stored: Some(stored) };
     let (units, skipped, written) = predict(deps, tracks, ahead, Scope::Commit, version, deadline, since).await?;
     done.units = units;
     done.skipped = skipped;
     done.written = written;
     Ok(done)
+}
+
+/// Adds to each unit of `tracks` (read from the commit's `adds`) its earlier positions within the window that ends
+/// at its latest new position, from the table's other data files that may hold them; returns how many files were
+/// read.
+async fn add_context(
+    table: &deltalake::DeltaTable,
+    adds: &[DataFile],
+    tracks: &mut HashMap<String, Track>,
+    window_hours: u32,
+) -> Result<u64, PredictError> {
+    let window = i64::from(window_hours) * HOUR_US;
+    let ends: HashMap<String, i64> = tracks.iter().filter_map(|(u, t)| Some((u.clone(), t.latest()?))).collect();
+    let (Some(lo), Some(hi)) = (ends.values().min().map(|e| e - window), ends.values().max().copied()) else {
+        return Ok(0);
+    };
+    let added: HashSet<&str> = adds.iter().map(|f| f.path.as_ref()).collect();
+    let context: Vec<DataFile> = active_files(table, &LOCATIONS)?
+        .into_iter()
+        .filter(|f| !added.contains(f.path.as_ref()) && f.may_cover(lo, hi))
+        .collect();
+    if !context.is_empty() {
+        let in_window = |unit: &str, ts: i64| ends.get(unit).is_some_and(|end| ts <= *end && ts >= end - window);
+        for (unit, track) in read_tracks(&table.object_store(), &context, &in_window).await? {
+            if let Some(t) = tracks.get_mut(&unit) {
+                t.add_context(track);
+            }
+        }
+    }
+    Ok(context.len() as u64)
 }
 
 /// The record of this commit ([`record`]), if it has been landed. Its key is dated by the newest prediction, which

@@ -9,7 +9,9 @@
 //!
 //! BatchWriteItem takes no conditions, so each write is preceded by a BatchGetItem of the keys: an item that
 //! already holds this `source_version` (a replay) or a newer one is left alone. A writer racing between the read
-//! and the write could still replace a newer item; the window is one round trip.
+//! and the write could still replace a newer item; the window is one round trip, or, when the keys are read ahead
+//! with [`PredictionStore::stored`] (the predictor reads them while its model runs), that round trip and the time
+//! until the write.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -400,8 +402,6 @@ impl PredictionStore {
         Ok(stats)
     }
 
-    /// The `source_version` (and `written_by`) of the items that exist already, by key: one BatchGetItem per
-    /// [`READ_CHUNK`] distinct keys, [`PredictionStore::concurrency`] at a time.
     /// One BatchGetItem of at most [`READ_CHUNK`] distinct keys, and its unprocessed keys again until `deadline`.
     async fn read_chunk(
         &self,

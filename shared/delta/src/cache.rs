@@ -59,20 +59,29 @@ impl TableCache {
         let slot = self.slot(spec);
         let mut kept = slot.lock().await;
         let started = Instant::now();
-        let (table, started) = match kept.take() {
-            Some((t, Some(at))) if at >= since => (t, at),
-            Some((mut t, _)) => match t.update_incremental(None).await {
-                Ok(()) => (t, started),
+        // The kept table stays in its slot until a newer one replaces it: a load dropped half way (a replay that
+        // stops early drops the loads it started) leaves it for the next invocation.
+        let kept_table = match kept.as_ref() {
+            Some((t, Some(at))) if *at >= since => return Ok(Some(t.clone())),
+            Some((t, _)) => Some(t.clone()),
+            None => None,
+        };
+        let table = match kept_table {
+            Some(mut t) => match t.update_incremental(None).await {
+                Ok(()) => t,
                 Err(e) => {
                     warn!(table = spec.name, error = %e, "bringing the kept table up to date failed; loading it again");
                     match self.open(spec).await? {
-                        Some(t) => (t, started),
-                        None => return Ok(None),
+                        Some(t) => t,
+                        None => {
+                            *kept = None;
+                            return Ok(None);
+                        }
                     }
                 }
             },
             None => match self.open(spec).await? {
-                Some(t) => (t, started),
+                Some(t) => t,
                 None => return Ok(None),
             },
         };

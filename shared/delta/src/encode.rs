@@ -89,7 +89,7 @@ impl Encoders {
         }
     }
 
-    /// Waits for every writer and closes their files: the `add` actions of all of them, in the order written.
+    /// Waits for every writer and closes their files: the `add` actions of all of them, writer by writer.
     pub(crate) async fn flush(&mut self) -> Result<Vec<Add>, DeltaError> {
         while !self.busy.is_empty() {
             let writer = self.wait_oldest().await?;

@@ -187,7 +187,7 @@ async fn read_columns(
     let err = |source: ParquetError| ReadError { path: path.to_string(), source };
     if file.size > 0 && file.size <= WHOLE_FILE_BYTES {
         let whole = store
-            .get_ranges(path, &[0..file.size])
+            .get_ranges(path, std::slice::from_ref(&(0..file.size)))
             .await
             .map_err(|e| err(ParquetError::External(Box::new(e))))?
             .pop()

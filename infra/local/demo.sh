@@ -63,7 +63,7 @@ fi
 echo "==> routing until the pipeline is idle (progress every 5 s)"
 rm -f .local/events.jsonl
 "$bin/fleetlake-router" --stack-env .local/stack.env "${invoke[@]}" --msk-dir .local/fleet/msk \
-  --record .local/events.jsonl > .local/router.json
+  --settle-after 1 --record .local/events.jsonl > .local/router.json
 
 .venv/bin/python infra/local/stack.py report --router .local/router.json
 echo

@@ -29,6 +29,11 @@
 //! `--invoke FUNCTION --event FILE` routes nothing: it hands the event once to that function (its binary name) and
 //! prints `{"function", "answer"}` or `{"function", "error"}`: `cargo lambda invoke` for the test harness.
 //!
+//! `--settle-after N` hands the first N MSK batches, waits until the pipeline is idle, then hands the rest: what
+//! they hold is committed (and predicted) on its own, as when batches arrive in real time, instead of being gathered
+//! with the next hours' into one SQS batch (the e2e test and `make demo` settle the day's first hour, so the day's
+//! start has a prediction of its own).
+//!
 //! For a run at scale (`infra/bench/scale.py`): `--mapping FUNCTION=BATCH_SIZE:WINDOW_MS` sets one SQS mapping's
 //! batch size and batching window (the deployed ones, scaled); `--time-scale S` hands each MSK batch at the time of
 //! its first record, S times faster than the records' own clock (1: as it happened); `--count-requests` puts a
@@ -78,6 +83,7 @@ struct Args {
     /// Per function binary: (batch size, batching window).
     mappings: HashMap<String, (usize, Duration)>,
     time_scale: Option<f64>,
+    settle_after: usize,
     count_requests: bool,
 }
 
@@ -100,6 +106,7 @@ fn args() -> Fallible<Args> {
         serve_address: "127.0.0.1".into(),
         mappings: HashMap::new(),
         time_scale: None,
+        settle_after: 0,
         count_requests: false,
     };
     let mut it = std::env::args().skip(1);
@@ -134,6 +141,7 @@ fn args() -> Fallible<Args> {
                 a.time_scale =
                     Some(v.parse::<f64>().ok().filter(|x| *x > 0.0).ok_or(format!("{flag} {v}: a positive number"))?)
             }
+            "--settle-after" => a.settle_after = n()? as usize,
             "--count-requests" => {
                 a.count_requests = match v.as_str() {
                     "true" => true,
@@ -471,8 +479,16 @@ async fn s3_direct(r: Arc<Router>, f: Arc<Function>, url: String, failure_queue:
     }
 }
 
+/// Pausing the MSK mapping once (`--settle-after`): the feeder waits in `resume` after `after` batches, with
+/// `paused` set and its batches counted as done, until the router has seen the pipeline idle.
+struct Settle {
+    after: usize,
+    paused: AtomicBool,
+    resume: tokio::sync::Notify,
+}
+
 /// The MSK mapping: each batch until it succeeds (backoff up to 16 s, 10 attempts at most here).
-async fn msk_feeder(r: Arc<Router>, f: Arc<Function>, dir: PathBuf, done: Arc<AtomicBool>) {
+async fn msk_feeder(r: Arc<Router>, f: Arc<Function>, dir: PathBuf, done: Arc<AtomicBool>, settle: Arc<Settle>) {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|d| {
             d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect()
@@ -480,7 +496,12 @@ async fn msk_feeder(r: Arc<Router>, f: Arc<Function>, dir: PathBuf, done: Arc<At
         .unwrap_or_default();
     files.sort();
     let (started, mut first_record) = (Instant::now(), None);
-    for path in files {
+    for (n, path) in files.into_iter().enumerate() {
+        if n > 0 && n == settle.after {
+            settle.paused.store(true, Ordering::SeqCst);
+            done.store(true, Ordering::SeqCst);
+            settle.resume.notified().await;
+        }
         let Ok(event) = std::fs::read(&path)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
@@ -678,6 +699,7 @@ async fn run() -> Fallible<Value> {
     let mut watched = Vec::new(); // queue URLs that must drain before the pipeline is idle
     let mut tasks = Vec::new();
     let msk_done = Arc::new(AtomicBool::new(a.msk_dir.is_none()));
+    let settle = Arc::new(Settle { after: a.settle_after, paused: AtomicBool::new(false), resume: Default::default() });
     for def in defs {
         let binary = def["binary"].as_str().unwrap_or_default();
         let logical = def["logical_id"].as_str().unwrap_or_default();
@@ -705,7 +727,13 @@ async fn run() -> Fallible<Value> {
         }
         if def["msk_trigger"].as_bool() == Some(true) {
             if let Some(dir) = &a.msk_dir {
-                tasks.push(tokio::spawn(msk_feeder(router.clone(), f.clone(), dir.clone(), msk_done.clone())));
+                tasks.push(tokio::spawn(msk_feeder(
+                    router.clone(),
+                    f.clone(),
+                    dir.clone(),
+                    msk_done.clone(),
+                    settle.clone(),
+                )));
             }
         }
     }
@@ -739,7 +767,13 @@ async fn run() -> Fallible<Value> {
         }
         quiet_since = if idle { quiet_since.or(Some(Instant::now())) } else { None };
         if quiet_since.is_some_and(|q| q.elapsed() >= a.idle) {
-            break false;
+            if !settle.paused.swap(false, Ordering::SeqCst) {
+                break false;
+            }
+            // The first batches have settled: the rest of the MSK batches go on.
+            msk_done.store(false, Ordering::SeqCst);
+            quiet_since = None;
+            settle.resume.notify_one();
         }
         if started.elapsed() >= a.timeout {
             break true;

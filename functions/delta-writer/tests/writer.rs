@@ -627,3 +627,74 @@ async fn polled_changes_land_once_into_a_change_log_created_when_lsn_was_require
     };
     assert_eq!(rows, [row("TU-1", "c", 10.0), row("TU-1", "u", 11.0), row("TU-2", "c", 20.0)]);
 }
+
+/// A predictor's record object of `units` predictions made from locations version `version`, as the predictor
+/// names it: every such key of a day shares its first 60-odd characters.
+async fn put_record(env: &Env, version: u64, units: u32) -> String {
+    let key = format!("landing/predictions/dt={DAY}/predictor-commit-{version:020}.ndjson.gz");
+    let lines: Vec<String> = (0..units)
+        .map(|u| {
+            json!({"transport_unit_id": format!("TU-{u:06}"), "predicted_at": format!("{DAY}T08:{:02}:00.000000Z", version % 60),
+                   "target": "fuel_next_24h", "value": 10.5 + f64::from(u), "unit": "l", "model_version": "fuel-24h-test",
+                   "features": "{\"distance_km\":3.5}", "source_version": version})
+            .to_string()
+        })
+        .collect();
+    env.put(&key, gzip(&lines)).await;
+    key
+}
+
+/// The `add` actions' statistics in the table's log, by data file.
+async fn logged_stats(env: &Env, table: &str) -> Vec<Value> {
+    let mut stats = Vec::new();
+    for key in env.moto.keys(&env.bucket, &format!("bronze/{table}/_delta_log/")).await {
+        if !key.ends_with(".json") {
+            continue;
+        }
+        let body = env.moto.s3().get_object().bucket(&env.bucket).key(&key).send().await.unwrap();
+        let body = body.body.collect().await.unwrap().into_bytes();
+        for line in String::from_utf8(body.to_vec()).unwrap().lines() {
+            let action: Value = serde_json::from_str(line).unwrap();
+            if let Some(s) = action["add"]["stats"].as_str() {
+                stats.push(serde_json::from_str(s).unwrap());
+            }
+        }
+    }
+    stats
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_duplicate_check_reads_only_the_files_that_may_hold_its_object() {
+    let env = Env::new(&[]).await;
+    let mut writer = env.writer().await;
+    let first = put_record(&env, 41, 3).await;
+    let second = put_record(&env, 42, 3).await;
+    let inv = writer.invoke(&env.sqs(&[("m1", &[first.as_str()])])).await;
+    assert_eq!(failures(inv.outcome.as_ref().unwrap()), Vec::<String>::new());
+    assert_eq!(metric(&inv, "records_written"), 3);
+    // The file's statistics name its object in full, not the prefix every record of the day shares.
+    let stats = logged_stats(&env, "predictions").await;
+    assert_eq!(stats.len(), 1);
+    assert_eq!(
+        (stats[0]["minValues"]["_source_key"].as_str(), stats[0]["maxValues"]["_source_key"].as_str()),
+        (Some(first.as_str()), Some(first.as_str()))
+    );
+
+    // WHEN the next record arrives, from a fresh execution environment (nothing cached)
+    drop(writer);
+    let mut writer = env.writer().await;
+    let inv = writer.invoke(&env.sqs(&[("m2", &[second.as_str()])])).await;
+    // THEN it lands without reading the first record's file
+    assert_eq!(metric(&inv, "records_written"), 3);
+    assert_eq!(metric(&inv, "files_checked"), 0, "the first record's file cannot hold the second's lines");
+
+    // WHEN the first is delivered again: its file, and only its, is read, and nothing lands twice
+    drop(writer);
+    let mut writer = env.writer().await;
+    let inv = writer.invoke(&env.sqs(&[("m3", &[first.as_str()])])).await;
+    assert_eq!(failures(inv.outcome.as_ref().unwrap()), Vec::<String>::new());
+    assert_eq!((metric(&inv, "records_duplicate"), metric(&inv, "records_written")), (3, 0));
+    assert_eq!(metric(&inv, "files_checked"), 1);
+    let rows = env.read("predictions")["rows"].as_array().unwrap().len();
+    assert_eq!(rows, 6);
+}

@@ -196,6 +196,8 @@ impl Appender {
                 let range = probe.kafka_partitions.get_or_insert((p, p));
                 range.0 = range.0.min(p);
                 range.1 = range.1.max(p);
+            } else if kind == IdKind::File {
+                probe.add_file_group(&self.groups.names[group as usize]);
             }
             if let Some(days) = &days {
                 let rows = r.row..r.row + usize::try_from(hi - r.first).unwrap_or(usize::MAX).saturating_add(1);

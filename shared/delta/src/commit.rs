@@ -96,6 +96,8 @@ impl Appender {
                     let r = probe.kafka_partitions.get_or_insert((p, p));
                     r.0 = r.0.min(p);
                     r.1 = r.1.max(p);
+                } else if *kind == IdKind::File {
+                    probe.add_file_group(&self.groups.names[*group as usize]);
                 }
             }
         }

@@ -322,8 +322,11 @@ async fn compact_bin(
         }
         start += len;
     }
+    let mut keys = KeyBounds::default();
+    keys.observe(&all);
     drop(all);
     let mut adds = writer.flush().await.map_err(err)?;
+    keys.apply(&mut adds);
     for a in &mut adds {
         a.data_change = false;
     }

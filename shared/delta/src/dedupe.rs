@@ -1,6 +1,7 @@
 //! The exactly-once bookkeeping, with no I/O: identity runs, which data files may hold a batch's identities (from their statistics), Kafka watermark ids, identities read back from stored rows.
 
 use super::*;
+use deltalake::arrow::compute::{max_string, min_string};
 
 /// Sorted, merged runs of sequence numbers.
 #[derive(Debug, Default)]
@@ -121,6 +122,8 @@ pub(crate) struct Probe {
     pub(crate) kafka_partitions: Option<(i64, i64)>,
     /// Partition values (`YYYY-MM-DD`) of the rows, or `None` for an unpartitioned table.
     pub(crate) partitions: Option<HashSet<String>>,
+    /// The smallest and largest object key (`_source_key`) of the dropped-file rows, to prune on it too.
+    pub(crate) file_keys: Option<(String, String)>,
 }
 
 impl Probe {
@@ -128,6 +131,12 @@ impl Probe {
         let r = self.ranges.entry(kind).or_insert((seq, seq));
         r.0 = r.0.min(seq);
         r.1 = r.1.max(seq);
+    }
+
+    /// Adds the object key of a dropped-file group (`key|etag`, [`file_group`]; the ETag holds no `|`).
+    pub(crate) fn add_file_group(&mut self, group: &str) {
+        let key = group.rsplit_once('|').map_or(group, |(key, _)| key);
+        widen(&mut self.file_keys, key, key);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -163,14 +172,117 @@ impl Probe {
             }
             Some(num("minValues", col)? <= hi && num("maxValues", col)? >= lo)
         };
+        let text = |section: &str| stats.get(section)?.get("_source_key")?.as_str();
+        let keys = |(lo, hi): &(String, String)| -> Option<bool> {
+            if records.is_some() && num("nullCount", "_source_key") == records {
+                // No key in the file: only a row read back without one (an empty key) could match.
+                return Some(lo.is_empty());
+            }
+            Some(keys_may_overlap(text("minValues")?, text("maxValues")?, lo, hi))
+        };
         self.ranges.iter().any(|(kind, range)| {
             let seq = overlaps(kind.seq_column(), *range).unwrap_or(true);
             let part = match (kind, self.kafka_partitions) {
                 (IdKind::Kafka, Some(p)) => overlaps("_source_partition", p).unwrap_or(true),
                 _ => true,
             };
-            seq && part
+            let key = match (kind, &self.file_keys) {
+                (IdKind::File, Some(k)) => keys(k).unwrap_or(true),
+                _ => true,
+            };
+            seq && part && key
         })
+    }
+}
+
+/// Whether a file whose `_source_key` statistics are `min` and `max` may hold a key in `lo..=hi`.
+///
+/// The statistics may keep a prefix of a string rather than the string: deltalake takes them from Parquet, which
+/// keeps 64 bytes (the maximum's last character raised), and every predictor record of a day shares its first 64
+/// (`landing/predictions/dt=2026-11-24/predictor-commit-0000000000000`). A prefix is never above its string, so
+/// `min` bounds the file's keys from below as it is; `max` may be a prefix of the file's largest key (raised or
+/// not), so only a key whose prefix of `max`'s length is above `max` is known to be above every key of the file.
+/// The files delta-writer and lake-maintainer write carry their keys' bounds in full ([`KeyBounds`]), which rule
+/// out every file of other objects.
+pub(crate) fn keys_may_overlap(min: &str, max: &str, lo: &str, hi: &str) -> bool {
+    let prefix = match lo.char_indices().nth(max.chars().count()) {
+        Some((end, _)) => lo.get(..end).unwrap_or(lo),
+        None => lo,
+    };
+    min <= hi && prefix <= max
+}
+
+/// Widens `bounds` (smallest, largest) to take in `lo..=hi`.
+fn widen(bounds: &mut Option<(String, String)>, lo: &str, hi: &str) {
+    match bounds {
+        Some((l, h)) => {
+            if lo < l.as_str() {
+                lo.clone_into(l);
+            }
+            if hi > h.as_str() {
+                hi.clone_into(h);
+            }
+        }
+        None => *bounds = Some((lo.to_owned(), hi.to_owned())),
+    }
+}
+
+/// The smallest and largest object key (`_source_key`) of the rows written by an append or a compaction, put in
+/// full in its files' statistics in place of the 64-byte prefixes Parquet keeps: a later duplicate check can then
+/// rule a file out by key ([`keys_may_overlap`]) instead of reading it. Bounds of all the rows hold for each file.
+#[derive(Debug, Default)]
+pub(crate) struct KeyBounds {
+    keys: Option<(String, String)>,
+    /// A batch whose keys could not be read (not a string column): its files keep deltalake's statistics.
+    unknown: bool,
+}
+
+impl KeyBounds {
+    pub(crate) fn observe(&mut self, batch: &RecordBatch) {
+        let Some(column) = batch.column_by_name("_source_key") else {
+            return;
+        };
+        let (lo, hi) = match column.as_string_opt::<i32>() {
+            Some(a) => (min_string(a), max_string(a)),
+            None => match column.as_string_opt::<i64>() {
+                Some(a) => (min_string(a), max_string(a)),
+                None => {
+                    self.unknown = true;
+                    return;
+                }
+            },
+        };
+        let (Some(lo), Some(hi)) = (lo, hi) else {
+            return; // no key in this batch
+        };
+        widen(&mut self.keys, lo, hi);
+    }
+
+    /// Puts the bounds in the statistics of `adds` (those with statistics and a key).
+    pub(crate) fn apply(&self, adds: &mut [Add]) {
+        let Some((lo, hi)) = self.keys.as_ref().filter(|_| !self.unknown) else {
+            return;
+        };
+        for add in adds {
+            let Some(mut stats) = add.stats.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+                continue;
+            };
+            let records = stats.get("numRecords").and_then(Value::as_i64);
+            let nulls = stats.get("nullCount").and_then(|n| n.get("_source_key")).and_then(Value::as_i64);
+            if records.is_some() && nulls == records {
+                continue; // no key in this file
+            }
+            let mut changed = false;
+            for (section, value) in [("minValues", lo), ("maxValues", hi)] {
+                if let Some(values) = stats.get_mut(section).and_then(Value::as_object_mut) {
+                    values.insert("_source_key".to_owned(), Value::String(value.clone()));
+                    changed = true;
+                }
+            }
+            if changed {
+                add.stats = Some(stats.to_string());
+            }
+        }
     }
 }
 
@@ -407,6 +519,98 @@ pub(crate) fn stored_identities(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// A string statistic as a writer may keep it: whole, its first `n` characters, or those with the last one
+    /// raised (Parquet's way of keeping a maximum above the values).
+    fn kept(s: &str, n: usize, how: u8) -> String {
+        if s.chars().count() <= n || how == 0 {
+            return s.to_owned();
+        }
+        let mut prefix: Vec<char> = s.chars().take(n).collect();
+        if how == 2 {
+            if let Some(last) = prefix.last_mut() {
+                *last = char::from_u32(u32::from(*last) + 1).unwrap_or(*last);
+            }
+        }
+        prefix.into_iter().collect()
+    }
+
+    proptest! {
+        /// Pruning by key never rules out a file that holds a key of the probe, whatever the statistics kept.
+        #[test]
+        fn a_file_holding_a_probed_key_is_never_ruled_out(
+            keys in proptest::collection::vec("[a/=0-9é]{0,12}", 1..6),
+            others in proptest::collection::vec("[a/=0-9é]{0,12}", 0..3),
+            held in any::<proptest::sample::Index>(),
+            n in 1usize..8,
+            how_min in 0u8..2,
+            how_max in 0u8..3,
+        ) {
+            let min = kept(keys.iter().min().unwrap(), n, how_min);
+            let max = kept(keys.iter().max().unwrap(), n, how_max);
+            // The probe: one of the file's keys (with few keys, often the largest, where a kept prefix bites) and
+            // some others.
+            let probe: Vec<&String> = others.iter().chain([held.get(&keys)]).collect();
+            let (lo, hi) = (*probe.iter().min().unwrap(), *probe.iter().max().unwrap());
+            prop_assert!(keys_may_overlap(&min, &max, lo, hi), "{keys:?} kept as {min:?}..{max:?}, probe {lo:?}..{hi:?}");
+        }
+    }
+
+    #[test]
+    fn files_of_other_objects_are_ruled_out_by_key_when_their_statistics_name_them_in_full() {
+        let key = |v: u32| format!("landing/predictions/dt=2026-11-24/predictor-commit-{v:020}.ndjson.gz");
+        let mut probe = Probe { partitions: Some(HashSet::from(["2026-11-24".to_owned()])), ..Probe::default() };
+        probe.add(IdKind::File, 1);
+        probe.add(IdKind::File, 3);
+        probe.add_file_group(&format!("{}|\"0123abcd\"", key(42)));
+        let stats = |lo: &str, hi: &str| {
+            json!({"numRecords": 3, "minValues": {"_line": 1, "_source_key": lo}, "maxValues": {"_line": 3, "_source_key": hi},
+                   "nullCount": {"_line": 0, "_source_key": 0}})
+            .to_string()
+        };
+        let day = HashMap::from([("predicted_date".to_owned(), Some("2026-11-24".to_owned()))]);
+        let col = Some("predicted_date");
+        assert!(!probe.may_hold(Some(&stats(&key(41), &key(41))), &day, col), "another object's file");
+        assert!(probe.may_hold(Some(&stats(&key(42), &key(42))), &day, col), "the object's own file");
+        assert!(probe.may_hold(Some(&stats(&key(40), &key(43))), &day, col), "a file of objects around it");
+        // What Parquet keeps of a long key (64 bytes, the maximum raised): every record of the day looks alike.
+        let (lo, hi) = (kept(&key(41), 64, 0), kept(&key(41), 64, 2));
+        assert!(probe.may_hold(Some(&stats(&lo, &hi)), &day, col), "a kept prefix cannot rule the file out");
+        let kafka_only = r#"{"numRecords":3,"nullCount":{"_line":0,"_source_key":3}}"#;
+        assert!(!probe.may_hold(Some(kafka_only), &day, col), "a file without objects' rows");
+    }
+
+    #[test]
+    fn the_bounds_of_the_keys_written_replace_the_kept_prefixes() {
+        use deltalake::arrow::array::StringArray;
+        let mut bounds = KeyBounds::default();
+        for keys in [vec![Some("k/b"), None], vec![Some("k/c"), Some("k/a")], vec![None]] {
+            let batch =
+                RecordBatch::try_from_iter([("_source_key", Arc::new(StringArray::from(keys)) as ArrayRef)]).unwrap();
+            bounds.observe(&batch);
+        }
+        let add = |stats: &str| Add { stats: Some(stats.to_owned()), ..Add::default() };
+        let mut adds = [
+            add(
+                r#"{"numRecords":2,"minValues":{"_source_key":"k"},"maxValues":{"_source_key":"l"},"nullCount":{"_source_key":0}}"#,
+            ),
+            add(r#"{"numRecords":2,"minValues":{},"maxValues":{},"nullCount":{"_source_key":2}}"#),
+        ];
+        bounds.apply(&mut adds);
+        let stats: Value = serde_json::from_str(adds[0].stats.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (&stats["minValues"]["_source_key"], &stats["maxValues"]["_source_key"]),
+            (&json!("k/a"), &json!("k/c"))
+        );
+        assert_eq!(stats["numRecords"], 2);
+        assert_eq!(
+            adds[1].stats.as_deref(),
+            Some(r#"{"numRecords":2,"minValues":{},"maxValues":{},"nullCount":{"_source_key":2}}"#),
+            "no key: left alone"
+        );
+    }
 
     #[test]
     fn runs_merge_and_answer_membership() {

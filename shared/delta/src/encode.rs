@@ -25,6 +25,8 @@ pub(crate) struct Encoders {
     busy: VecDeque<Busy>,
     /// The table's schema as the writers take it.
     schema: SchemaRef,
+    /// The object keys written, for the files' statistics.
+    keys: KeyBounds,
 }
 
 impl Encoders {
@@ -44,7 +46,7 @@ impl Encoders {
         };
         let idle = (0..n.max(1)).map(|_| writer()).collect::<Result<Vec<_>, _>>()?;
         let schema = idle[0].arrow_schema();
-        Ok(Self { spec, idle, busy: VecDeque::new(), schema })
+        Ok(Self { spec, idle, busy: VecDeque::new(), schema, keys: KeyBounds::default() })
     }
 
     /// Writers for this process: one per core it may use, at most [`MAX_ENCODERS`].
@@ -64,6 +66,7 @@ impl Encoders {
             Some(w) => w,
             None => self.wait_oldest().await?,
         };
+        self.keys.observe(&batch);
         let spec = self.spec;
         self.busy.push_back(tokio::spawn(async move {
             write_partitions(&mut writer, spec, batch).await?;
@@ -100,6 +103,7 @@ impl Encoders {
         for writer in &mut self.idle {
             adds.extend(writer.flush().await.map_err(|source| DeltaError::Delta { table, source })?);
         }
+        self.keys.apply(&mut adds);
         Ok(adds)
     }
 }

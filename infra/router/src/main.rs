@@ -480,7 +480,8 @@ async fn s3_direct(r: Arc<Router>, f: Arc<Function>, url: String, failure_queue:
 }
 
 /// Pausing the MSK mapping once (`--settle-after`): the feeder waits in `resume` after `after` batches, with
-/// `paused` set and its batches counted as done, until the router has seen the pipeline idle.
+/// `paused` set and its batches counted as done, until the router has seen the pipeline idle. One feeder: a stack
+/// has one function with an MSK trigger (msk-lander).
 struct Settle {
     after: usize,
     paused: AtomicBool,
@@ -495,12 +496,14 @@ async fn msk_feeder(r: Arc<Router>, f: Arc<Function>, dir: PathBuf, done: Arc<At
         })
         .unwrap_or_default();
     files.sort();
-    let (started, mut first_record) = (Instant::now(), None);
+    let (mut started, mut first_record) = (Instant::now(), None);
     for (n, path) in files.into_iter().enumerate() {
         if n > 0 && n == settle.after {
             settle.paused.store(true, Ordering::SeqCst);
             done.store(true, Ordering::SeqCst);
+            let paused = Instant::now();
             settle.resume.notified().await;
+            started += paused.elapsed(); // `--time-scale`: the pause is not the records' time
         }
         let Ok(event) = std::fs::read(&path)
             .map_err(|e| e.to_string())

@@ -133,10 +133,13 @@ impl Probe {
         r.1 = r.1.max(seq);
     }
 
-    /// Adds the object key of a dropped-file group (`key|etag`, [`file_group`]; the ETag holds no `|`).
+    /// Adds the object key of a dropped-file group (`key|etag`, [`file_group`]). Either may hold a `|` (an ETag a
+    /// line claims is taken as it is), so the key is one of the group's prefixes that end before a `|`: those
+    /// nest, and the bounds take in all of them.
     pub(crate) fn add_file_group(&mut self, group: &str) {
-        let key = group.rsplit_once('|').map_or(group, |(key, _)| key);
-        widen(&mut self.file_keys, key, key);
+        let shortest = group.split_once('|').map_or(group, |(key, _)| key);
+        let longest = group.rsplit_once('|').map_or(group, |(key, _)| key);
+        widen(&mut self.file_keys, shortest, longest);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -580,6 +583,15 @@ mod tests {
         assert!(probe.may_hold(Some(&stats(&lo, &hi)), &day, col), "a kept prefix cannot rule the file out");
         let kafka_only = r#"{"numRecords":3,"nullCount":{"_line":0,"_source_key":3}}"#;
         assert!(!probe.may_hold(Some(kafka_only), &day, col), "a file without objects' rows");
+
+        // A `|` in the ETag (claimed by a line) or in the key: the group alone does not say where the key ends.
+        for (key, etag) in [("K", "abc|1"), ("K|x", "abc")] {
+            let mut probe = Probe::default();
+            probe.add(IdKind::File, 1);
+            probe.add_file_group(&file_group(key, etag));
+            let held = stats(key, &format!("{key}.gz"));
+            assert!(probe.may_hold(Some(&held), &day, col), "{key:?} with ETag {etag:?}");
+        }
     }
 
     #[test]

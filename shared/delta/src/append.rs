@@ -189,16 +189,7 @@ impl Appender {
                 continue;
             }
             check.push(Some((r.first, hi)));
-            probe.add(kind, r.first);
-            probe.add(kind, hi);
-            if kind == IdKind::Kafka {
-                let p = kafka_partition(&self.groups.names[group as usize]);
-                let range = probe.kafka_partitions.get_or_insert((p, p));
-                range.0 = range.0.min(p);
-                range.1 = range.1.max(p);
-            } else if kind == IdKind::File {
-                probe.add_file_group(&self.groups.names[group as usize]);
-            }
+            probe.add_run(kind, &self.groups.names[group as usize], r.first, hi);
             if let Some(days) = &days {
                 let rows = r.row..r.row + usize::try_from(hi - r.first).unwrap_or(usize::MAX).saturating_add(1);
                 let mut last = None;

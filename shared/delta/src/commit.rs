@@ -89,16 +89,7 @@ impl Appender {
         let mut probe = Probe::default();
         for ((kind, group), runs) in &self.ours.runs {
             if let (Some((&lo, _)), Some((_, &hi))) = (runs.0.first_key_value(), runs.0.last_key_value()) {
-                probe.add(*kind, lo);
-                probe.add(*kind, hi);
-                if *kind == IdKind::Kafka {
-                    let p = kafka_partition(&self.groups.names[*group as usize]);
-                    let r = probe.kafka_partitions.get_or_insert((p, p));
-                    r.0 = r.0.min(p);
-                    r.1 = r.1.max(p);
-                } else if *kind == IdKind::File {
-                    probe.add_file_group(&self.groups.names[*group as usize]);
-                }
+                probe.add_run(*kind, &self.groups.names[*group as usize], lo, hi);
             }
         }
         let before = std::mem::take(&mut self.existing);

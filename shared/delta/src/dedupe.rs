@@ -133,6 +133,23 @@ impl Probe {
         r.1 = r.1.max(seq);
     }
 
+    /// Adds the identities `lo..=hi` of one group (named `group`): their sequence bounds, and what prunes files
+    /// by group (a Kafka group's partition, a dropped file's object key).
+    pub(crate) fn add_run(&mut self, kind: IdKind, group: &str, lo: i64, hi: i64) {
+        self.add(kind, lo);
+        self.add(kind, hi);
+        match kind {
+            IdKind::Kafka => {
+                let p = kafka_partition(group);
+                let range = self.kafka_partitions.get_or_insert((p, p));
+                range.0 = range.0.min(p);
+                range.1 = range.1.max(p);
+            }
+            IdKind::File => self.add_file_group(group),
+            IdKind::Change | IdKind::Poll => {}
+        }
+    }
+
     /// Adds the object key of a dropped-file group (`key|etag`, [`file_group`]). Either may hold a `|` (an ETag a
     /// line claims is taken as it is), so the key is one of the group's prefixes that end before a `|`: those
     /// nest, and the bounds take in all of them.

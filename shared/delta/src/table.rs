@@ -58,27 +58,51 @@ pub async fn open_or_create(settings: &DeltaSettings, spec: &'static TableSpec) 
                     Some(settings.txn_retention.clone()),
                 )
                 .with_save_mode(SaveMode::Ignore)
+                // A creation is version 0 or nothing. deltalake retries a commit that lost its version, and a
+                // creation that lost version 0 to another writer's would land as version 1: the table created a
+                // second time, under a new id and with the schema of the moment the loser started.
+                .with_commit_properties(CommitProperties::default().with_max_retries(0))
                 .await;
             match created {
                 Ok(t) => {
                     info!(version = t.version(), "created table");
                     table = t;
                 }
-                // Another writer created it first.
+                // Another writer created it first (or the creation failed: then the load finds no table).
                 Err(e) => {
                     warn!(error = %e, "create failed; loading the table another writer created");
-                    table = DeltaTableBuilder::from_url(url)
-                        .map_err(err)?
-                        .with_storage_options(settings.storage_options.clone())
-                        .load()
-                        .await
-                        .map_err(err)?;
+                    table = load_created(settings, spec, url).await?;
                 }
             }
         }
         Err(e) => return Err(err(e)),
     }
     evolve(table, spec).await
+}
+
+/// Loads a table another writer has just created: its version 0 may not be listed yet when a create-only PUT of it
+/// is not atomic (moto's is not under load), so a missing table is looked for again a few times before the
+/// failure is the caller's.
+async fn load_created(settings: &DeltaSettings, spec: &'static TableSpec, url: Url) -> Result<DeltaTable, DeltaError> {
+    let err = |source| DeltaError::Delta { table: spec.name, source };
+    let mut pause = Duration::from_millis(50);
+    let mut left = 4;
+    loop {
+        let loaded = DeltaTableBuilder::from_url(url.clone())
+            .map_err(err)?
+            .with_storage_options(settings.storage_options.clone())
+            .load()
+            .await;
+        match loaded {
+            Err(DeltaTableError::NotATable(message)) if left > 0 => {
+                warn!(%message, "the table another writer created is not there yet; looking again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                left -= 1;
+            }
+            other => return other.map_err(err),
+        }
+    }
 }
 
 /// Adds the spec's columns the table lacks; refuses a table whose columns this writer does not know or types

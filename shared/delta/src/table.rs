@@ -71,7 +71,7 @@ pub async fn open_or_create(settings: &DeltaSettings, spec: &'static TableSpec) 
                 // Another writer created it first (or the creation failed: then the load finds no table).
                 Err(e) => {
                     warn!(error = %e, "create failed; loading the table another writer created");
-                    table = load_created(settings, spec, url).await?;
+                    table = load_created(settings, spec, url, e).await?;
                 }
             }
         }
@@ -80,35 +80,46 @@ pub async fn open_or_create(settings: &DeltaSettings, spec: &'static TableSpec) 
     evolve(table, spec).await
 }
 
-/// Loads a table another writer has just created: its version 0 may not be listed yet when a create-only PUT of it
-/// is not atomic (moto's is not under load), so a missing table is looked for again a few times before the
-/// failure is the caller's.
-async fn load_created(settings: &DeltaSettings, spec: &'static TableSpec, url: Url) -> Result<DeltaTable, DeltaError> {
+/// Loads the table another writer created after this one's creation failed with `create_error`. The winner's
+/// version 0 may not be readable yet: S3 can refuse a create-only PUT with 409 while another one of the key is in
+/// flight, and moto's are not atomic under load. A missing table is looked for again (five loads over about a
+/// second, jittered) before `create_error`, the failure that counts, is the caller's.
+async fn load_created(
+    settings: &DeltaSettings,
+    spec: &'static TableSpec,
+    url: Url,
+    create_error: DeltaTableError,
+) -> Result<DeltaTable, DeltaError> {
     let err = |source| DeltaError::Delta { table: spec.name, source };
     let mut pause = Duration::from_millis(50);
-    let mut left = 4;
-    loop {
+    for _ in 0..4 {
         let loaded = DeltaTableBuilder::from_url(url.clone())
             .map_err(err)?
             .with_storage_options(settings.storage_options.clone())
             .load()
             .await;
         match loaded {
-            Err(DeltaTableError::NotATable(message)) if left > 0 => {
+            Err(DeltaTableError::NotATable(message)) => {
                 warn!(%message, "the table another writer created is not there yet; looking again");
-                tokio::time::sleep(pause).await;
+                tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
                 pause *= 2;
-                left -= 1;
             }
             other => return other.map_err(err),
         }
     }
+    match DeltaTableBuilder::from_url(url)
+        .map_err(err)?
+        .with_storage_options(settings.storage_options.clone())
+        .load()
+        .await
+    {
+        Err(DeltaTableError::NotATable(_)) => Err(err(create_error)),
+        other => other.map_err(err),
+    }
 }
 
-/// Adds the spec's columns the table lacks; refuses a table whose columns this writer does not know or types
-/// differently.
-pub(crate) async fn evolve(table: DeltaTable, spec: &'static TableSpec) -> Result<DeltaTable, DeltaError> {
-    let schema = table.snapshot().map_err(|source| DeltaError::Delta { table: spec.name, source })?.schema();
+/// Refuses a table whose columns this writer does not know or types differently.
+fn check_columns(schema: &deltalake::kernel::StructType, spec: &'static TableSpec) -> Result<(), DeltaError> {
     let wanted = spec.columns();
     for field in schema.fields() {
         match wanted.iter().find(|(n, ..)| *n == field.name()) {
@@ -127,6 +138,15 @@ pub(crate) async fn evolve(table: DeltaTable, spec: &'static TableSpec) -> Resul
             Some(_) => {}
         }
     }
+    Ok(())
+}
+
+/// Adds the spec's columns the table lacks; refuses a table whose columns this writer does not know or types
+/// differently.
+pub(crate) async fn evolve(table: DeltaTable, spec: &'static TableSpec) -> Result<DeltaTable, DeltaError> {
+    let schema = table.snapshot().map_err(|source| DeltaError::Delta { table: spec.name, source })?.schema();
+    check_columns(&schema, spec)?;
+    let wanted = spec.columns();
     // Columns the spec has made nullable since the table was created (`lsn`, once pg-poller's changes came):
     // relaxed in place, as Delta allows.
     let relax: Vec<&str> = wanted
@@ -167,11 +187,22 @@ pub(crate) async fn evolve(table: DeltaTable, spec: &'static TableSpec) -> Resul
         return Ok(table);
     }
     let names: Vec<String> = missing.iter().map(|f| f.name().clone()).collect();
-    let table = table
-        .add_columns()
-        .with_fields(missing)
-        .await
-        .map_err(|source| DeltaError::Delta { table: spec.name, source })?;
-    info!(columns = ?names, version = table.version(), "added columns to the table");
-    Ok(table)
+    match table.clone().add_columns().with_fields(missing).await {
+        Ok(table) => {
+            info!(columns = ?names, version = table.version(), "added columns to the table");
+            Ok(table)
+        }
+        // Another writer added them first (a concurrent metadata change): its version holds the columns.
+        Err(e) => {
+            warn!(columns = ?names, error = %e, "adding columns failed; reloading");
+            let mut t = table;
+            t.update_state().await.map_err(|source| DeltaError::Delta { table: spec.name, source })?;
+            let schema = t.snapshot().map_err(|source| DeltaError::Delta { table: spec.name, source })?.schema();
+            check_columns(&schema, spec)?;
+            if wanted.iter().any(|(n, ..)| schema.field(n).is_none()) {
+                return Err(DeltaError::Delta { table: spec.name, source: e });
+            }
+            Ok(t)
+        }
+    }
 }

@@ -1,0 +1,144 @@
+//! Creating and evolving a table with many writers at once: a first deployment, a new table, or a release that adds
+//! columns, met by a burst of notifications. Each writer is an execution environment of its own (its own object
+//! store and connections), and the race for each log version goes through S3's round trip and create-only PUTs.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // tests fail loudly
+
+use std::time::Duration;
+
+use deltalake::kernel::{DataType, StructField};
+use deltalake::DeltaTableBuilder;
+use fleetlake_core::bronze::{Kind, LOCATIONS};
+use fleetlake_delta::DeltaSettings;
+use fleetlake_testkit::{counting_proxy, forwarding_proxy, serialising_proxy, Moto, RequestCounts};
+
+/// moto behind a proxy making conditional PUTs atomic (as S3 does) and adding 20 ms to every request (moto on
+/// loopback answers in well under a millisecond), behind one counting the requests.
+async fn s3_like(moto: &Moto) -> (String, RequestCounts) {
+    let serial = serialising_proxy(moto.endpoint.clone()).await;
+    let slow = forwarding_proxy(serial, Duration::from_millis(20), None).await;
+    counting_proxy(slow).await
+}
+
+fn settings(moto: &Moto, endpoint: &str, bucket: &str, prefix: &str) -> DeltaSettings {
+    let mut options = moto.delta_storage_options();
+    options.insert("AWS_ENDPOINT_URL".to_owned(), endpoint.to_owned());
+    DeltaSettings::reader(bucket, prefix, options).unwrap()
+}
+
+/// `writers` writers opening (creating or evolving) `bronze/locations` at once; each one's error, if any.
+async fn open_at_once(settings: &DeltaSettings, writers: usize) -> Vec<String> {
+    let opened = futures::future::join_all((0..writers).map(|_| {
+        let settings = settings.clone();
+        tokio::spawn(async move { fleetlake_delta::open_or_create(&settings, &LOCATIONS).await })
+    }))
+    .await;
+    let mut failed = Vec::new();
+    for (w, result) in opened.into_iter().enumerate() {
+        if let Err(e) = result.unwrap() {
+            failed.push(format!("writer {w}: {e}"));
+        }
+    }
+    failed
+}
+
+/// The commits in the table's log.
+async fn commits(moto: &Moto, bucket: &str, prefix: &str) -> usize {
+    let log = moto.keys(bucket, &format!("{prefix}locations/_delta_log/")).await;
+    log.iter().filter(|k| k.ends_with(".json")).count()
+}
+
+fn lost_races(counts: &RequestCounts) -> u64 {
+    let counts = counts.lock().unwrap();
+    counts.iter().filter(|(k, _)| k.starts_with("s3:PutObject 4")).map(|(_, n)| n).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_writers_creating_one_table_at_once_create_it_once() {
+    let moto = Moto::start().await;
+    let bucket = moto.bucket("create").await;
+    let (endpoint, counts) = s3_like(&moto).await;
+    // Rounds on fresh tables: the race has several ways to go, and each round is a new draw.
+    for round in 0..5 {
+        let prefix = format!("round-{round}/");
+        let settings = settings(&moto, &endpoint, &bucket, &prefix);
+        assert_eq!(open_at_once(&settings, 16).await, Vec::<String>::new(), "round {round}");
+        // One creation: a writer that lost version 0 does not create the table again as version 1.
+        assert_eq!(commits(&moto, &bucket, &prefix).await, 1, "round {round}");
+        let table = fleetlake_delta::open_existing(
+            &LOCATIONS,
+            settings.table_url(&LOCATIONS).unwrap(),
+            settings.storage_options.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(table.version(), Some(0));
+    }
+    // The rounds raced: some creations lost version 0 (a create-only PUT refused).
+    assert!(lost_races(&counts) > 0, "no creation lost its race: {:?}", counts.lock().unwrap());
+}
+
+fn delta_type(kind: Kind) -> DataType {
+    match kind {
+        Kind::Utf8 => DataType::STRING,
+        Kind::Float64 => DataType::DOUBLE,
+        Kind::Int32 => DataType::INTEGER,
+        Kind::Int64 => DataType::LONG,
+        Kind::Timestamp | Kind::EpochMillis => DataType::TIMESTAMP,
+        Kind::Date => DataType::DATE,
+        Kind::Boolean => DataType::BOOLEAN,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_writers_evolving_an_older_table_at_once_change_it_once() {
+    let moto = Moto::start().await;
+    let bucket = moto.bucket("evolve").await;
+    let (endpoint, counts) = s3_like(&moto).await;
+    for round in 0..3 {
+        let prefix = format!("round-{round}/");
+        let settings = settings(&moto, &endpoint, &bucket, &prefix);
+        // The table as an older release created it: without the last two weather columns, and `speed_kmh` still
+        // required.
+        let (dropped, relaxed) = (["weather_code", "weather_status"], "speed_kmh");
+        let columns: Vec<StructField> = LOCATIONS
+            .columns()
+            .into_iter()
+            .filter(|(name, ..)| !dropped.contains(name))
+            .map(|(name, kind, nullable)| StructField::new(name, delta_type(kind), nullable && name != relaxed))
+            .collect();
+        DeltaTableBuilder::from_url(settings.table_url(&LOCATIONS).unwrap())
+            .unwrap()
+            .with_storage_options(moto.delta_storage_options())
+            .build()
+            .unwrap()
+            .create()
+            .with_table_name("locations")
+            .with_columns(columns)
+            .with_partition_columns(LOCATIONS.partition_columns())
+            .await
+            .unwrap();
+
+        assert_eq!(open_at_once(&settings, 8).await, Vec::<String>::new(), "round {round}");
+
+        // The table has this release's schema, changed once: the creation, `speed_kmh` made nullable, the columns
+        // added; a writer that lost a change to another's took the winner's.
+        let table = fleetlake_delta::open_existing(
+            &LOCATIONS,
+            settings.table_url(&LOCATIONS).unwrap(),
+            settings.storage_options.clone(),
+        )
+        .await
+        .unwrap();
+        let schema = table.snapshot().unwrap().schema();
+        for (name, kind, nullable) in LOCATIONS.columns() {
+            let field = schema.field(name).unwrap_or_else(|| panic!("round {round}: no column {name}"));
+            assert_eq!(
+                (field.data_type(), field.is_nullable()),
+                (&delta_type(kind), nullable),
+                "round {round}: {name}"
+            );
+        }
+        assert_eq!(commits(&moto, &bucket, &prefix).await, 3, "round {round}");
+    }
+    assert!(lost_races(&counts) > 0, "no change lost its race: {:?}", counts.lock().unwrap());
+}

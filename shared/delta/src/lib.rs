@@ -49,7 +49,7 @@ pub use settings::{storage_options, DeltaSettings};
 pub use state::{
     change_columns, held, read_partition, refresh_partition, replace_partition, state_app_id, Refreshed, Replaced,
 };
-pub use table::{open_existing, open_or_create};
+pub use table::{delta_type, open_existing, open_or_create};
 
 // Every module's items are in scope here, so each module reaches its siblings' through `use super::*`.
 #[allow(unused_imports)]

@@ -12,7 +12,8 @@ pub async fn open_existing(
     DeltaTableBuilder::from_url(url).map_err(err)?.with_storage_options(storage_options).load().await.map_err(err)
 }
 
-pub(crate) fn delta_type(kind: Kind) -> DataType {
+/// The Delta type of a column of this kind.
+pub fn delta_type(kind: Kind) -> DataType {
     match kind {
         Kind::Utf8 => DataType::STRING,
         Kind::Float64 => DataType::DOUBLE,
@@ -90,32 +91,30 @@ async fn load_created(
     url: Url,
     create_error: DeltaTableError,
 ) -> Result<DeltaTable, DeltaError> {
-    let err = |source| DeltaError::Delta { table: spec.name, source };
     let mut pause = Duration::from_millis(50);
-    for _ in 0..4 {
-        let loaded = DeltaTableBuilder::from_url(url.clone())
-            .map_err(err)?
-            .with_storage_options(settings.storage_options.clone())
-            .load()
-            .await;
-        match loaded {
-            Err(DeltaTableError::NotATable(message)) => {
+    for look in 1.. {
+        match open_existing(spec, url.clone(), settings.storage_options.clone()).await {
+            Err(DeltaError::Delta { source: DeltaTableError::NotATable(_), .. }) if look == 5 => break,
+            Err(DeltaError::Delta { source: DeltaTableError::NotATable(message), .. }) => {
                 warn!(%message, "the table another writer created is not there yet; looking again");
                 tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
                 pause *= 2;
             }
-            other => return other.map_err(err),
+            other => return other,
         }
     }
-    match DeltaTableBuilder::from_url(url)
-        .map_err(err)?
-        .with_storage_options(settings.storage_options.clone())
-        .load()
-        .await
-    {
-        Err(DeltaTableError::NotATable(_)) => Err(err(create_error)),
-        other => other.map_err(err),
-    }
+    Err(DeltaError::Delta { table: spec.name, source: create_error })
+}
+
+/// The table brought up to date after a change of its metadata lost to another writer's, and its schema.
+async fn reload(
+    mut table: DeltaTable,
+    spec: &'static TableSpec,
+) -> Result<(DeltaTable, deltalake::kernel::SchemaRef), DeltaError> {
+    let err = |source| DeltaError::Delta { table: spec.name, source };
+    table.update_state().await.map_err(err)?;
+    let schema = table.snapshot().map_err(err)?.schema();
+    Ok((table, schema))
 }
 
 /// Refuses a table whose columns this writer does not know or types differently.
@@ -161,15 +160,8 @@ pub(crate) async fn evolve(table: DeltaTable, spec: &'static TableSpec) -> Resul
             // Another writer relaxed it first (a concurrent metadata change): its version holds the change.
             Err(e) => {
                 warn!(column = name, error = %e, "dropping NOT NULL failed; reloading");
-                let mut t = table;
-                t.update_state().await.map_err(|source| DeltaError::Delta { table: spec.name, source })?;
-                let nullable = t
-                    .snapshot()
-                    .map_err(|source| DeltaError::Delta { table: spec.name, source })?
-                    .schema()
-                    .field(name)
-                    .is_some_and(|f| f.is_nullable());
-                if !nullable {
+                let (t, schema) = reload(table, spec).await?;
+                if !schema.field(name).is_some_and(|f| f.is_nullable()) {
                     return Err(DeltaError::Delta { table: spec.name, source: e });
                 }
                 t
@@ -195,9 +187,7 @@ pub(crate) async fn evolve(table: DeltaTable, spec: &'static TableSpec) -> Resul
         // Another writer added them first (a concurrent metadata change): its version holds the columns.
         Err(e) => {
             warn!(columns = ?names, error = %e, "adding columns failed; reloading");
-            let mut t = table;
-            t.update_state().await.map_err(|source| DeltaError::Delta { table: spec.name, source })?;
-            let schema = t.snapshot().map_err(|source| DeltaError::Delta { table: spec.name, source })?.schema();
+            let (t, schema) = reload(table, spec).await?;
             check_columns(&schema, spec)?;
             if wanted.iter().any(|(n, ..)| schema.field(n).is_none()) {
                 return Err(DeltaError::Delta { table: spec.name, source: e });

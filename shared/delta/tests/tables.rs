@@ -5,24 +5,50 @@
 
 use std::time::Duration;
 
-use deltalake::kernel::{DataType, StructField};
-use deltalake::DeltaTableBuilder;
-use fleetlake_core::bronze::{Kind, LOCATIONS};
-use fleetlake_delta::DeltaSettings;
+use deltalake::kernel::StructField;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use fleetlake_core::bronze::LOCATIONS;
+use fleetlake_delta::{delta_type, DeltaSettings};
 use fleetlake_testkit::{counting_proxy, forwarding_proxy, serialising_proxy, Moto, RequestCounts};
 
-/// moto behind a proxy making conditional PUTs atomic (as S3 does) and adding 20 ms to every request (moto on
-/// loopback answers in well under a millisecond), behind one counting the requests.
-async fn s3_like(moto: &Moto) -> (String, RequestCounts) {
-    let serial = serialising_proxy(moto.endpoint.clone()).await;
-    let slow = forwarding_proxy(serial, Duration::from_millis(20), None).await;
-    counting_proxy(slow).await
+/// Rounds of a race on fresh tables in one bucket of moto, behind a proxy making conditional PUTs atomic (as S3
+/// does) and adding 20 ms to every request (moto on loopback answers in well under a millisecond), behind one
+/// counting the requests.
+struct Race {
+    moto: Moto,
+    bucket: String,
+    endpoint: String,
+    counts: RequestCounts,
 }
 
-fn settings(moto: &Moto, endpoint: &str, bucket: &str, prefix: &str) -> DeltaSettings {
-    let mut options = moto.delta_storage_options();
-    options.insert("AWS_ENDPOINT_URL".to_owned(), endpoint.to_owned());
-    DeltaSettings::reader(bucket, prefix, options).unwrap()
+impl Race {
+    async fn start(name: &str) -> Race {
+        let moto = Moto::start().await;
+        let bucket = moto.bucket(name).await;
+        let serial = serialising_proxy(moto.endpoint.clone()).await;
+        let slow = forwarding_proxy(serial, Duration::from_millis(20), None).await;
+        let (endpoint, counts) = counting_proxy(slow).await;
+        Race { moto, bucket, endpoint, counts }
+    }
+
+    /// The settings of round `round`'s tables, through the proxies.
+    fn settings(&self, round: usize) -> DeltaSettings {
+        let mut options = self.moto.delta_storage_options();
+        options.insert("AWS_ENDPOINT_URL".to_owned(), self.endpoint.clone());
+        DeltaSettings::reader(&self.bucket, &format!("round-{round}/"), options).unwrap()
+    }
+
+    /// The commits in the log of round `round`'s table.
+    async fn commits(&self, round: usize) -> usize {
+        let log = self.moto.keys(&self.bucket, &format!("round-{round}/locations/_delta_log/")).await;
+        log.iter().filter(|k| k.ends_with(".json")).count()
+    }
+
+    /// Create-only PUTs refused so far: races lost.
+    fn lost(&self) -> u64 {
+        let counts = self.counts.lock().unwrap();
+        counts.iter().filter(|(k, _)| k.starts_with("s3:PutObject 4")).map(|(_, n)| n).sum()
+    }
 }
 
 /// `writers` writers opening (creating or evolving) `bronze/locations` at once; each one's error, if any.
@@ -41,62 +67,32 @@ async fn open_at_once(settings: &DeltaSettings, writers: usize) -> Vec<String> {
     failed
 }
 
-/// The commits in the table's log.
-async fn commits(moto: &Moto, bucket: &str, prefix: &str) -> usize {
-    let log = moto.keys(bucket, &format!("{prefix}locations/_delta_log/")).await;
-    log.iter().filter(|k| k.ends_with(".json")).count()
-}
-
-fn lost_races(counts: &RequestCounts) -> u64 {
-    let counts = counts.lock().unwrap();
-    counts.iter().filter(|(k, _)| k.starts_with("s3:PutObject 4")).map(|(_, n)| n).sum()
+/// The table as a reader opens it after the race.
+async fn latest(settings: &DeltaSettings) -> DeltaTable {
+    let url = settings.table_url(&LOCATIONS).unwrap();
+    fleetlake_delta::open_existing(&LOCATIONS, url, settings.storage_options.clone()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_writers_creating_one_table_at_once_create_it_once() {
-    let moto = Moto::start().await;
-    let bucket = moto.bucket("create").await;
-    let (endpoint, counts) = s3_like(&moto).await;
+    let race = Race::start("create").await;
     // Rounds on fresh tables: the race has several ways to go, and each round is a new draw.
     for round in 0..5 {
-        let prefix = format!("round-{round}/");
-        let settings = settings(&moto, &endpoint, &bucket, &prefix);
+        let settings = race.settings(round);
         assert_eq!(open_at_once(&settings, 16).await, Vec::<String>::new(), "round {round}");
         // One creation: a writer that lost version 0 does not create the table again as version 1.
-        assert_eq!(commits(&moto, &bucket, &prefix).await, 1, "round {round}");
-        let table = fleetlake_delta::open_existing(
-            &LOCATIONS,
-            settings.table_url(&LOCATIONS).unwrap(),
-            settings.storage_options.clone(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(table.version(), Some(0));
+        assert_eq!(race.commits(round).await, 1, "round {round}");
+        assert_eq!(latest(&settings).await.version(), Some(0));
     }
     // The rounds raced: some creations lost version 0 (a create-only PUT refused).
-    assert!(lost_races(&counts) > 0, "no creation lost its race: {:?}", counts.lock().unwrap());
-}
-
-fn delta_type(kind: Kind) -> DataType {
-    match kind {
-        Kind::Utf8 => DataType::STRING,
-        Kind::Float64 => DataType::DOUBLE,
-        Kind::Int32 => DataType::INTEGER,
-        Kind::Int64 => DataType::LONG,
-        Kind::Timestamp | Kind::EpochMillis => DataType::TIMESTAMP,
-        Kind::Date => DataType::DATE,
-        Kind::Boolean => DataType::BOOLEAN,
-    }
+    assert!(race.lost() > 0, "no creation lost its race: {:?}", race.counts.lock().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_writers_evolving_an_older_table_at_once_change_it_once() {
-    let moto = Moto::start().await;
-    let bucket = moto.bucket("evolve").await;
-    let (endpoint, counts) = s3_like(&moto).await;
+    let race = Race::start("evolve").await;
     for round in 0..3 {
-        let prefix = format!("round-{round}/");
-        let settings = settings(&moto, &endpoint, &bucket, &prefix);
+        let settings = race.settings(round);
         // The table as an older release created it: without the last two weather columns, and `speed_kmh` still
         // required.
         let (dropped, relaxed) = (["weather_code", "weather_status"], "speed_kmh");
@@ -108,7 +104,7 @@ async fn eight_writers_evolving_an_older_table_at_once_change_it_once() {
             .collect();
         DeltaTableBuilder::from_url(settings.table_url(&LOCATIONS).unwrap())
             .unwrap()
-            .with_storage_options(moto.delta_storage_options())
+            .with_storage_options(race.moto.delta_storage_options())
             .build()
             .unwrap()
             .create()
@@ -122,13 +118,7 @@ async fn eight_writers_evolving_an_older_table_at_once_change_it_once() {
 
         // The table has this release's schema, changed once: the creation, `speed_kmh` made nullable, the columns
         // added; a writer that lost a change to another's took the winner's.
-        let table = fleetlake_delta::open_existing(
-            &LOCATIONS,
-            settings.table_url(&LOCATIONS).unwrap(),
-            settings.storage_options.clone(),
-        )
-        .await
-        .unwrap();
+        let table = latest(&settings).await;
         let schema = table.snapshot().unwrap().schema();
         for (name, kind, nullable) in LOCATIONS.columns() {
             let field = schema.field(name).unwrap_or_else(|| panic!("round {round}: no column {name}"));
@@ -138,7 +128,7 @@ async fn eight_writers_evolving_an_older_table_at_once_change_it_once() {
                 "round {round}: {name}"
             );
         }
-        assert_eq!(commits(&moto, &bucket, &prefix).await, 3, "round {round}");
+        assert_eq!(race.commits(round).await, 3, "round {round}");
     }
-    assert!(lost_races(&counts) > 0, "no change lost its race: {:?}", counts.lock().unwrap());
+    assert!(race.lost() > 0, "no change lost its race: {:?}", race.counts.lock().unwrap());
 }

@@ -33,12 +33,82 @@ pub fn venv_bin(name: &str) -> PathBuf {
     venv.join("bin").join(name)
 }
 
-/// A TCP port free on loopback right now.
+/// A TCP port free on loopback right now, below the kernel's range of ephemeral ports when there is room (10,000
+/// and up): a server started on it then cannot lose it to the local end of some other test's outgoing connection
+/// between this check and its bind. Another test can still take it: [`start_server`] starts again on another port.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_from > 11_000 {
+        for _ in 0..200 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            let port = 10_000 + (h.finish() % u64::from(ephemeral_from - 10_000)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free loopback port")
+}
+
+/// Starts a server of a test on a [`free_port`] and waits until `answers(port)` is `Ok`. A server that exits first,
+/// most often because another process took the port between the check and its bind, is started again on another
+/// port, five times at most. Fails after `within` in all with the reason of the last look and the end of what the
+/// server wrote on stderr.
+pub(crate) async fn start_server<F>(
+    what: &str,
+    within: std::time::Duration,
+    mut command: impl FnMut(u16) -> std::process::Command,
+    answers: impl Fn(u16) -> F,
+) -> (std::process::Child, u16)
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    let log = std::env::temp_dir().join(format!("{}.log", unique_name(&what.replace(' ', "-"))));
+    let tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text[text.len().saturating_sub(2000)..].to_owned()
+    };
+    for _ in 0..5 {
+        let port = free_port();
+        let stderr = std::fs::File::create(&log).expect("create the server's log");
+        let mut child = command(port)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        loop {
+            let why = match answers(port).await {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&log);
+                    return (child, port);
+                }
+                Err(why) => why,
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!(
+                    "{what} exited ({status}) before it answered on port {port}; again on another port:\n{}",
+                    tail()
+                );
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not answer on port {port} within {within:?}: {why}\n{}", tail());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    panic!("{what} exited five times before it answered:\n{}", tail());
 }
 
 /// A name no other test of this run uses: `<prefix>-<pid>-<n>`, lowercase (valid for buckets and queues).

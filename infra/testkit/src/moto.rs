@@ -1,12 +1,12 @@
 //! moto server, started per test on a free port and killed when dropped.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::config::Credentials;
 
-use crate::{free_port, unique_name, venv_bin};
+use crate::{start_server, unique_name, venv_bin};
 
 /// A running moto server.
 #[derive(Debug)]
@@ -21,21 +21,26 @@ impl Moto {
     pub async fn start() -> Moto {
         let bin = venv_bin("moto_server");
         assert!(bin.exists(), "{} is missing: run `make venv` first", bin.display());
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start moto_server");
-        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
-        let s3 = moto.s3();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while s3.list_buckets().send().await.is_err() {
-            assert!(Instant::now() < deadline, "moto server did not answer on {} within 60 s", moto.endpoint);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        moto
+        let endpoint = |port: u16| format!("http://127.0.0.1:{port}");
+        let (child, port) = start_server(
+            "moto server",
+            Duration::from_secs(120),
+            |port| {
+                let mut cmd = Command::new(&bin);
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                cmd
+            },
+            |port| async move {
+                s3_client(&config_for(&endpoint(port)))
+                    .list_buckets()
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("{e:?}"))
+            },
+        )
+        .await;
+        Moto { child, endpoint: endpoint(port) }
     }
 
     /// SDK configuration for this server (static test credentials, us-east-1).
@@ -45,8 +50,7 @@ impl Moto {
 
     /// A path-style S3 client for this server.
     pub fn s3(&self) -> aws_sdk_s3::Client {
-        let conf = aws_sdk_s3::config::Builder::from(&self.sdk_config()).force_path_style(true).build();
-        aws_sdk_s3::Client::from_conf(conf)
+        s3_client(&self.sdk_config())
     }
 
     /// A Secrets Manager client for this server.
@@ -217,21 +221,22 @@ impl Dynoxide {
     /// Starts `binary` (`make bench-predict` installs it) in memory on a free port and waits until it answers.
     pub async fn start(binary: &std::path::Path) -> Dynoxide {
         assert!(binary.exists(), "{} is missing (make bench-predict installs it)", binary.display());
-        let port = free_port();
-        let child = Command::new(binary)
-            .args(["--port", &port.to_string(), "--log", "quiet"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start dynoxide");
-        let server = Dynoxide { child, endpoint: format!("http://127.0.0.1:{port}") };
-        let client = aws_sdk_dynamodb::Client::new(&server.sdk_config());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client.list_tables().send().await.is_err() {
-            assert!(Instant::now() < deadline, "dynoxide did not answer on {} within 30 s", server.endpoint);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
+        let endpoint = |port: u16| format!("http://127.0.0.1:{port}");
+        let (child, port) = start_server(
+            "dynoxide",
+            Duration::from_secs(30),
+            |port| {
+                let mut cmd = Command::new(binary);
+                cmd.args(["--port", &port.to_string(), "--log", "quiet"]);
+                cmd
+            },
+            |port| async move {
+                let client = aws_sdk_dynamodb::Client::new(&config_for(&endpoint(port)));
+                client.list_tables().send().await.map(drop).map_err(|e| format!("{e:?}"))
+            },
+        )
+        .await;
+        Dynoxide { child, endpoint: endpoint(port) }
     }
 
     /// SDK configuration for this server (the test credentials, us-east-1).
@@ -245,6 +250,11 @@ impl Drop for Dynoxide {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A path-style S3 client for `config`.
+fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(config).force_path_style(true).build())
 }
 
 /// SDK configuration for a local endpoint: static test credentials, us-east-1.

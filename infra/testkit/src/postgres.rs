@@ -3,10 +3,10 @@
 //! to run as root). Killed and removed when dropped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
-use crate::{free_port, unique_name};
+use crate::{start_server, unique_name};
 
 /// The superuser's name and password in every test cluster.
 pub const PG_ADMIN: (&str, &str) = ("fleet", "fleet-admin-pw");
@@ -116,9 +116,8 @@ impl Postgres {
             .arg(dir.join("data"))
             .args(["-U", PG_ADMIN.0, "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8"])
             .arg(format!("--pwfile={}", dir.join("pw").display())));
-        let port = free_port();
         let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\nssl = on\n\
+            "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\nssl = on\n\
              ssl_cert_file = '{dir}/server.crt'\nssl_key_file = '{dir}/server.key'\nfsync = off\n\
              synchronous_commit = off\nfull_page_writes = off\nmax_connections = 40\nshared_buffers = 64MB\n",
             dir = dir.display()
@@ -126,56 +125,52 @@ impl Postgres {
         let mut file = std::fs::read_to_string(dir.join("data/postgresql.conf")).expect("read postgresql.conf");
         file.push_str(&conf);
         std::fs::write(dir.join("data/postgresql.conf"), file).expect("write postgresql.conf");
-        let child = as_owner(&bin.join("postgres"))
-            .arg("-D")
-            .arg(dir.join("data"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postgres");
-        let pg = Postgres { child, port, ca_file: dir.join("ca.crt"), other_ca_file: dir.join("other-ca.crt"), dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match pg.try_connect(PG_ADMIN.0, PG_ADMIN.1, "postgres").await {
-                Ok(_) => break,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "PostgreSQL did not start on port {port}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        pg
-    }
-
-    async fn try_connect(
-        &self,
-        user: &str,
-        password: &str,
-        db: &str,
-    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user(user)
-            .password(password)
-            .dbname(db)
-            .connect(tokio_postgres::NoTls)
-            .await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        let (child, port) = start_server(
+            "postgres",
+            Duration::from_secs(60),
+            |port| {
+                let mut cmd = as_owner(&bin.join("postgres"));
+                cmd.arg("-D").arg(dir.join("data")).args(["-p", &port.to_string()]);
+                cmd
+            },
+            |port| async move {
+                connect(port, PG_ADMIN.0, PG_ADMIN.1, "postgres").await.map(drop).map_err(|e| e.to_string())
+            },
+        )
+        .await;
+        Postgres { child, port, ca_file: dir.join("ca.crt"), other_ca_file: dir.join("other-ca.crt"), dir }
     }
 
     /// A connection as the superuser to `db` (without TLS: the test's own).
     pub async fn admin(&self, db: &str) -> tokio_postgres::Client {
-        self.try_connect(PG_ADMIN.0, PG_ADMIN.1, db).await.expect("connect as the superuser")
+        connect(self.port, PG_ADMIN.0, PG_ADMIN.1, db).await.expect("connect as the superuser")
     }
 
     /// A connection as `user` to `db`.
     pub async fn connect(&self, user: &str, password: &str, db: &str) -> tokio_postgres::Client {
-        self.try_connect(user, password, db).await.expect("connect")
+        connect(self.port, user, password, db).await.expect("connect")
     }
+}
+
+/// A connection to the cluster on `port` (without TLS: the test's own).
+async fn connect(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(db)
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }
 
 impl Drop for Postgres {

@@ -200,11 +200,13 @@ bench-predict: toolchain venv $(DYNOXIDE)
 	$(TARGET_DIR)/tools/bench-predict --predictor $(TARGET_DIR)/release/predictor --dynoxide $(DYNOXIDE) $(if $(BASELINE),--baseline $$baseline) $(BENCH_PREDICT_ARGS)
 
 # N delta-writers appending to one table at once (N = 1, 2, 4, 8, 16), 20 ms per S3 request, create-only PUTs made
-# atomic by a proxy (checked first): commits/s, lost commit races, latency p50/p99, records/s.
+# atomic by a proxy (checked first): commits/s, lost commit races, latency p50/p99, records/s. BASELINE=<rev> runs
+# each N with that commit's delta-writer first, and prints the ratios.
 bench-writers: toolchain venv
-	cargo build --release -p delta-writer
-	cargo build --profile tools -p fleetlake-bench
-	$(TARGET_DIR)/tools/bench-writers --writer $(TARGET_DIR)/release/delta-writer $(BENCH_WRITERS_ARGS)
+	$(if $(BASELINE),baseline=$$(infra/bench/baseline.sh $(BASELINE) delta-writer) &&) \
+	cargo build --release -p delta-writer && \
+	cargo build --profile tools -p fleetlake-bench && \
+	$(TARGET_DIR)/tools/bench-writers --writer $(TARGET_DIR)/release/delta-writer $(if $(BASELINE),--baseline $$baseline) $(BENCH_WRITERS_ARGS)
 
 # A day of a fleet through every function (release binaries under the router, deployed batch sizes and windows, the
 # day played 96 times faster), checked for every position once in bronze and a prediction per unit; the figures go

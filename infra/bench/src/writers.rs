@@ -1,7 +1,7 @@
 //! `bench-writers`: N delta-writers appending to one table at once, on moto behind S3-like latency. Not a test: it
 //! measures.
 //!
-//! usage: bench-writers --writer PATH [--writers 1,2,4,8,16] [--commits 8] [--objects 10] [--records 1000]
+//! usage: bench-writers --writer PATH [--baseline PATH] [--writers 1,2,4,8,16] [--commits 8] [--objects 10] [--records 1000]
 //!                      [--latency-ms 20] [--races 20]
 //!
 //! The writers reach moto through three proxies: one counts the requests (and the create-only PUTs that lost a race,
@@ -14,7 +14,8 @@
 //! records of its own (a full batch is one commit); all N at once, on a fresh table. A failed invocation is sent
 //! again, as SQS would. Reports commits/s, lost commit races per commit (each a reload of the log and another
 //! attempt), invocation latency p50/p99 (a commit's latency: the invocation commits once), records/s in total, and
-//! checks that the table holds every record once.
+//! checks that the table holds every record once. With `--baseline`, each N runs first with that binary (an earlier
+//! commit's delta-writer), on a table of its own, and a line of ratios follows.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice)] // a command-line tool that reports on stdout
 
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use enriched::{enriched_key, enriched_object};
 
 struct Args {
     writer: PathBuf,
+    baseline: Option<PathBuf>,
     writers: Vec<usize>,
     commits: usize,
     objects: usize,
@@ -40,6 +42,7 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         writer: PathBuf::new(),
+        baseline: None,
         writers: vec![1, 2, 4, 8, 16],
         commits: 8,
         objects: 10,
@@ -53,6 +56,7 @@ fn args() -> Args {
         let n = || v.parse::<usize>().unwrap_or_else(|_| panic!("{flag} {v}: not a number"));
         match flag.as_str() {
             "--writer" => a.writer = PathBuf::from(&v),
+            "--baseline" => a.baseline = Some(PathBuf::from(&v)),
             "--writers" => a.writers = v.split(',').map(|x| x.parse().expect("--writers: numbers")).collect(),
             "--commits" => a.commits = n(),
             "--objects" => a.objects = n(),
@@ -132,92 +136,135 @@ async fn main() {
     }
     eprintln!("{files} objects of {} records uploaded in {:.0} s", a.records, t.elapsed().as_secs_f64());
 
+    // Each N with the baseline binary first when there is one, then the writer under test: the same moto, proxies
+    // and machine minutes apart.
     let mut summary = Vec::new();
     for &n in &a.writers {
-        let prefix = format!("bronze-n{n}/");
-        let mut env = through(&moto.env(), &counted);
-        for (k, v) in [("LAKE_BUCKET", bucket.as_str()), ("BRONZE_PREFIX", prefix.as_str()), ("RUST_LOG", "warn")] {
-            env.push((k.to_owned(), v.to_owned()));
+        let binaries = a.baseline.iter().map(|b| ("baseline", b)).chain([("writer", &a.writer)]);
+        let mut lines: Vec<Value> = Vec::new();
+        for (label, binary) in binaries {
+            let line = run(&a, &moto, &bucket, &counted, &counts, n, label, binary).await;
+            println!("{line}");
+            lines.push(line);
         }
-        let mut harnesses = Vec::new();
-        for _ in 0..n {
-            let h = LambdaHarness::start(&a.writer, "delta-writer", &env).await;
-            h.ready_after().await.expect("delta-writer never got ready");
-            harnesses.push(h);
+        if let [base, ours] = lines.as_slice() {
+            let ratio = |k: &str| match (ours[k].as_f64(), base[k].as_f64()) {
+                (Some(o), Some(b)) if b > 0.0 => json!((o / b * 100.0).round() / 100.0),
+                _ => Value::Null,
+            };
+            let line = json!({"writers": n, "what": "writer / baseline", "commits_per_s": ratio("commits_per_s"),
+                              "latency_p99_ms": ratio("latency_p99_ms"), "records_per_s": ratio("records_per_s")});
+            println!("{line}");
+            lines.push(line);
         }
-        counts.lock().unwrap().clear();
-        let started = Instant::now();
-        let tasks: Vec<_> = harnesses
-            .into_iter()
-            .enumerate()
-            .map(|(w, mut h)| {
-                let (a_commits, a_objects, a_records, bucket) = (a.commits, a.objects, a.records, bucket.clone());
-                tokio::spawn(async move {
-                    let (mut latencies, mut resent, mut written) = (Vec::new(), 0u64, 0u64);
-                    for c in 0..a_commits {
-                        let messages: Vec<Value> = (0..a_objects)
-                            .map(|o| {
-                                let f = (w * a_commits + c) * a_objects + o;
-                                let key = enriched_key(f, a_records).replace('=', "%3D");
-                                let s3_event = json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-                                                                    "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]});
-                                json!({"messageId": format!("w{w}-c{c}-o{o}"), "eventSource": "aws:sqs", "body": s3_event.to_string()})
-                            })
-                            .collect();
-                        loop {
-                            let out = h.invoke(&json!({"Records": messages})).await;
-                            latencies.push(out.duration.as_secs_f64() * 1000.0);
-                            if out.outcome.as_ref().ok() == Some(&json!({"batchItemFailures": []})) {
-                                let m = out.metrics().unwrap_or(Value::Null);
-                                written += m["records_written"].as_u64().unwrap_or(0);
-                                break;
-                            }
-                            // As SQS would: the batch again (the function leaves what is already in).
-                            resent += 1;
-                            eprintln!("writer {w}: commit {c} failed, sent again: {:?}", out.outcome);
-                        }
-                    }
-                    (latencies, resent, written)
-                })
-            })
-            .collect();
-        let mut latencies = Vec::new();
-        let (mut resent, mut written) = (0, 0);
-        for t in tasks {
-            let (l, r, wr) = t.await.unwrap();
-            latencies.extend(l);
-            resent += r;
-            written += wr;
-        }
-        let wall = started.elapsed().as_secs_f64();
-        let counted_now = counts.lock().unwrap().clone();
-        let lost = counted_now.iter().filter(|(k, _)| k.starts_with("s3:PutObject 4")).map(|(_, v)| v).sum::<u64>();
-
-        // What a reader sees: every record once.
-        let settings = fleetlake_delta::DeltaSettings::reader(&bucket, &prefix, moto.delta_storage_options())
-            .expect("a bucket URL");
-        let table = fleetlake_delta::open_or_create(&settings, &fleetlake_core::bronze::LOCATIONS).await.unwrap();
-        let rows: u64 = fleetlake_delta::active_files(&table, &fleetlake_core::bronze::LOCATIONS)
-            .unwrap()
-            .iter()
-            .filter_map(|f| f.stats.as_deref())
-            .filter_map(|s| serde_json::from_str::<Value>(s).ok()?["numRecords"].as_u64())
-            .sum();
-        let expected = (n * a.commits * a.objects * a.records) as u64;
-        assert_eq!((rows, written), (expected, expected), "every record once in the table (N = {n})");
-        let commits = (n * a.commits) as f64;
-        let line = json!({"writers": n, "commits": commits, "wall_s": (wall * 100.0).round() / 100.0,
-                          "commits_per_s": (commits / wall * 100.0).round() / 100.0,
-                          "lost_races_per_commit": (lost as f64 / commits * 100.0).round() / 100.0,
-                          "invocations_sent_again": resent,
-                          "latency_p50_ms": percentile(&mut latencies, 0.5).round(),
-                          "latency_p99_ms": percentile(&mut latencies, 0.99).round(),
-                          "records_per_s": (expected as f64 / wall).round(), "table_version": table.version()});
-        println!("{line}");
-        summary.push(line);
+        summary.extend(lines);
     }
     println!(
         "{}",
         json!({"what": "summary", "latency_ms": a.latency_ms, "records_per_commit": a.objects * a.records, "runs": summary})
     );
+}
+
+/// `n` writers running `binary` at once on a fresh table; the line of figures (`label` names the binary). A writer
+/// whose invocation does not answer within the harness's 120 s (Lambda would time it out) ends the run for that N:
+/// the line says so and holds no figures.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    a: &Args,
+    moto: &Moto,
+    bucket: &str,
+    counted: &str,
+    counts: &fleetlake_testkit::RequestCounts,
+    n: usize,
+    label: &str,
+    binary: &std::path::Path,
+) -> Value {
+    let prefix = format!("bronze-{label}-n{n}/");
+    let mut env = through(&moto.env(), counted);
+    for (k, v) in [("LAKE_BUCKET", bucket), ("BRONZE_PREFIX", prefix.as_str()), ("RUST_LOG", "warn")] {
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let mut harnesses = Vec::new();
+    for _ in 0..n {
+        let h = LambdaHarness::start(binary, "delta-writer", &env).await;
+        h.ready_after().await.expect("delta-writer never got ready");
+        harnesses.push(h);
+    }
+    counts.lock().unwrap().clear();
+    let started = Instant::now();
+    let tasks: Vec<_> = harnesses
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut h)| {
+            let (a_commits, a_objects, a_records, bucket) = (a.commits, a.objects, a.records, bucket.to_owned());
+            tokio::spawn(async move {
+                let (mut latencies, mut resent, mut written) = (Vec::new(), 0u64, 0u64);
+                for c in 0..a_commits {
+                    let messages: Vec<Value> = (0..a_objects)
+                        .map(|o| {
+                            let f = (w * a_commits + c) * a_objects + o;
+                            let key = enriched_key(f, a_records).replace('=', "%3D");
+                            let s3_event = json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                                                                "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]});
+                            json!({"messageId": format!("w{w}-c{c}-o{o}"), "eventSource": "aws:sqs", "body": s3_event.to_string()})
+                        })
+                        .collect();
+                    loop {
+                        let out = h.invoke(&json!({"Records": messages})).await;
+                        latencies.push(out.duration.as_secs_f64() * 1000.0);
+                        if out.outcome.as_ref().ok() == Some(&json!({"batchItemFailures": []})) {
+                            let m = out.metrics().unwrap_or(Value::Null);
+                            written += m["records_written"].as_u64().unwrap_or(0);
+                            break;
+                        }
+                        // As SQS would: the batch again (the function leaves what is already in).
+                        resent += 1;
+                        eprintln!("writer {w}: commit {c} failed, sent again: {:?}", out.outcome);
+                    }
+                }
+                (latencies, resent, written)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let (mut resent, mut written) = (0, 0);
+    let mut unfinished = 0;
+    for t in tasks {
+        match t.await {
+            Ok((l, r, wr)) => {
+                latencies.extend(l);
+                resent += r;
+                written += wr;
+            }
+            Err(_) => unfinished += 1,
+        }
+    }
+    if unfinished > 0 {
+        return json!({"writers": n, "binary": label, "writers_not_finished": unfinished,
+                      "why": "an invocation did not answer within 120 s"});
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let counted_now = counts.lock().unwrap().clone();
+    let lost = counted_now.iter().filter(|(k, _)| k.starts_with("s3:PutObject 4")).map(|(_, v)| v).sum::<u64>();
+
+    // What a reader sees: every record once.
+    let settings =
+        fleetlake_delta::DeltaSettings::reader(bucket, &prefix, moto.delta_storage_options()).expect("a bucket URL");
+    let table = fleetlake_delta::open_or_create(&settings, &fleetlake_core::bronze::LOCATIONS).await.unwrap();
+    let rows: u64 = fleetlake_delta::active_files(&table, &fleetlake_core::bronze::LOCATIONS)
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.stats.as_deref())
+        .filter_map(|s| serde_json::from_str::<Value>(s).ok()?["numRecords"].as_u64())
+        .sum();
+    let expected = (n * a.commits * a.objects * a.records) as u64;
+    assert_eq!((rows, written), (expected, expected), "every record once in the table (N = {n})");
+    let commits = (n * a.commits) as f64;
+    json!({"writers": n, "binary": label, "commits": commits, "wall_s": (wall * 100.0).round() / 100.0,
+                      "commits_per_s": (commits / wall * 100.0).round() / 100.0,
+                      "lost_races_per_commit": (lost as f64 / commits * 100.0).round() / 100.0,
+                      "invocations_sent_again": resent,
+                      "latency_p50_ms": percentile(&mut latencies, 0.5).round(),
+                      "latency_p99_ms": percentile(&mut latencies, 0.99).round(),
+                      "records_per_s": (expected as f64 / wall).round(), "table_version": table.version()})
 }

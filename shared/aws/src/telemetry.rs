@@ -9,13 +9,25 @@ use tracing_subscriber::EnvFilter;
 /// CloudWatch namespace of every fleetlake metric.
 pub const NAMESPACE: &str = "fleetlake";
 
+/// Modules of deltalake and its kernel that log at ERROR what is routine here, each line off unless the level
+/// names its module. deltalake's commit, which fleetlake runs with no retries of its own so that a writer
+/// re-checks the new files and watermarks itself, logs every lost race ("exceeded maximum commit attempts") and
+/// every conflict it stops on; the kernel logs every snapshot it could not build, among them a table not created
+/// yet ("No files in log segment"), which a writer looks for before it creates it. The writer reports all of these
+/// itself: a lost race at WARN, a failure as its invocation's error.
+const ROUTINE_ERRORS: [&str; 2] = ["deltalake_core::kernel::transaction", "buoyant_kernel::snapshot::builder"];
+
 /// Installs the JSON log subscriber (to stderr): one object per event with the fields of every enclosing span,
 /// so the runtime's `requestId` (from its invocation span) appears on every line. The level comes from `AWS_LAMBDA_LOG_LEVEL`, then `RUST_LOG`,
 /// default `info`. Safe to call more than once.
 pub fn init_logging() {
     let level =
         std::env::var("AWS_LAMBDA_LOG_LEVEL").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".into());
-    let filter = EnvFilter::try_new(level.to_lowercase()).unwrap_or_else(|_| EnvFilter::new("info"));
+    let quiet = |level: &str| {
+        let off = ROUTINE_ERRORS.iter().filter(|m| !level.contains(*m)).map(|m| format!(",{m}=off"));
+        format!("{level}{}", off.collect::<String>())
+    };
+    let filter = EnvFilter::try_new(quiet(&level.to_lowercase())).unwrap_or_else(|_| EnvFilter::new(quiet("info")));
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)

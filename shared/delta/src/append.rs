@@ -363,7 +363,7 @@ impl Appender {
 }
 
 /// Watermark lookups (log replays) of one append at once.
-const WATERMARK_LOOKUPS: usize = 4;
+pub(crate) const WATERMARK_LOOKUPS: usize = 4;
 
 /// Most bytes of identity columns a duplicate check fetches from one data file at once (more: a row group at a time).
 const PREFETCH_MAX_BYTES: u64 = 64 << 20;

@@ -56,9 +56,16 @@ impl Prepared {
                 Err(e) => return Err(this.err()(e)),
             };
             warn!(attempt, error = %error, "commit did not go through; reloading");
-            tokio::time::sleep(backoff(attempt)).await;
+            let before = this.read_version();
             this.table.update_incremental(None).await.map_err(this.err())?;
-            this.watermarks.clear();
+            if this.read_version() == before {
+                // Nothing new in the log: a storage hiccup, not a lost race. Wait before the next try.
+                tokio::time::sleep(backoff(attempt)).await;
+                continue;
+            }
+            // A lost race: the next try goes at once. The reload has already spaced the writers out, and a pause
+            // here would only let writers that have not lost yet go first, again and again.
+            this.advance_watermarks(before).await?;
             // The files other commits added since the last look.
             let new: HashSet<String> = this
                 .table
@@ -110,6 +117,40 @@ impl Appender {
         Ok(hit)
     }
 
+    /// Brings the Kafka watermarks read so far up to the reloaded table with the `txn` actions of the commits
+    /// after version `after`: the few that won the race, read once, instead of every group's watermark read again
+    /// by replaying the log since its checkpoint. Read again lazily when a commit is gone (log cleanup removed it).
+    pub(crate) async fn advance_watermarks(&mut self, after: Option<u64>) -> Result<(), DeltaError> {
+        let (Some(after), Some(now)) = (after, self.read_version()) else {
+            self.watermarks.clear();
+            return Ok(());
+        };
+        if self.watermarks.is_empty() {
+            return Ok(());
+        }
+        let groups: HashMap<String, u32> =
+            self.watermarks.keys().map(|&g| (txn_app_id(&self.groups.names[g as usize]), g)).collect();
+        let log_store = self.table.log_store();
+        let reads = (after + 1..=now).map(|v| {
+            let log_store = Arc::clone(&log_store);
+            async move { log_store.read_commit_entry(v).await }
+        });
+        let commits: Vec<Option<Bytes>> =
+            futures::stream::iter(reads).buffered(WATERMARK_LOOKUPS).try_collect().await.map_err(self.err())?;
+        for commit in commits {
+            let Some(commit) = commit else {
+                self.watermarks.clear();
+                return Ok(());
+            };
+            for (app_id, version) in commit_txns(&commit) {
+                if let Some(&group) = groups.get(&app_id) {
+                    self.watermarks.insert(group, Some(version));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The `txn` actions of this commit: the new Kafka watermarks, read against the current snapshot.
     pub(crate) async fn transactions(&mut self) -> Result<Vec<Transaction>, DeltaError> {
         let now = chrono::Utc::now().timestamp_millis();
@@ -135,6 +176,18 @@ impl Appender {
     }
 }
 
+/// The `txn` actions (app id, version) of a commit's JSON lines, in order. A line that does not parse holds none.
+pub(crate) fn commit_txns(commit: &[u8]) -> Vec<(String, i64)> {
+    commit
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let action: Value = serde_json::from_slice(line).ok()?;
+            let txn = action.get("txn")?;
+            Some((txn.get("appId")?.as_str()?.to_owned(), txn.get("version")?.as_i64()?))
+        })
+        .collect()
+}
+
 /// Whether a commit error may go away on another attempt (a concurrent commit, a storage hiccup, a PUT whose
 /// answer was lost).
 pub(crate) fn retryable(e: &DeltaTableError) -> bool {
@@ -150,4 +203,36 @@ pub(crate) fn retryable(e: &DeltaTableError) -> bool {
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let cap = 50u64.saturating_mul(1 << attempt.min(6)).min(2_000);
     Duration::from_millis(fastrand::u64(cap / 4..=cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A commit as deltalake writes it (commitInfo, adds, txns in any order, any app id text) gives back its
+        /// txns in order; a torn or foreign line among them gives nothing and hides none.
+        #[test]
+        fn a_commit_gives_back_exactly_its_txns(
+            txns in proptest::collection::vec(("\\PC{0,40}", any::<i64>()), 0..8),
+            adds in 0usize..4,
+            junk in proptest::collection::vec("\\PC{0,30}", 0..3),
+        ) {
+            let mut lines = vec![serde_json::to_string(&Action::commit_info(HashMap::new())).unwrap()];
+            for a in 0..adds {
+                let add = Add { path: format!("part-{a}.parquet"), size: 1, data_change: true, ..Default::default() };
+                lines.push(serde_json::to_string(&Action::Add(add)).unwrap());
+            }
+            for (app_id, version) in &txns {
+                lines.push(serde_json::to_string(&Action::Txn(Transaction::new(app_id, *version))).unwrap());
+            }
+            for j in &junk {
+                lines.push(j.clone());
+                lines.push(format!("{{\"txn\": {j}"));
+            }
+            let commit = lines.join("\n");
+            prop_assert_eq!(commit_txns(commit.as_bytes()), txns);
+        }
+    }
 }

@@ -413,6 +413,48 @@ async fn a_writer_that_lost_its_commit_race_to_higher_offsets_keeps_their_waterm
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_lost_to_rows_committed_without_a_watermark_reads_the_watermark_again() {
+    let env = Env::new(&[]).await;
+    // A table whose watermarks are kept two seconds (TXN_RETENTION takes minutes and up), so that one can expire
+    // within the test.
+    let mut settings = env.moto.delta_settings(&env.bucket);
+    settings.txn_retention = "interval 2 seconds".to_owned();
+    fleetlake_delta::open_or_create(&settings, &fleetlake_core::bronze::LOCATIONS).await.unwrap();
+    let first = put_positions(&env, 0, 0..=99).await;
+    let lower = put_positions(&env, 0, 100..=199).await;
+    let higher = put_positions(&env, 0, 200..=299).await;
+    let mut writer = env.writer().await;
+    writer.invoke(&env.sqs(&[("m-first", &[first.as_str()])])).await;
+    // GIVEN a writer that read partition 0's watermark (99) and prepared the next offsets
+    let (_, slower) = prepared_append(&env, &lower, 0, 100..=199).await;
+    // and, once that watermark has expired, another writer's commit of higher offsets without a `txn` (a writer
+    // that found no watermark and could not tell from the files' statistics how far the partition reached)
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (table, faster) = prepared_append(&env, &higher, 0, 200..=299).await;
+    let actions: Vec<deltalake::kernel::Action> =
+        faster.files().iter().cloned().map(deltalake::kernel::Action::Add).collect();
+    let operation = deltalake::protocol::DeltaOperation::Write {
+        mode: deltalake::protocol::SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    deltalake::kernel::transaction::CommitBuilder::from(deltalake::kernel::transaction::CommitProperties::default())
+        .with_actions(actions)
+        .build(Some(table.snapshot().unwrap()), table.log_store(), operation)
+        .await
+        .unwrap();
+    // WHEN the slower writer loses the race for that version and commits on top
+    assert_eq!(slower.commit(vec![]).await.unwrap().version, Some(3));
+
+    // THEN a redelivery of the higher offsets is checked against the files: the slower writer's watermark came
+    // from the table as it now is, not from what it had read before the race (99, which would have made it 199)
+    let inv = writer.invoke(&env.sqs(&[("m-again", &[higher.as_str()])])).await;
+    assert_eq!(failures(inv.outcome.as_ref().unwrap()), Vec::<String>::new());
+    assert_eq!((metric(&inv, "records_written"), metric(&inv, "records_duplicate")), (0, 100));
+    assert_eq!(kafka_ids(&env.read("locations")), expected_ids(&[(0, 0..=299)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_concurrent_writers_commit_every_row_once_with_contiguous_versions() {
     let env = Env::new(&[]).await;
     let mut keys = Vec::new();

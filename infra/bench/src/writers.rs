@@ -209,6 +209,7 @@ async fn run(
                             json!({"messageId": format!("w{w}-c{c}-o{o}"), "eventSource": "aws:sqs", "body": s3_event.to_string()})
                         })
                         .collect();
+                    let mut tries = 0;
                     loop {
                         let out = h.invoke(&json!({"Records": messages})).await;
                         latencies.push(out.duration.as_secs_f64() * 1000.0);
@@ -217,8 +218,11 @@ async fn run(
                             written += m["records_written"].as_u64().unwrap_or(0);
                             break;
                         }
-                        // As SQS would: the batch again (the function leaves what is already in).
+                        // As SQS would: the batch again (the function leaves what is already in), up to its
+                        // maxReceiveCount (5 in the template) and then some: a writer that fails more is broken.
                         resent += 1;
+                        tries += 1;
+                        assert!(tries < 10, "writer {w}: commit {c} failed {tries} times in a row: {:?}", out.outcome);
                         eprintln!("writer {w}: commit {c} failed, sent again: {:?}", out.outcome);
                     }
                 }
@@ -228,7 +232,7 @@ async fn run(
         .collect();
     let mut latencies = Vec::new();
     let (mut resent, mut written) = (0, 0);
-    let mut unfinished = 0;
+    let mut unfinished = Vec::new();
     for t in tasks {
         match t.await {
             Ok((l, r, wr)) => {
@@ -236,12 +240,18 @@ async fn run(
                 resent += r;
                 written += wr;
             }
-            Err(_) => unfinished += 1,
+            Err(e) => {
+                let why = e.try_into_panic().ok().and_then(|p| {
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                });
+                // The first line: the harness's reason (no answer within 120 s, the process exited, ...).
+                let why = why.unwrap_or_else(|| "cancelled".to_owned());
+                unfinished.push(why.lines().next().unwrap_or_default().to_owned());
+            }
         }
     }
-    if unfinished > 0 {
-        return json!({"writers": n, "binary": label, "writers_not_finished": unfinished,
-                      "why": "an invocation did not answer within 120 s"});
+    if !unfinished.is_empty() {
+        return json!({"writers": n, "binary": label, "writers_not_finished": unfinished.len(), "why": unfinished});
     }
     let wall = started.elapsed().as_secs_f64();
     let counted_now = counts.lock().unwrap().clone();

@@ -58,10 +58,10 @@ pub fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
-/// Starts a server of a test on a [`free_port`] and waits until `answers(port)` is `Ok`. A server that exits first,
-/// most often because another process took the port between the check and its bind, is started again on another
-/// port, five times at most. Fails after `within` in all with the reason of the last look and the end of what the
-/// server wrote on stderr.
+/// Starts a server of a test on a [`free_port`] and waits until `answers(port)` is `Ok` while the server still
+/// runs (a server that has exited cannot be what answered: another process took its port). A server that exits
+/// first is started again on another port, five times at most. Fails after `within` in all with the reason of the
+/// last look and the end of what the server wrote on stderr. The server is killed if the start fails or is dropped.
 pub(crate) async fn start_server<F>(
     what: &str,
     within: std::time::Duration,
@@ -71,38 +71,53 @@ pub(crate) async fn start_server<F>(
 where
     F: std::future::Future<Output = Result<(), String>>,
 {
+    /// Kills the server unless it was handed over.
+    struct Started(Option<std::process::Child>);
+    impl Drop for Started {
+        fn drop(&mut self) {
+            if let Some(child) = self.0.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
     let deadline = std::time::Instant::now() + within;
     let log = std::env::temp_dir().join(format!("{}.log", unique_name(&what.replace(' ', "-"))));
     let tail = || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        text[text.len().saturating_sub(2000)..].to_owned()
+        let from = (text.len().saturating_sub(2000)..text.len()).find(|&i| text.is_char_boundary(i));
+        text[from.unwrap_or(text.len())..].to_owned()
     };
     for _ in 0..5 {
         let port = free_port();
         let stderr = std::fs::File::create(&log).expect("create the server's log");
-        let mut child = command(port)
+        let child = command(port)
             .stdout(std::process::Stdio::null())
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut server = Started(Some(child));
+        let exited = |server: &mut Started| server.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
         loop {
-            let why = match answers(port).await {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&log);
-                    return (child, port);
-                }
-                Err(why) => why,
-            };
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(status) = exited(&mut server) {
                 eprintln!(
                     "{what} exited ({status}) before it answered on port {port}; again on another port:\n{}",
                     tail()
                 );
                 break;
             }
+            let look = tokio::time::timeout(std::time::Duration::from_secs(10), answers(port)).await;
+            let why = match look {
+                Ok(Ok(())) if exited(&mut server).is_none() => {
+                    let _ = std::fs::remove_file(&log);
+                    return (server.0.take().expect("the server"), port);
+                }
+                Ok(Ok(())) => continue,
+                Ok(Err(why)) => why,
+                Err(_) => "no answer within 10 s".to_owned(),
+            };
             if std::time::Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                drop(server);
                 panic!("{what} did not answer on port {port} within {within:?}: {why}\n{}", tail());
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -67,6 +67,16 @@ impl Postgres {
         let bin = pg_bindir();
         let dir = std::env::temp_dir().join(unique_name("fleetlake-pg"));
         std::fs::create_dir_all(&dir).expect("create the cluster's folder");
+        /// Removes the cluster's folder unless the start went through (then the cluster's own drop does).
+        struct Folder(Option<PathBuf>);
+        impl Drop for Folder {
+            fn drop(&mut self) {
+                if let Some(dir) = &self.0 {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
+        let mut folder = Folder(Some(dir.clone()));
         // Certificates: a CA, a server certificate for 127.0.0.1 and localhost signed by it, and an unrelated CA.
         make_ca(&dir, "ca");
         make_ca(&dir, "other-ca");
@@ -138,6 +148,7 @@ impl Postgres {
             },
         )
         .await;
+        folder.0 = None;
         Postgres { child, port, ca_file: dir.join("ca.crt"), other_ca_file: dir.join("other-ca.crt"), dir }
     }
 

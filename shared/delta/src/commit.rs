@@ -65,7 +65,6 @@ impl Prepared {
             }
             // A lost race: the next try goes at once. The reload has already spaced the writers out, and a pause
             // here would only let writers that have not lost yet go first, again and again.
-            this.advance_watermarks(before).await?;
             // The files other commits added since the last look.
             let new: HashSet<String> = this
                 .table
@@ -81,6 +80,7 @@ impl Prepared {
                 info!(version, "the commit had landed");
                 return Ok(Committed { version, stats: this.stats, table: this.table });
             }
+            this.advance_watermarks(before).await?;
             if !new.is_empty() && this.overlaps(&new).await? {
                 return Err(DeltaError::Overlap { table: this.spec.name });
             }
@@ -117,9 +117,11 @@ impl Appender {
         Ok(hit)
     }
 
-    /// Brings the Kafka watermarks read so far up to the reloaded table with the `txn` actions of the commits
-    /// after version `after`: the few that won the race, read once, instead of every group's watermark read again
-    /// by replaying the log since its checkpoint. Read again lazily when a commit is gone (log cleanup removed it).
+    /// Brings the Kafka watermarks read so far up to the reloaded table from the commits after version `after`: the
+    /// few that won the race, read once, instead of every group's watermark read again by replaying the log since
+    /// its checkpoint. A commit's `txn` of a group is its new watermark. A commit that adds rows a group's Kafka
+    /// partition may hold without a `txn` of that group (its writer found the `txn` gone to retention) leaves that
+    /// group's watermark to be read again from the table, as do all of them when a commit is gone (log cleanup).
     pub(crate) async fn advance_watermarks(&mut self, after: Option<u64>) -> Result<(), DeltaError> {
         let (Some(after), Some(now)) = (after, self.read_version()) else {
             self.watermarks.clear();
@@ -128,8 +130,6 @@ impl Appender {
         if self.watermarks.is_empty() {
             return Ok(());
         }
-        let groups: HashMap<String, u32> =
-            self.watermarks.keys().map(|&g| (txn_app_id(&self.groups.names[g as usize]), g)).collect();
         let log_store = self.table.log_store();
         let reads = (after + 1..=now).map(|v| {
             let log_store = Arc::clone(&log_store);
@@ -142,9 +142,21 @@ impl Appender {
                 self.watermarks.clear();
                 return Ok(());
             };
-            for (app_id, version) in commit_txns(&commit) {
-                if let Some(&group) = groups.get(&app_id) {
+            let commit = CommitLines::parse(&commit);
+            let cached: Vec<u32> = self.watermarks.keys().copied().collect();
+            for group in cached {
+                let name = &self.groups.names[group as usize];
+                let app_id = txn_app_id(name);
+                if let Some(&(_, version)) = commit.txns.iter().rev().find(|(id, _)| *id == app_id) {
                     self.watermarks.insert(group, Some(version));
+                } else {
+                    let partition = kafka_partition(name);
+                    let may_hold = |stats: &Option<String>| {
+                        !matches!(offset_ceiling(stats.as_deref(), partition), OffsetCeiling::None)
+                    };
+                    if commit.added_stats.iter().any(may_hold) {
+                        self.watermarks.remove(&group);
+                    }
                 }
             }
         }
@@ -176,16 +188,34 @@ impl Appender {
     }
 }
 
-/// The `txn` actions (app id, version) of a commit's JSON lines, in order. A line that does not parse holds none.
-pub(crate) fn commit_txns(commit: &[u8]) -> Vec<(String, i64)> {
-    commit
-        .split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let action: Value = serde_json::from_slice(line).ok()?;
-            let txn = action.get("txn")?;
-            Some((txn.get("appId")?.as_str()?.to_owned(), txn.get("version")?.as_i64()?))
-        })
-        .collect()
+/// What a commit's JSON lines say of Kafka watermarks. A line that does not parse says nothing.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct CommitLines {
+    /// The `txn` actions (app id, version), in order.
+    pub(crate) txns: Vec<(String, i64)>,
+    /// The statistics of the files added with new rows (`dataChange`; a compaction's rewrites are not), in order.
+    pub(crate) added_stats: Vec<Option<String>>,
+}
+
+impl CommitLines {
+    pub(crate) fn parse(commit: &[u8]) -> CommitLines {
+        let mut out = CommitLines::default();
+        for line in commit.split(|&b| b == b'\n') {
+            let Ok(action) = serde_json::from_slice::<Value>(line) else { continue };
+            if let Some(txn) = action.get("txn") {
+                if let (Some(app_id), Some(version)) =
+                    (txn.get("appId").and_then(Value::as_str), txn.get("version").and_then(Value::as_i64))
+                {
+                    out.txns.push((app_id.to_owned(), version));
+                }
+            } else if let Some(add) = action.get("add") {
+                if add.get("dataChange").and_then(Value::as_bool) != Some(false) {
+                    out.added_stats.push(add.get("stats").and_then(Value::as_str).map(str::to_owned));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Whether a commit error may go away on another attempt (a concurrent commit, a storage hiccup, a PUT whose
@@ -211,28 +241,43 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// A commit as deltalake writes it (commitInfo, adds, txns in any order, any app id text) gives back its
-        /// txns in order; a torn or foreign line among them gives nothing and hides none.
+        /// A commit as deltalake writes it (commitInfo, adds with and without new rows, txns of any app id text, in
+        /// any order) gives back its txns and the statistics of its added rows in order; a torn or foreign line among
+        /// them gives nothing and hides nothing.
         #[test]
-        fn a_commit_gives_back_exactly_its_txns(
-            txns in proptest::collection::vec(("\\PC{0,40}", any::<i64>()), 0..8),
-            adds in 0usize..4,
+        fn a_commit_gives_back_exactly_its_txns_and_added_rows(
+            actions in proptest::collection::vec(
+                prop_oneof![
+                    ("\\PC{0,40}", any::<i64>()).prop_map(|(id, v)| Err((id, v))),
+                    (any::<bool>(), proptest::option::of("\\PC{0,40}")).prop_map(|(change, stats)| Ok((change, stats))),
+                ],
+                0..10,
+            ),
             junk in proptest::collection::vec("\\PC{0,30}", 0..3),
         ) {
             let mut lines = vec![serde_json::to_string(&Action::commit_info(HashMap::new())).unwrap()];
-            for a in 0..adds {
-                let add = Add { path: format!("part-{a}.parquet"), size: 1, data_change: true, ..Default::default() };
-                lines.push(serde_json::to_string(&Action::Add(add)).unwrap());
-            }
-            for (app_id, version) in &txns {
-                lines.push(serde_json::to_string(&Action::Txn(Transaction::new(app_id, *version))).unwrap());
+            let mut want = CommitLines::default();
+            for (i, action) in actions.iter().enumerate() {
+                let action = match action {
+                    Err((app_id, version)) => {
+                        want.txns.push((app_id.clone(), *version));
+                        Action::Txn(Transaction::new(app_id, *version))
+                    }
+                    Ok((data_change, stats)) => {
+                        if *data_change {
+                            want.added_stats.push(stats.clone());
+                        }
+                        let path = format!("part-{i}.parquet");
+                        Action::Add(Add { path, size: 1, data_change: *data_change, stats: stats.clone(), ..Default::default() })
+                    }
+                };
+                lines.push(serde_json::to_string(&action).unwrap());
             }
             for j in &junk {
                 lines.push(j.clone());
                 lines.push(format!("{{\"txn\": {j}"));
             }
-            let commit = lines.join("\n");
-            prop_assert_eq!(commit_txns(commit.as_bytes()), txns);
+            prop_assert_eq!(CommitLines::parse(lines.join("\n").as_bytes()), want);
         }
     }
 }

@@ -321,6 +321,33 @@ async fn prepared_append(
     (table, appender.prepare().await.unwrap())
 }
 
+/// Commits prepared files as a writer that writes no `txn`: one that found no watermark for the partition (gone to
+/// retention) and could not tell from the files how far the partition reached.
+async fn commit_without_txn(table: &deltalake::DeltaTable, prepared: &fleetlake_delta::Prepared) {
+    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+    use deltalake::kernel::Action;
+    use deltalake::protocol::{DeltaOperation, SaveMode};
+    let actions: Vec<Action> = prepared.files().iter().cloned().map(Action::Add).collect();
+    let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+    CommitBuilder::from(CommitProperties::default())
+        .with_actions(actions)
+        .build(Some(table.snapshot().unwrap()), table.log_store(), operation)
+        .await
+        .unwrap();
+}
+
+/// Partition 0's offsets 0..=99 in the table through a writer (its watermark at 99), and the next two slices
+/// landed, not written: the writer and the slices' keys.
+async fn watermark_at_99(env: &Env) -> (LambdaHarness, String, String) {
+    let first = put_positions(env, 0, 0..=99).await;
+    let lower = put_positions(env, 0, 100..=199).await;
+    let higher = put_positions(env, 0, 200..=299).await;
+    let mut writer = env.writer().await;
+    let inv = writer.invoke(&env.sqs(&[("m-first", &[first.as_str()])])).await;
+    assert_eq!(metric(&inv, "records_written"), 100);
+    (writer, lower, higher)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_writing_files_and_committing_loses_and_doubles_nothing() {
     let env = Env::new(&[]).await;
@@ -347,23 +374,13 @@ async fn a_crash_between_writing_files_and_committing_loses_and_doubles_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watermark_lost_to_retention_never_moves_backwards() {
-    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-    use deltalake::kernel::Action;
-    use deltalake::protocol::{DeltaOperation, SaveMode};
-
     let env = Env::new(&[]).await;
     let older = put_positions(&env, 0, 100..=199).await;
     let newer = put_positions(&env, 0, 200..=299).await;
     // GIVEN the newer offsets are in the table, and their `txn` is gone (TXN_RETENTION dropped it at a checkpoint:
     // here they are committed without one)
     let (table, prepared) = prepared_append(&env, &newer, 0, 200..=299).await;
-    let actions: Vec<Action> = prepared.files().iter().cloned().map(Action::Add).collect();
-    let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-    CommitBuilder::from(CommitProperties::default())
-        .with_actions(actions)
-        .build(Some(table.snapshot().unwrap()), table.log_store(), operation)
-        .await
-        .unwrap();
+    commit_without_txn(&table, &prepared).await;
 
     // WHEN a dead-letter redrive appends the older offsets, and then the newer ones are delivered again
     let mut writer = env.writer().await;
@@ -380,11 +397,7 @@ async fn a_watermark_lost_to_retention_never_moves_backwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_lost_its_commit_race_to_higher_offsets_keeps_their_watermark() {
     let env = Env::new(&[]).await;
-    let first = put_positions(&env, 0, 0..=99).await;
-    let lower = put_positions(&env, 0, 100..=199).await;
-    let higher = put_positions(&env, 0, 200..=299).await;
-    let mut writer = env.writer().await;
-    writer.invoke(&env.sqs(&[("m-first", &[first.as_str()])])).await;
+    let (mut writer, lower, higher) = watermark_at_99(&env).await;
     // GIVEN two writers that read partition 0's watermark at 99 and prepared the next offsets, the lower ones
     // slower to commit (an invocation stuck in a backoff, say)
     let (_, slower) = prepared_append(&env, &lower, 0, 100..=199).await;
@@ -420,29 +433,14 @@ async fn a_writer_that_lost_to_rows_committed_without_a_watermark_reads_the_wate
     let mut settings = env.moto.delta_settings(&env.bucket);
     settings.txn_retention = "interval 2 seconds".to_owned();
     fleetlake_delta::open_or_create(&settings, &fleetlake_core::bronze::LOCATIONS).await.unwrap();
-    let first = put_positions(&env, 0, 0..=99).await;
-    let lower = put_positions(&env, 0, 100..=199).await;
-    let higher = put_positions(&env, 0, 200..=299).await;
-    let mut writer = env.writer().await;
-    writer.invoke(&env.sqs(&[("m-first", &[first.as_str()])])).await;
+    let (mut writer, lower, higher) = watermark_at_99(&env).await;
     // GIVEN a writer that read partition 0's watermark (99) and prepared the next offsets
     let (_, slower) = prepared_append(&env, &lower, 0, 100..=199).await;
     // and, once that watermark has expired, another writer's commit of higher offsets without a `txn` (a writer
     // that found no watermark and could not tell from the files' statistics how far the partition reached)
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let (table, faster) = prepared_append(&env, &higher, 0, 200..=299).await;
-    let actions: Vec<deltalake::kernel::Action> =
-        faster.files().iter().cloned().map(deltalake::kernel::Action::Add).collect();
-    let operation = deltalake::protocol::DeltaOperation::Write {
-        mode: deltalake::protocol::SaveMode::Append,
-        partition_by: None,
-        predicate: None,
-    };
-    deltalake::kernel::transaction::CommitBuilder::from(deltalake::kernel::transaction::CommitProperties::default())
-        .with_actions(actions)
-        .build(Some(table.snapshot().unwrap()), table.log_store(), operation)
-        .await
-        .unwrap();
+    commit_without_txn(&table, &faster).await;
     // WHEN the slower writer loses the race for that version and commits on top
     assert_eq!(slower.commit(vec![]).await.unwrap().version, Some(3));
 

@@ -126,6 +126,17 @@ where
     panic!("{what} exited five times before it answered:\n{}", tail());
 }
 
+/// CPU time (user + system) process `pid` has used so far, in seconds; Linux only (`/proc/<pid>/stat`).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th, in clock ticks.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ: 100 on every architecture Linux and Lambda run on (x86_64, arm64).
+    Some(ticks as f64 / 100.0)
+}
+
 /// A name no other test of this run uses: `<prefix>-<pid>-<n>`, lowercase (valid for buckets and queues).
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

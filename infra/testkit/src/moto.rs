@@ -43,6 +43,12 @@ impl Moto {
         Moto { child, endpoint: endpoint(port) }
     }
 
+    /// CPU time the server has used so far, in seconds (what a benchmark's function leaves it to do on the same
+    /// cores).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        crate::process_cpu_seconds(self.child.id())
+    }
+
     /// SDK configuration for this server (static test credentials, us-east-1).
     pub fn sdk_config(&self) -> SdkConfig {
         config_for(&self.endpoint)

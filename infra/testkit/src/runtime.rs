@@ -201,12 +201,7 @@ impl LambdaHarness {
 
     /// CPU time (user + system) the function process has used so far, in seconds; Linux only.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()?)).ok()?;
-        // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(ticks as f64 / 100.0)
+        crate::process_cpu_seconds(self.child.id()?)
     }
 
     /// Bytes the function wrote to stdout and stderr so far (what its log group would ingest, the runtime's own
